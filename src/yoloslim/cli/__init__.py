@@ -1,0 +1,55 @@
+"""The ``yoloslim`` command: one subcommand per stage, each in its own module of this package.
+
+Every module here has ``add(subparsers)`` that declares the flags and sets ``func`` to a function
+taking the parsed arguments, which calls one function in :mod:`yoloslim.workflows`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from yoloslim import __version__
+from yoloslim.errors import UserError
+
+# Subcommands in the order `--help` lists them; each is a module of this package.
+COMMANDS = ("info",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="yoloslim",
+        description="Make YOLO detectors smaller and faster: train, sparsity-train, prune, fine-tune, evaluate, export.",
+    )
+    parser.add_argument("--version", action="version", version=f"yoloslim {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"yoloslim.cli.{name}").add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        result = args.func(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:
+        print(f"error: {e.filename or e}: no such file or directory", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # output piped into `head` and the like
+        return 0
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""Model files and training state, as plain data.
+
+A model file is a ``.safetensors`` file: the weights, plus header metadata holding the spec
+(JSON), class names, image size and the history of what was done to the model. Nothing is
+pickled and nothing executes at load. Loading is strict: a shape mismatch is an error.
+
+Training state (optimizer, EMA, epoch, RNG) for ``--resume`` is a dict of tensors and numbers
+written with ``torch.save`` and read back with ``weights_only=True``. Every write goes to a
+temporary file that is renamed over the target, so a crash never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from yoloslim.errors import UserError
+from yoloslim.models import build_model
+from yoloslim.models.spec import ArchSpec
+
+FORMAT = "yoloslim/1"
+
+
+@dataclass
+class ModelInfo:
+    """What a model file says about its model besides the weights."""
+
+    spec: ArchSpec
+    names: list[str]
+    imgsz: int = 640
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def with_event(self, action: str, **details: Any) -> ModelInfo:
+        """A copy with one more history entry (``trained``, ``sparse-trained``, ``pruned`` ...)."""
+        event = {"action": action, "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), **details}
+        return ModelInfo(self.spec.copy(), list(self.names), self.imgsz, [*self.history, event])
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(tmp_path)`` then rename the temporary file over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_model(path: str | Path, model: nn.Module, info: ModelInfo) -> Path:
+    """Write weights and metadata to ``path`` (``.safetensors``) atomically."""
+    path = Path(path)
+    tensors = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous().clone()
+               for k, v in unwrap(model).state_dict().items()}
+    meta = {
+        "format": FORMAT,
+        "spec": info.spec.to_json(),
+        "names": json.dumps(list(info.names)),
+        "imgsz": str(int(info.imgsz)),
+        "history": json.dumps(info.history),
+    }
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    return path
+
+
+def read_info(path: str | Path) -> ModelInfo:
+    """Read only the metadata of a model file."""
+    path = _existing(path)
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"{path}: not a readable .safetensors model file ({e})") from None
+    if meta.get("format") != FORMAT:
+        raise UserError(f"{path}: not a yoloslim model file (no '{FORMAT}' header); "
+                        "import foreign checkpoints with `yoloslim import`")
+    try:
+        return ModelInfo(ArchSpec.from_json(meta["spec"]), json.loads(meta["names"]), int(meta["imgsz"]),
+                         json.loads(meta.get("history", "[]")))
+    except (KeyError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: damaged yoloslim header ({e})") from None
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelInfo]:
+    """Rebuild the model a file describes and load its weights strictly."""
+    path = _existing(path)
+    info = read_info(path)
+    model = build_model(info.spec)
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{path}: cannot read weights ({e})") from None
+    load_state_strict(model, state, source=str(path))
+    return model.to(device), info
+
+
+def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """``load_state_dict`` that names every missing, unexpected or mis-shaped tensor."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shape = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+             for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shape:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:3]}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected[:3]}")
+        if shape:
+            parts.append(f"shape mismatch {shape[:3]}")
+        raise UserError(f"{source}: weights do not fit the architecture: " + "; ".join(parts))
+    model.load_state_dict(state, strict=True)
+
+
+def save_state(path: str | Path, state: dict[str, Any]) -> None:
+    """Write training state (tensors, numbers, strings, nested dicts/lists) atomically."""
+    atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
+
+
+def load_state(path: str | Path) -> dict[str, Any]:
+    """Read training state with ``weights_only=True``: nothing in the file can execute."""
+    path = _existing(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many kinds for a bad file
+        raise UserError(f"{path}: not a readable training-state file ({e.__class__.__name__})") from None
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model inside DDP / DataParallel wrappers."""
+    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+
+
+def _existing(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    return path

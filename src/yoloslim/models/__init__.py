@@ -1,0 +1,46 @@
+"""Model registry: every preset by name, and one builder for any spec."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from difflib import get_close_matches
+
+from torch import nn
+
+from yoloslim.errors import UserError
+from yoloslim.models.spec import ArchSpec
+from yoloslim.models.yolov5 import PRESETS as YOLOV5_PRESETS
+from yoloslim.models.yolov5 import YOLOv5, yolov5_spec
+
+# name -> function(nc) returning the preset spec. The only registry.
+MODELS: dict[str, Callable[[int], ArchSpec]] = {
+    name: (lambda nc, name=name: yolov5_spec(name, nc)) for name in YOLOV5_PRESETS
+}
+
+# family -> module class built from a spec
+FAMILIES: dict[str, Callable[[ArchSpec], nn.Module]] = {
+    "yolov5": YOLOv5,
+}
+
+
+def model_spec(name: str, nc: int = 80) -> ArchSpec:
+    """Preset spec by model name, e.g. ``model_spec("yolov5s", nc=20)``."""
+    if name not in MODELS:
+        close = get_close_matches(name, list(MODELS), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else f"; choose from {', '.join(MODELS)}"
+        raise UserError(f"unknown model {name!r}{hint}")
+    if nc < 1:
+        raise UserError(f"a model needs at least one class, got nc={nc}")
+    return MODELS[name](nc)
+
+
+def build_model(spec: ArchSpec) -> nn.Module:
+    """Build the detector a spec describes (random weights)."""
+    if spec.family not in FAMILIES:
+        raise UserError(f"unknown model family {spec.family!r}; this yoloslim knows {', '.join(FAMILIES)}")
+    return FAMILIES[spec.family](spec)
+
+
+def create_model(name: str, nc: int = 80) -> nn.Module:
+    """Build a preset with random weights."""
+    return build_model(model_spec(name, nc))

@@ -1,0 +1,48 @@
+"""Describe a model: per-layer widths, parameters and FLOPs, and the totals."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from yoloslim.engine.checkpoint import load_model
+from yoloslim.engine.profile import count_params, profile, total_gflops
+from yoloslim.errors import UserError
+from yoloslim.models import build_model, model_spec
+from yoloslim.workflows.report import table, write_json
+
+
+def info(weights: str | None = None, model: str | None = None, nc: int = 80, imgsz: int = 640,
+         layers: bool = False, json_file: str | None = None) -> dict[str, Any]:
+    """Print a model's summary (and per-layer table) and return it as a dict."""
+    if (weights is None) == (model is None):
+        raise UserError("give exactly one of --weights or --model")
+    if imgsz % 32:
+        raise UserError(f"--imgsz must be a multiple of 32, got {imgsz}")
+    if weights:
+        net, meta = load_model(weights)
+        spec, history = meta.spec, meta.history
+    else:
+        spec = model_spec(model, nc)
+        net, history = build_model(spec), []
+    rows = profile(net, imgsz)
+    params = count_params(net)
+    gflops = total_gflops(rows)
+    summary = {
+        "model": spec.name, "family": spec.family, "nc": spec.nc, "params": params,
+        "gflops": round(gflops, 3), "imgsz": imgsz, "history": history,
+        "layers": [{"name": r.name.removesuffix(".conv") if r.name.endswith(".conv") else r.name, "c_in": r.c_in,
+                    "c_out": r.c_out, "params": r.params, "gflops": round(r.flops / 1e9, 4)}
+                   for r in rows if r.kind == "Conv2d"],
+    }
+    if layers:
+        print(table(["layer", "c_in", "c_out", "params", "GFLOPs"],
+                    [[lr["name"], lr["c_in"], lr["c_out"], lr["params"], lr["gflops"]] for lr in summary["layers"]]))
+        print()
+    print(f"{spec.name} ({spec.family}, {spec.nc} classes): {len(summary['layers'])} convs, "
+          f"{params:,} parameters, {gflops:.1f} GFLOPs at {imgsz}x{imgsz}")
+    for event in history:
+        details = ", ".join(f"{k}={v}" for k, v in event.items() if k not in ("action", "time"))
+        print(f"  {event.get('time', '')} {event['action']}" + (f": {details}" if details else ""))
+    if json_file:
+        write_json(json_file, summary)
+    return summary

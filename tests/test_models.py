@@ -1,0 +1,60 @@
+import pytest
+import torch
+
+from yoloslim.engine.profile import count_params, profile, total_gflops
+from yoloslim.errors import UserError
+from yoloslim.models import build_model, create_model, model_spec
+from yoloslim.models.spec import ArchSpec
+
+
+@pytest.mark.parametrize("name,params", [("yolov5n", 1_872_157), ("yolov5s", 7_235_389), ("yolov5m", 21_190_557)])
+def test_yolov5_parameter_counts_match_reference(name, params):
+    assert count_params(create_model(name, nc=80)) == params
+
+
+def test_yolov5s_gflops_at_640():
+    assert round(total_gflops(profile(create_model("yolov5s"), 640)), 1) == 16.5
+
+
+@pytest.mark.parametrize("name", ["yolov5n", "yolov5s"])
+@pytest.mark.parametrize("imgsz", [64, 96])
+def test_yolov5_forward_shapes(name, imgsz):
+    model = create_model(name, nc=3).eval()
+    out = model(torch.rand(2, 3, imgsz, imgsz))
+    assert [tuple(o.shape) for o in out] == [(2, 3 * 8, imgsz // s, imgsz // s) for s in (8, 16, 32)]
+    assert all(torch.isfinite(o).all() for o in out)
+
+
+def test_every_parameter_gets_a_gradient():
+    model = create_model("yolov5n", nc=2).train()
+    out = model(torch.rand(2, 3, 64, 64))
+    sum(o.square().mean() for o in out).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
+
+
+def test_state_dict_keys_follow_reference_layout():
+    keys = set(create_model("yolov5s").state_dict())
+    for k in ["model.0.conv.weight", "model.2.cv1.conv.weight", "model.2.m.0.cv2.bn.running_var",
+              "model.9.cv2.conv.weight", "model.24.m.0.weight", "model.24.anchors"]:
+        assert k in keys
+
+
+def test_spec_with_smaller_widths_builds_smaller_model():
+    spec = model_spec("yolov5n", nc=3)
+    spec.channels["model.2.m.0.cv1.conv"] = 5
+    model = build_model(ArchSpec.from_json(spec.to_json()))
+    assert model.model[2].m[0].cv1.conv.out_channels == 5
+    assert model.model[2].m[0].cv2.conv.in_channels == 5
+
+
+def test_spec_with_unknown_conv_is_refused():
+    spec = model_spec("yolov5n", nc=3)
+    spec.channels["model.99.conv"] = 8
+    with pytest.raises(UserError, match="model.99.conv"):
+        build_model(spec)
+
+
+def test_unknown_model_name_suggests_close_ones():
+    with pytest.raises(UserError, match="did you mean"):
+        model_spec("yolov5ss")
