@@ -63,3 +63,21 @@ class DecodedModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.model(x))
+
+
+def preprocess(imgs: torch.Tensor, spec: ArchSpec) -> torch.Tensor:
+    """Loader images to model input, in the family's own convention.
+
+    Args:
+        imgs: (b, 3, h, w) uint8 RGB, as every loader and source in yoloslim yields them.
+        spec: the model's spec; ``input_bgr`` and ``input_scale`` say what the model expects
+            (YOLOv5 / YOLOv3: RGB in 0..1; YOLOX: BGR in 0..255).
+
+    Returns:
+        (b, 3, h, w) float32.
+    """
+    x = imgs.float()
+    if spec.input_bgr:
+        x = x.flip(1)
+    scale = spec.input_scale
+    return x * scale if scale != 1.0 else x

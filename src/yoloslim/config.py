@@ -1,0 +1,73 @@
+"""Typed configs from YAML files and ``key=value`` overrides; an unknown key is an error with a suggestion."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+from difflib import get_close_matches
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from yoloslim.errors import UserError
+
+T = TypeVar("T")
+
+
+def from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
+    """Build dataclass ``cls`` from ``data``; unknown keys raise ``UserError`` naming the closest key."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            close = get_close_matches(key, list(fields), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise UserError(f"{source}: unknown key '{key}'{hint}")
+    kwargs = {}
+    for key, value in data.items():
+        default = getattr(cls(), key) if _has_defaults(cls) else None
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise UserError(f"{source}: '{key}' must be true or false, got {value!r}")
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise UserError(f"{source}: '{key}' must be a number, got {value!r}")
+            value = type(default)(value) if isinstance(default, float) else value
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def load_yaml_config(cls: type[T], path: str | Path | None, overrides: dict[str, Any] | None = None) -> T:
+    """Defaults of ``cls``, updated from a YAML file, then from ``overrides``."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"{p}: no such config file")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"{p}: not valid YAML ({e})") from None
+        if not isinstance(loaded, dict):
+            raise UserError(f"{p}: expected a mapping of key: value")
+        data.update(loaded)
+    data.update(overrides or {})
+    return from_dict(cls, data, source=str(path) if path else "config")
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["lr0=0.02", "mosaic=0"]`` -> ``{"lr0": 0.02, "mosaic": 0}`` (values via ``ast.literal_eval``)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"override {item!r} must look like key=value")
+        key, raw = item.split("=", 1)
+        try:
+            out[key.strip()] = ast.literal_eval(raw.strip())
+        except (ValueError, SyntaxError):
+            out[key.strip()] = raw.strip()
+    return out
+
+
+def _has_defaults(cls: type) -> bool:
+    return all(f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+               for f in dataclasses.fields(cls))
