@@ -11,15 +11,19 @@ from yoloslim.errors import UserError
 from yoloslim.models.spec import ArchSpec
 from yoloslim.models.yolov5 import PRESETS as YOLOV5_PRESETS
 from yoloslim.models.yolov5 import YOLOv5, yolov5_spec
+from yoloslim.models.yolox import PRESETS as YOLOX_PRESETS
+from yoloslim.models.yolox import YOLOX, yolox_spec
 
 # name -> function(nc) returning the preset spec. The only registry.
 MODELS: dict[str, Callable[[int], ArchSpec]] = {
     name: (lambda nc, name=name: yolov5_spec(name, nc)) for name in YOLOV5_PRESETS
 }
+MODELS.update({name: (lambda nc, name=name: yolox_spec(name, nc)) for name in YOLOX_PRESETS})
 
 # family -> module class built from a spec
 FAMILIES: dict[str, Callable[[ArchSpec], nn.Module]] = {
     "yolov5": YOLOv5,
+    "yolox": YOLOX,
 }
 
 
