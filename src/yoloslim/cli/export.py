@@ -1,0 +1,30 @@
+"""``yoloslim export``: fused, decoded ONNX file, checked in ONNX Runtime against PyTorch."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a model to ONNX (fused, decoded, checked against PyTorch)")
+    p.add_argument("--weights", required=True, help="a yoloslim model file (.safetensors)")
+    p.add_argument("--format", default="onnx", help="export format (only 'onnx')")
+    p.add_argument("--imgsz", type=int, default=None, help="input size (default: the model file's)")
+    p.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
+    p.add_argument("--nms", action="store_true",
+                   help="append ONNX NonMaxSuppression: first output (K, 7) batch,x1,y1,x2,y2,score,class")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset, 17 or newer (default 17)")
+    p.add_argument("--conf", type=float, default=0.25, help="with --nms: score threshold (default 0.25)")
+    p.add_argument("--iou", type=float, default=0.45, help="with --nms: IoU threshold (default 0.45)")
+    p.add_argument("--max-det", type=int, default=300, help="with --nms: boxes per class+image (300)")
+    p.add_argument("--out", help="the .onnx file (default: <weights name>.onnx next to the weights)")
+    p.add_argument("--json", dest="json_file", help="also write the summary as JSON")
+    p.set_defaults(func=lambda a: _run(a))
+
+
+def _run(a: argparse.Namespace) -> int:
+    from yoloslim.workflows.export import export
+
+    export(weights=a.weights, format=a.format, imgsz=a.imgsz, dynamic=a.dynamic, nms=a.nms, opset=a.opset,
+           out=a.out, conf=a.conf, iou=a.iou, max_det=a.max_det, json_file=a.json_file)
+    return 0

@@ -1,0 +1,315 @@
+"""ONNX export of a fused, decoded detector, checked against PyTorch in ONNX Runtime.
+
+The exported file
+-----------------
+* input ``images``: float32 ``(batch, 3, height, width)``, letterboxed to ``imgsz`` (grey 114 padding),
+  in the model family's own convention, which the metadata states: ``input_channels`` (``RGB`` for
+  YOLOv5 / YOLOv3, ``BGR`` for YOLOX) and ``input_range`` (``0..1`` or ``0..255``).
+* output ``output``: float32 ``(batch, N, 5 + nc)``, one row per anchor position:
+  ``cx, cy, w, h`` in input pixels, objectness probability, class probabilities. The score of a
+  class is objectness × class probability.
+* with ``nms=True`` the first output is ``detections``: float32 ``(K, 7)``, one row per final
+  detection of the whole batch: ``batch_index, x1, y1, x2, y2, score, class`` (corners in input
+  pixels). It is ONNX ``NonMaxSuppression`` run per class (class-aware, like
+  :func:`yoloslim.engine.nms.non_max_suppression` with ``multi_label=True``) with the thresholds
+  given at export (``conf``, ``iou``; at most ``max_det`` boxes per class and image), stored in the
+  metadata. Rows are grouped by image and class, highest score first within a class. ``output``
+  follows as the second output.
+* metadata (``metadata_props``): ``input_channels``, ``input_range``, ``input_layout``, ``names``
+  (JSON list), ``stride`` (largest), ``strides`` (JSON), ``imgsz``, ``dynamic``, ``family``,
+  ``model``, ``nc``, ``output_layout``, ``nms`` (JSON thresholds or ``null``), ``yoloslim_version``.
+
+The check
+---------
+``onnx.checker`` validates the file, then ONNX Runtime runs it on a fixed pseudo-random image and
+the output is compared with the unfused PyTorch model's. The difference is measured relative to the
+magnitude of each value, ``|onnx - torch| / max(1, |torch|)`` (probabilities absolutely, pixel
+coordinates relatively: float32 cannot hold 600-pixel coordinates to 1e-4 absolutely). A difference
+above 1e-4 fails the export, naming the number, and no file is written.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper
+from torch import nn
+
+from yoloslim import __version__
+from yoloslim.deploy.fuse import fuse_model
+from yoloslim.engine.checkpoint import ModelInfo, atomic_write
+from yoloslim.errors import UserError
+from yoloslim.log import logger
+from yoloslim.models.decode import DecodedModel
+from yoloslim.models.spec import ArchSpec
+
+TOLERANCE = 1e-4
+MIN_OPSET = 17
+MAX_OPSET = 20  # the newest opset the TorchScript exporter writes
+INPUT = "images"
+OUTPUT = "output"
+DETECTIONS = "detections"
+
+
+@dataclass
+class ExportCheck:
+    """What the parity check measured: the largest difference per input shape checked."""
+
+    diffs: dict[str, float]
+
+    @property
+    def max_diff(self) -> float:
+        return max(self.diffs.values())
+
+
+def export_onnx(model: nn.Module, info: ModelInfo, out: str | Path, imgsz: int, dynamic: bool = False,
+                nms: bool = False, opset: int = MIN_OPSET, check: bool = True, *, conf: float = 0.25,
+                iou: float = 0.45, max_det: int = 300) -> Path:
+    """Fuse, decode and export ``model`` to ``out`` as ONNX, then check it against PyTorch.
+
+    Args:
+        model: a yoloslim detector (its ``spec`` says the family and the input convention).
+        info: the model file's metadata (class names).
+        out: the ``.onnx`` file to write; written only when the check passes.
+        imgsz: input size (a multiple of the largest stride); the traced size with ``dynamic``.
+        dynamic: batch, height and width as symbolic dimensions.
+        nms: append ONNX NonMaxSuppression (see the module docstring for the output layout).
+        opset: ONNX opset, 17 or newer.
+        check: run onnx.checker and the ONNX Runtime parity check.
+        conf: with ``nms``, the score threshold baked into the file.
+        iou: with ``nms``, the IoU threshold baked into the file.
+        max_det: with ``nms``, the boxes kept per class and image.
+
+    Returns:
+        The path written.
+
+    Raises:
+        UserError: bad size or opset, or the exported file computes something else than PyTorch.
+    """
+    return export_checked(model, info, out, imgsz, dynamic, nms, opset, check, conf=conf, iou=iou,
+                          max_det=max_det)[0]
+
+
+def export_checked(model: nn.Module, info: ModelInfo, out: str | Path, imgsz: int, dynamic: bool = False,
+                   nms: bool = False, opset: int = MIN_OPSET, check: bool = True, *, conf: float = 0.25,
+                   iou: float = 0.45, max_det: int = 300) -> tuple[Path, ExportCheck | None]:
+    """:func:`export_onnx` that also returns what the parity check measured (None without ``check``)."""
+    spec: ArchSpec = model.spec
+    stride = max(spec.strides)
+    if imgsz <= 0 or imgsz % stride:
+        raise UserError(f"--imgsz must be a positive multiple of {stride}, got {imgsz}")
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise UserError(f"--opset must be between {MIN_OPSET} and {MAX_OPSET}, got {opset}")
+    if nms and not (0 <= conf <= 1 and 0 <= iou <= 1 and max_det >= 1):
+        raise UserError(f"NMS needs conf and iou in 0..1 and max_det >= 1, got {conf}, {iou}, {max_det}")
+    out = Path(out)
+    model = copy.deepcopy(model).cpu().float().eval()  # the caller's model keeps its mode and device
+    decoded = DecodedModel(fuse_model(model)).eval()
+    reference = DecodedModel(model).eval()
+    nms_args = {"conf": conf, "iou": iou, "max_det": max_det} if nms else None
+    result: list[ExportCheck] = []
+
+    def write(tmp: str) -> None:
+        proto = _trace(decoded, imgsz, dynamic, opset)
+        if nms:
+            _append_nms(proto, conf, iou, max_det)
+        helper.set_model_props(proto, metadata(spec, info.names, imgsz, dynamic, nms_args))
+        onnx.save(proto, tmp)
+        if check:
+            result.append(check_onnx(tmp, reference, imgsz, dynamic))
+            r = result[0]
+            logger.info(f"ONNX parity: max difference {r.max_diff:.2e} ({', '.join(r.diffs)})")
+
+    atomic_write(out, write)
+    return out, (result[0] if result else None)
+
+
+def metadata(spec: ArchSpec, names: list[str], imgsz: int, dynamic: bool,
+             nms: dict[str, float] | None) -> dict[str, str]:
+    """The ``metadata_props`` of an exported file (all values are strings)."""
+    layout = "output: (batch, N, 5+nc) cx,cy,w,h (input pixels), objectness, class probabilities"
+    if nms:
+        layout = ("detections: (K, 7) batch_index,x1,y1,x2,y2,score,class (input pixels, per-class NMS); "
+                  + layout)
+    return {
+        "input_channels": "BGR" if spec.input_bgr else "RGB",
+        "input_range": "0..1" if abs(spec.input_scale - 1.0) > 1e-9 else "0..255",
+        "input_layout": "NCHW float32, letterboxed to imgsz with grey (114) padding",
+        "names": json.dumps(list(names)),
+        "stride": str(max(spec.strides)),
+        "strides": json.dumps(list(spec.strides)),
+        "imgsz": str(imgsz),
+        "dynamic": json.dumps(bool(dynamic)),
+        "family": spec.family,
+        "model": spec.name,
+        "nc": str(spec.nc),
+        "output_layout": layout,
+        "nms": json.dumps(nms),
+        "yoloslim_version": __version__,
+    }
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file as a dict (without loading the weights)."""
+    proto = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def check_onnx(path: str | Path, reference: nn.Module, imgsz: int, dynamic: bool) -> ExportCheck:
+    """``onnx.checker`` plus ONNX Runtime against ``reference`` (a decoded PyTorch model).
+
+    Static files are run at ``(1, 3, imgsz, imgsz)``; dynamic ones also at batch 2 and a
+    non-square size, to prove the symbolic dimensions work.
+
+    Raises:
+        UserError: the file is invalid or differs from PyTorch by more than :data:`TOLERANCE`.
+    """
+    try:
+        onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError as e:
+        raise UserError(f"the exported ONNX file is invalid: {e}") from None
+    session = OnnxModel(path).session
+    shapes = [(1, imgsz, imgsz)]
+    if dynamic:
+        stride = int(max(reference.model.spec.strides))
+        shapes.append((2, imgsz, imgsz - stride if imgsz > stride else imgsz + stride))
+    diffs = {}
+    for b, h, w in shapes:
+        x = check_input(reference.model.spec, b, h, w)
+        with torch.no_grad():
+            expected = reference(x).numpy()
+        got = session.run([OUTPUT], {INPUT: x.numpy()})[0]
+        if got.shape != expected.shape:
+            raise UserError(f"ONNX output shape {got.shape} differs from PyTorch's {expected.shape} "
+                            f"at {b}x3x{h}x{w}")
+        diffs[f"{b}x3x{h}x{w}"] = relative_diff(got, expected)
+    worst = max(diffs, key=diffs.get)
+    if not diffs[worst] <= TOLERANCE:
+        raise UserError(f"ONNX Runtime output differs from PyTorch by {diffs[worst]:.3g} (> {TOLERANCE:g}) "
+                        f"at input {worst}; the file was not written")
+    return ExportCheck(diffs)
+
+
+def check_input(spec: ArchSpec, b: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
+    """A fixed pseudo-random uint8 image batch, preprocessed in the family's convention."""
+    from yoloslim.models.decode import preprocess
+
+    g = torch.Generator().manual_seed(seed)
+    return preprocess(torch.randint(0, 256, (b, 3, h, w), generator=g, dtype=torch.uint8), spec)
+
+
+def relative_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """``max |a - b| / max(1, |b|)``: absolute for values up to 1, relative for larger ones."""
+    if a.size == 0:
+        return 0.0
+    return float((np.abs(a.astype(np.float64) - b) / np.maximum(1.0, np.abs(b))).max())
+
+
+class OnnxModel:
+    """An exported file in ONNX Runtime, called like the decoded PyTorch model.
+
+    Args:
+        path: the ``.onnx`` file.
+        threads: ONNX Runtime intra-op threads (None: its default).
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"{path}: no such ONNX file")
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # ORT raises its own exception types for a bad file
+            raise UserError(f"{path}: ONNX Runtime cannot load it ({e.__class__.__name__}: {e})") from None
+        self.meta = self.session.get_modelmeta().custom_metadata_map
+        if OUTPUT not in {o.name for o in self.session.get_outputs()}:
+            raise UserError(f"{path}: not a yoloslim export (no '{OUTPUT}' output)")
+        shape = self.session.get_inputs()[0].shape  # [b, 3, h, w], ints or names
+        self.static_hw = tuple(shape[2:]) if all(isinstance(s, int) for s in shape[2:]) else None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """(b, 3, h, w) preprocessed float -> (b, N, 5 + nc) decoded rows."""
+        if self.static_hw and tuple(x.shape[2:]) != self.static_hw:
+            h, w = self.static_hw
+            raise UserError(f"the ONNX file was exported for {h}x{w} input, got {x.shape[2]}x{x.shape[3]}; "
+                            "pass the export's --imgsz or export with --dynamic")
+        out = self.session.run([OUTPUT], {INPUT: x.detach().cpu().float().numpy()})[0]
+        return torch.from_numpy(out)
+
+    def run(self, x: np.ndarray, outputs: list[str] | None = None) -> list[np.ndarray]:
+        """Raw ``session.run`` on a float32 array."""
+        return self.session.run(outputs, {INPUT: x})
+
+
+def _trace(decoded: nn.Module, imgsz: int, dynamic: bool, opset: int) -> onnx.ModelProto:
+    """Export with the TorchScript exporter into memory and return the ModelProto."""
+    import io
+    import warnings
+
+    x = check_input(decoded.model.spec, 1, imgsz, imgsz)
+    axes = None
+    if dynamic:
+        axes = {INPUT: {0: "batch", 2: "height", 3: "width"}, OUTPUT: {0: "batch", 1: "anchors"}}
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer/deprecation warnings: the parity check is the proof
+        torch.onnx.export(decoded, (x,), buf, dynamo=False, opset_version=opset, input_names=[INPUT],
+                          output_names=[OUTPUT], dynamic_axes=axes, do_constant_folding=True)
+    return onnx.load_from_string(buf.getvalue())
+
+
+def _append_nms(proto: onnx.ModelProto, conf: float, iou: float, max_det: int) -> None:
+    """Add per-class ONNX NonMaxSuppression after ``output``; the new first output is ``detections``.
+
+    ``detections`` is (K, 7): batch_index, x1, y1, x2, y2, score, class.
+    """
+    g = proto.graph
+    consts = {
+        "nms_i0": [0], "nms_i2": [2], "nms_i4": [4], "nms_i5": [5], "nms_iend": [2**62],
+        "nms_col0": [0], "nms_col1": [1], "nms_col2": [2], "nms_max_out": [max_det],
+    }
+    for name, val in consts.items():
+        g.initializer.append(helper.make_tensor(name, TensorProto.INT64, [len(val)], val))
+    g.initializer.append(helper.make_tensor("nms_iou", TensorProto.FLOAT, [1], [iou]))
+    g.initializer.append(helper.make_tensor("nms_conf", TensorProto.FLOAT, [1], [conf]))
+    g.initializer.append(helper.make_tensor("nms_half", TensorProto.FLOAT, [], [0.5]))
+    n = helper.make_node
+    g.node.extend([
+        n("Slice", [OUTPUT, "nms_i0", "nms_i2", "nms_i2"], ["nms_cxcy"]),  # (b, N, 2)
+        n("Slice", [OUTPUT, "nms_i2", "nms_i4", "nms_i2"], ["nms_wh"]),  # (b, N, 2)
+        n("Slice", [OUTPUT, "nms_i4", "nms_i5", "nms_i2"], ["nms_obj"]),  # (b, N, 1)
+        n("Slice", [OUTPUT, "nms_i5", "nms_iend", "nms_i2"], ["nms_cls"]),  # (b, N, nc)
+        n("Mul", ["nms_wh", "nms_half"], ["nms_half_wh"]),
+        n("Sub", ["nms_cxcy", "nms_half_wh"], ["nms_xy1"]),
+        n("Add", ["nms_cxcy", "nms_half_wh"], ["nms_xy2"]),
+        n("Concat", ["nms_xy1", "nms_xy2"], ["nms_boxes"], axis=2),  # (b, N, 4) corners
+        n("Mul", ["nms_obj", "nms_cls"], ["nms_scores_bnc"]),  # (b, N, nc)
+        n("Transpose", ["nms_scores_bnc"], ["nms_scores"], perm=[0, 2, 1]),  # (b, nc, N)
+        n("NonMaxSuppression", ["nms_boxes", "nms_scores", "nms_max_out", "nms_iou", "nms_conf"], ["nms_sel"],
+          center_point_box=0),  # (K, 3) batch, class, box
+        n("Gather", ["nms_sel", "nms_col0"], ["nms_b"], axis=1),  # (K, 1)
+        n("Gather", ["nms_sel", "nms_col1"], ["nms_c"], axis=1),  # (K, 1)
+        n("Gather", ["nms_sel", "nms_col2"], ["nms_n"], axis=1),  # (K, 1)
+        n("Concat", ["nms_b", "nms_n"], ["nms_bn"], axis=1),  # (K, 2)
+        n("GatherND", ["nms_boxes", "nms_bn"], ["nms_det_boxes"]),  # (K, 4)
+        n("GatherND", ["nms_scores", "nms_sel"], ["nms_det_scores"]),  # (K,)
+        n("Unsqueeze", ["nms_det_scores", "nms_col1"], ["nms_det_score"]),  # (K, 1)
+        n("Cast", ["nms_b"], ["nms_bf"], to=TensorProto.FLOAT),
+        n("Cast", ["nms_c"], ["nms_cf"], to=TensorProto.FLOAT),
+        n("Concat", ["nms_bf", "nms_det_boxes", "nms_det_score", "nms_cf"], [DETECTIONS], axis=1),  # (K, 7)
+    ])
+    det = helper.make_tensor_value_info(DETECTIONS, TensorProto.FLOAT, ["detections", 7])
+    g.output.insert(0, det)

@@ -1,0 +1,57 @@
+"""``yoloslim export``: a model file to a checked ONNX file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from yoloslim.deploy.onnx_export import MIN_OPSET, export_checked
+from yoloslim.engine.checkpoint import load_model
+from yoloslim.engine.profile import count_params
+from yoloslim.errors import UserError
+from yoloslim.workflows.report import write_json
+
+FORMATS = ("onnx",)
+
+
+def export(weights: str, format: str = "onnx", imgsz: int | None = None, dynamic: bool = False,
+           nms: bool = False, opset: int = MIN_OPSET, out: str | None = None, conf: float = 0.25,
+           iou: float = 0.45, max_det: int = 300, json_file: str | None = None) -> dict[str, Any]:
+    """Export ``weights`` (fused, decoded) and check the file against PyTorch in ONNX Runtime.
+
+    Args:
+        weights: a yoloslim model file.
+        format: only ``"onnx"``.
+        imgsz: input size; by default the size stored in the model file.
+        dynamic: symbolic batch, height and width.
+        nms: append ONNX NonMaxSuppression (outputs final detections first).
+        opset: ONNX opset (17 or newer).
+        out: the file to write; by default ``<weights stem>.onnx`` next to the weights.
+        conf: with ``nms``, score threshold stored in the file.
+        iou: with ``nms``, IoU threshold stored in the file.
+        max_det: with ``nms``, boxes kept per class and image.
+        json_file: also write the summary as JSON.
+
+    Returns:
+        The summary: file, size, parity difference, params.
+    """
+    if format not in FORMATS:
+        raise UserError(f"unknown --format {format!r}; choose from {', '.join(FORMATS)}")
+    model, info = load_model(weights)
+    imgsz = int(imgsz or info.imgsz)
+    target = Path(out) if out else Path(weights).with_suffix(".onnx")
+    if target.suffix.lower() != ".onnx":
+        raise UserError(f"--out must end in .onnx, got {target}")
+    path, check = export_checked(model, info, target, imgsz, dynamic=dynamic, nms=nms, opset=opset,
+                                 conf=conf, iou=iou, max_det=max_det)
+    summary = {
+        "file": str(path), "format": format, "bytes": path.stat().st_size, "imgsz": imgsz, "dynamic": dynamic,
+        "nms": nms, "opset": opset, "params": count_params(model), "family": model.spec.family,
+        "max_diff": check.max_diff if check else None, "checked": sorted(check.diffs) if check else [],
+    }
+    print(f"exported {path} ({summary['bytes'] / 1e6:.1f} MB, opset {opset}, "
+          f"{'dynamic' if dynamic else f'{imgsz}x{imgsz}'}{', with NMS' if nms else ''}); "
+          f"ONNX Runtime vs PyTorch: max difference {summary['max_diff']:.2e}")
+    if json_file:
+        write_json(json_file, summary)
+    return summary
