@@ -1,0 +1,148 @@
+"""Surgery: turn a channel plan into a genuinely smaller model, or mask the original for comparison.
+
+:func:`apply_plan` writes the new width of every conv into a copy of the spec, builds a NEW model
+from it with the family's normal builder and copies the kept slices of every tensor into it
+(output rows of producers and their batch norms with running statistics, input columns of consumers
+at the right offsets, both of depthwise convs). Loading is strict, so a slicing mistake is an error,
+never a silently wrong model. :func:`mask_model` zeroes γ and β of the removed channels instead,
+which must give the same outputs (DESIGN.md, invariant 1).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from yoloslim.engine.checkpoint import load_state_strict, unwrap
+from yoloslim.models import build_model
+from yoloslim.models.spec import ArchSpec
+from yoloslim.prune.graph import ChannelGraph, ModuleCall
+
+
+@dataclass
+class ChannelPlan:
+    """Which channels of which groups survive.
+
+    Attributes:
+        graph: the graph the group ids refer to.
+        keep: group id -> sorted indices of the kept channels; groups not listed keep everything.
+        held: names of groups that ``min_channels`` kept from being emptied or cut below the floor.
+        ratio: the ratio the plan was made for (for reports).
+    """
+
+    graph: ChannelGraph
+    keep: dict[int, torch.Tensor] = field(default_factory=dict)
+    held: list[str] = field(default_factory=list)
+    ratio: float = 0.0
+
+    def kept(self, gid: int, size: int) -> int:
+        return len(self.keep[gid]) if gid in self.keep else size
+
+    def removed(self) -> int:
+        """Channels removed, counted once per group."""
+        return sum(self.graph.groups[g].size - len(k) for g, k in self.keep.items())
+
+    def index(self, layout: list[tuple[int, int]] | None,
+              device: torch.device | None = None) -> torch.Tensor | None:
+        """Indices kept along a dimension with this layout; None when nothing changes there."""
+        if layout is None or not any(g in self.keep for g, _ in layout):
+            return None
+        parts, off = [], 0
+        for gid, n in layout:
+            parts.append((self.keep[gid] if gid in self.keep else torch.arange(n)) + off)
+            off += n
+        return torch.cat(parts).to(device) if parts else None
+
+    def widths(self) -> dict[str, int]:
+        """New output width of every conv whose width changes."""
+        out = {}
+        for name, call in self.graph.calls.items():
+            if call.kind in ("conv", "depthwise") and call.outputs is not None:
+                if any(g in self.keep for g, _ in call.outputs):
+                    out[name] = sum(self.kept(g, n) for g, n in call.outputs)
+        return out
+
+
+def pruned_spec(spec: ArchSpec, plan: ChannelPlan) -> ArchSpec:
+    """A copy of ``spec`` with the plan's conv widths."""
+    new = spec.copy()
+    for name, width in plan.widths().items():
+        if name in new.channels:
+            new.channels[name] = width
+        elif plan.graph.calls[name].kind != "depthwise":  # depthwise widths may follow their input
+            raise RuntimeError(f"pruning bug: conv {name} changes width but the spec does not list it")
+    return new
+
+
+@torch.no_grad()
+def slice_state(model: nn.Module, plan: ChannelPlan) -> dict[str, torch.Tensor]:
+    """The model's state dict with every tensor cut to the plan's kept channels."""
+    model = unwrap(model)
+    state = {}
+    for mname, m in model.named_modules():
+        call = plan.graph.calls.get(mname)
+        for pname, t in list(m.named_parameters(recurse=False)) + list(m.named_buffers(recurse=False)):
+            key = f"{mname}.{pname}" if mname else pname
+            state[key] = _slice(t, pname, call, plan) if call is not None else t.detach().clone()
+    full = model.state_dict()
+    return {k: state.get(k, v) for k, v in full.items()}
+
+
+def _slice(t: torch.Tensor, pname: str, call: ModuleCall, plan: ChannelPlan) -> torch.Tensor:
+    t = t.detach()
+    if t.dim() == 0:  # num_batches_tracked
+        return t.clone()
+    out_idx = plan.index(call.outputs, t.device)
+    if out_idx is not None:
+        t = t.index_select(0, out_idx)
+    if call.kind == "conv" and pname == "weight":
+        in_idx = plan.index(call.inputs, t.device)
+        if in_idx is not None:
+            t = t.index_select(1, in_idx)
+    return t.clone()
+
+
+def apply_plan(model: nn.Module, plan: ChannelPlan,
+               build: Callable[[ArchSpec], nn.Module] = build_model) -> nn.Module:
+    """A new, smaller model: ``build(pruned spec)`` with the kept slices of every tensor loaded strictly.
+
+    The new model is in the same train/eval mode as ``model``; ``model`` itself is not changed.
+    """
+    src = unwrap(model)
+    spec = pruned_spec(src.spec, plan)
+    new = build(spec)
+    p = next(src.parameters())
+    new = new.to(device=p.device, dtype=p.dtype)
+    load_state_strict(new, slice_state(src, plan), source="pruned model")
+    return new.train(src.training)
+
+
+@torch.no_grad()
+def mask_model(model: nn.Module, plan: ChannelPlan, copy_model: bool = True) -> nn.Module:
+    """The model with γ and β of every removed channel set to zero (same shapes).
+
+    Convs that carry removed channels without a batch norm after them get those output rows (and
+    bias) zeroed instead. With activations that map 0 to 0 the removed channels are then exactly
+    zero everywhere, so the masked model computes what the compact one does.
+    """
+    net = copy.deepcopy(unwrap(model)) if copy_model else unwrap(model)
+    modules = dict(net.named_modules())
+    for name, call in plan.graph.calls.items():
+        if call.kind not in ("bn", "conv", "depthwise") or call.outputs is None:
+            continue
+        keep = plan.index(call.outputs)
+        if keep is None:
+            continue
+        m = modules[name]
+        if call.kind != "bn" and name in plan.graph.bn_after:
+            continue  # its batch norm zeroes these channels
+        drop = torch.ones(m.weight.shape[0], dtype=torch.bool)
+        drop[keep] = False
+        m.weight[drop] = 0
+        if m.bias is not None:
+            m.bias[drop] = 0
+    return net
