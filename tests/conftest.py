@@ -9,3 +9,12 @@ import torch
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory):
+    """A YOLO-format synthetic data set: 16 train + 8 val images of 96 px, 8 classes; the data.yaml Path."""
+    from yoloslim.data.synth import synthesize
+
+    return synthesize(tmp_path_factory.mktemp("tiny_data"), fmt="yolo", images=24, imgsz=96, seed=0,
+                      val_ratio=1 / 3, progress=False)
