@@ -1,1 +1,57 @@
-"""loss."""
+"""Detection losses, outside the models: one per family, chosen by ``model.spec.family``.
+
+A loss is built as ``LOSSES[family](model, hyp)`` and called as
+``loss_fn(raw_maps, targets) -> (loss × batch size, {"box": ..., "obj": ..., "cls": ...})`` with
+``targets`` (N, 6) ``[img_idx, cls, cx, cy, w, h]`` normalised to 0..1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from yoloslim.engine.checkpoint import unwrap
+from yoloslim.errors import UserError
+from yoloslim.loss.yolov5 import YOLOv5Loss
+
+LossFn = Callable[[list[torch.Tensor], torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+# family -> loss class built as cls(model, hyp). Other families register here with one line each.
+LOSSES: dict[str, Callable[[nn.Module, Any], LossFn]] = {
+    "yolov5": YOLOv5Loss,
+}
+
+
+def make_loss(model: nn.Module, hyp: Any = None, imgsz: int = 640) -> LossFn:
+    """The loss of ``model``'s family with the gains scaled as the reference trainer scales them.
+
+    ``box`` is multiplied by ``3 / nl``, ``cls`` by ``nc / 80 · 3 / nl`` and ``obj`` by
+    ``(imgsz / 640)² · 3 / nl``, where ``nl`` is the number of head levels.
+
+    Args:
+        model: the detector (or a DDP wrapper around it).
+        hyp: a :class:`yoloslim.engine.hyp.Hyp` (defaults when None).
+        imgsz: training image size.
+    """
+    if hyp is None:
+        from yoloslim.engine.hyp import Hyp
+
+        hyp = Hyp()
+    spec = unwrap(model).spec
+    if spec.family not in LOSSES:
+        raise UserError(f"no loss for model family {spec.family!r}; known: {', '.join(LOSSES)}")
+    return LOSSES[spec.family](model, scaled_gains(hyp, spec.nc, len(spec.strides), imgsz))
+
+
+def scaled_gains(hyp: Any, nc: int, nl: int, imgsz: int) -> Any:
+    """A copy of ``hyp`` with ``box``, ``obj`` and ``cls`` scaled for classes, levels and image size."""
+    return dataclasses.replace(
+        hyp,
+        box=hyp.box * 3 / nl,
+        cls=hyp.cls * nc / 80 * 3 / nl,
+        obj=hyp.obj * (imgsz / 640) ** 2 * 3 / nl,
+    )

@@ -1,0 +1,111 @@
+"""Training hyper-parameters: the reference's defaults for training from scratch (hyp.scratch-low).
+
+A hyp YAML file is flat, as the reference's: optimisation and loss keys go to :class:`Hyp`,
+augmentation keys (``hsv_h``, ``mosaic`` ...) to :class:`yoloslim.data.augment.AugmentConfig`,
+which owns their defaults. A key that is neither is refused with the closest known key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from difflib import get_close_matches
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from yoloslim.config import from_dict
+from yoloslim.errors import UserError
+
+if TYPE_CHECKING:
+    from yoloslim.data.augment import AugmentConfig
+
+
+def _default_augment() -> AugmentConfig:
+    from yoloslim.data.augment import AugmentConfig
+
+    return AugmentConfig()
+
+
+@dataclass
+class Hyp:
+    """Optimiser, schedule and loss settings (defaults: YOLOv5 hyp.scratch-low.yaml).
+
+    Attributes:
+        lr0: initial learning rate (SGD).
+        lrf: final learning rate as a fraction of ``lr0``.
+        momentum: SGD momentum (Nesterov).
+        weight_decay: L2 on conv and linear weights (not on BN weights or biases).
+        warmup_epochs: warm-up length in epochs (at least 100 iterations; 0 disables warm-up).
+        warmup_momentum: momentum at the start of warm-up.
+        warmup_bias_lr: bias learning rate at the start of warm-up.
+        box: box loss gain.
+        cls: class loss gain.
+        cls_pw: class BCE positive weight.
+        obj: objectness loss gain.
+        obj_pw: objectness BCE positive weight.
+        iou_t: IoU training threshold (kept for compatibility with reference hyp files; unused).
+        anchor_t: anchor-target shape-ratio threshold.
+        fl_gamma: focal-loss gamma (0 = plain BCE).
+        label_smoothing: class label smoothing epsilon.
+        augment: augmentation settings (keys of ``AugmentConfig``, flat in the YAML file).
+    """
+
+    lr0: float = 0.01
+    lrf: float = 0.01
+    momentum: float = 0.937
+    weight_decay: float = 0.0005
+    warmup_epochs: float = 3.0
+    warmup_momentum: float = 0.8
+    warmup_bias_lr: float = 0.1
+    box: float = 0.05
+    cls: float = 0.5
+    cls_pw: float = 1.0
+    obj: float = 1.0
+    obj_pw: float = 1.0
+    iou_t: float = 0.2
+    anchor_t: float = 4.0
+    fl_gamma: float = 0.0
+    label_smoothing: float = 0.0
+    augment: AugmentConfig = field(default_factory=_default_augment)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat dict, as a hyp YAML file holds it."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "augment"}
+        out.update(dataclasses.asdict(self.augment))
+        return out
+
+
+def hyp_from_dict(data: dict[str, Any], source: str = "hyp") -> Hyp:
+    """Build a :class:`Hyp` from a flat dict; augmentation keys go to ``AugmentConfig``."""
+    from yoloslim.data.augment import AugmentConfig
+
+    own = {f.name for f in dataclasses.fields(Hyp)} - {"augment"}
+    aug = {f.name for f in dataclasses.fields(AugmentConfig)}
+    for key in data:
+        if key not in own and key not in aug:
+            close = get_close_matches(key, sorted(own | aug), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise UserError(f"{source}: unknown key '{key}'{hint}")
+    hyp = from_dict(Hyp, {k: v for k, v in data.items() if k in own}, source=source)
+    hyp.augment = from_dict(AugmentConfig, {k: v for k, v in data.items() if k in aug}, source=source)
+    return hyp
+
+
+def load_hyp(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Hyp:
+    """Defaults, updated from a flat YAML file, then from ``overrides``; unknown keys are refused."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"{p}: no such hyp file")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"{p}: not valid YAML ({e})") from None
+        if not isinstance(loaded, dict):
+            raise UserError(f"{p}: expected a mapping of key: value")
+        data.update(loaded)
+    data.update(overrides or {})
+    return hyp_from_dict(data, source=str(path) if path else "hyp")
