@@ -1,0 +1,30 @@
+"""``yoloslim bench``: params, GFLOPs, batch-1 latency in PyTorch and ONNX Runtime, side by side."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="params, GFLOPs and batch-1 latency (PyTorch fused, ONNX Runtime)")
+    p.add_argument("--weights", required=True, help="a yoloslim model file (.safetensors)")
+    p.add_argument("--vs", help="a second model file, timed alternately with the first; prints the ratios")
+    p.add_argument("--imgsz", type=int, default=None, help="input size (default: the model file's)")
+    p.add_argument("--backend", default="both", choices=["torch", "onnxruntime", "both"],
+                   help="what to time (default both)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads for PyTorch and ONNX Runtime")
+    p.add_argument("--runs", type=int, default=50, help="timed runs per candidate (default 50)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed runs per candidate first (default 5)")
+    p.add_argument("--max-seconds", type=float, default=120.0,
+                   help="time budget of the timed loop; fewer runs when reached (default 120)")
+    p.add_argument("--unfused", action="store_true", help="also time PyTorch without Conv+BN fusion")
+    p.add_argument("--json", dest="json_file", help="also write the figures as JSON")
+    p.set_defaults(func=lambda a: _run(a))
+
+
+def _run(a: argparse.Namespace) -> int:
+    from yoloslim.workflows.bench import bench
+
+    bench(weights=a.weights, vs=a.vs, imgsz=a.imgsz, backend=a.backend, threads=a.threads, runs=a.runs,
+          warmup=a.warmup, unfused=a.unfused, max_seconds=a.max_seconds, json_file=a.json_file)
+    return 0

@@ -1,0 +1,198 @@
+"""Latency at batch 1: PyTorch (fused, eval, no grad) and ONNX Runtime, several models side by side.
+
+The machine a benchmark runs on is rarely quiet, so when several things are compared (two models,
+two backends, fused and unfused) they are measured *alternately*: each round runs every candidate
+once, in an order that rotates from round to round, so a burst of load hits all of them alike and
+their ratio stays meaningful even when the absolute times drift. Timings are medians (and 90th
+percentiles) over the runs; the run count is capped by a time budget.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from yoloslim.deploy.fuse import fuse_model
+from yoloslim.deploy.onnx_export import INPUT, OUTPUT, OnnxModel, check_input, export_onnx
+from yoloslim.engine.checkpoint import ModelInfo
+from yoloslim.errors import UserError
+
+BACKENDS = ("torch", "onnxruntime")  # what a user chooses; PyTorch is fused
+KINDS = ("torch", "torch_unfused", "onnxruntime")  # what can be timed
+MIN_RUNS = 5  # timed runs per candidate even when the time budget is spent
+
+
+@dataclass
+class Latency:
+    """Timings of one candidate, in milliseconds per batch-1 image."""
+
+    median_ms: float
+    p90_ms: float
+    mean_ms: float
+    min_ms: float
+    fps: float
+    runs: int
+
+    @classmethod
+    def from_times(cls, seconds: list[float]) -> Latency:
+        ms = np.asarray(seconds, dtype=np.float64) * 1e3
+        median = float(np.median(ms))
+        p90 = float(np.percentile(ms, 90))
+        return cls(median, p90, float(ms.mean()), float(ms.min()), 1e3 / median, len(ms))
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def torch_runner(model: nn.Module, imgsz: int, fuse: bool = True) -> Callable[[], Any]:
+    """One batch-1 forward of ``model`` (fused copy by default) on a fixed input, without autograd."""
+    net = fuse_model(model) if fuse else _eval_copy(model)
+    x = check_input(model.spec, 1, imgsz, imgsz)
+
+    def run() -> Any:
+        with torch.inference_mode():
+            return net(x)
+
+    return run
+
+
+def onnx_runner(model: nn.Module, imgsz: int, workdir: str | Path, threads: int | None = None,
+                names: list[str] | None = None) -> Callable[[], Any]:
+    """One batch-1 ONNX Runtime run of ``model``, exported (fused, checked) into ``workdir``."""
+    spec = model.spec
+    info = ModelInfo(spec, names or [str(i) for i in range(spec.nc)], imgsz)
+    path = export_onnx(model, info, Path(workdir) / f"bench_{id(model)}.onnx", imgsz)
+    session = OnnxModel(path, threads=threads).session
+    feed = {INPUT: check_input(spec, 1, imgsz, imgsz).numpy()}
+    return lambda: session.run([OUTPUT], feed)
+
+
+def interleaved(runners: dict[str, Callable[[], Any]], runs: int = 50, warmup: int = 5,
+                max_seconds: float = 60.0, progress: bool = True) -> dict[str, Latency]:
+    """Time every runner ``runs`` times, alternately, after ``warmup`` untimed calls each.
+
+    Args:
+        runners: label -> a function running one inference.
+        runs: timed runs per runner (fewer when ``max_seconds`` is reached, but at least
+            :data:`MIN_RUNS`).
+        warmup: untimed runs per runner first.
+        max_seconds: time budget for the timed rounds.
+        progress: show a tqdm bar.
+
+    Returns:
+        label -> :class:`Latency`.
+    """
+    if runs < 1 or warmup < 0:
+        raise UserError(f"--runs must be at least 1 and warm-up at least 0, got {runs} and {warmup}")
+    labels = list(runners)
+    for _ in range(warmup):
+        for label in labels:
+            runners[label]()
+    times: dict[str, list[float]] = {label: [] for label in labels}
+    start = time.perf_counter()
+    bar = tqdm(range(runs), desc="bench", unit="round", disable=not progress, leave=False)
+    for i in bar:
+        k = i % len(labels)
+        for label in labels[k:] + labels[:k]:  # rotate the order: no candidate always runs first
+            t = time.perf_counter()
+            runners[label]()
+            times[label].append(time.perf_counter() - t)
+        bar.set_postfix({label: f"{np.median(v) * 1e3:.1f}ms" for label, v in times.items()})
+        if i + 1 >= MIN_RUNS and time.perf_counter() - start > max_seconds:
+            break
+    bar.close()
+    return {label: Latency.from_times(v) for label, v in times.items()}
+
+
+def measure_latency(model: nn.Module, imgsz: int, runs: int = 50, warmup: int = 5, *,
+                    backend: str = "torch", fuse: bool = True, threads: int | None = None,
+                    max_seconds: float = 60.0) -> dict[str, float]:
+    """Batch-1 latency of one model: ``{"median_ms", "p90_ms", "mean_ms", "min_ms", "fps", "runs"}``.
+
+    Args:
+        model: a yoloslim detector.
+        imgsz: square input size.
+        runs: timed runs (time-bounded by ``max_seconds``).
+        warmup: untimed runs first.
+        backend: ``"torch"`` (fused unless ``fuse=False``) or ``"onnxruntime"`` (exported to a temp file).
+        fuse: fold BatchNorms first (PyTorch backend).
+        threads: torch / ONNX Runtime intra-op threads (None: leave the defaults).
+        max_seconds: time budget.
+    """
+    return compare_latency({"model": model}, imgsz, runs, warmup, backend=backend, fuse=fuse, threads=threads,
+                           max_seconds=max_seconds)["model"]
+
+
+def compare_latency(models: dict[str, nn.Module], imgsz: int, runs: int = 50, warmup: int = 5, *,
+                    backend: str = "torch", fuse: bool = True, threads: int | None = None,
+                    max_seconds: float = 60.0) -> dict[str, dict[str, float]]:
+    """Latency of several models measured alternately in one run (e.g. before and after pruning).
+
+    Returns:
+        label -> the dict of :func:`measure_latency`.
+    """
+    kind = "torch_unfused" if backend == "torch" and not fuse else backend
+    result = benchmark(models, imgsz, (kind,), threads, runs, warmup, max_seconds)
+    return {label: lat[kind].to_dict() for label, lat in result.items()}
+
+
+def benchmark(models: dict[str, nn.Module], imgsz: int, backends: tuple[str, ...] = BACKENDS,
+              threads: int | None = None, runs: int = 50, warmup: int = 5,
+              max_seconds: float = 120.0) -> dict[str, dict[str, Latency]]:
+    """Every model on every backend, all candidates alternating in one timing loop.
+
+    Args:
+        models: label -> model.
+        imgsz: square input size.
+        backends: any of ``"torch"`` (fused), ``"torch_unfused"`` and ``"onnxruntime"``.
+        threads: intra-op threads for both backends.
+        runs: timed runs per candidate (time-bounded).
+        warmup: untimed runs per candidate.
+        max_seconds: time budget of the timed loop.
+
+    Returns:
+        label -> backend -> :class:`Latency`.
+    """
+    unknown = [b for b in backends if b not in KINDS]
+    if unknown or not backends:
+        raise UserError(f"unknown backend {(unknown or [''])[0]!r}; choose from {', '.join(BACKENDS)}")
+    runners: dict[str, Callable[[], Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="yoloslim-bench-") as tmp, torch_threads(threads):
+        for label, model in models.items():
+            for b in backends:
+                if b == "onnxruntime":
+                    runners[f"{label}/{b}"] = onnx_runner(model, imgsz, tmp, threads)
+                else:
+                    runners[f"{label}/{b}"] = torch_runner(model, imgsz, fuse=b == "torch")
+        flat = interleaved(runners, runs, warmup, max_seconds)
+    return {label: {b: flat[f"{label}/{b}"] for b in backends} for label in models}
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """``torch.set_num_threads(threads)`` for the duration of the block (None: unchanged)."""
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads must be at least 1, got {threads}")
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _eval_copy(model: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model).eval()

@@ -1,0 +1,95 @@
+"""``yoloslim bench``: params, GFLOPs and batch-1 latency, optionally against a second model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from yoloslim.deploy.bench import BACKENDS, Latency, benchmark
+from yoloslim.engine.checkpoint import load_model
+from yoloslim.engine.profile import count_params, profile, total_gflops
+from yoloslim.errors import UserError
+from yoloslim.workflows.report import table, write_json
+
+RATIO_KEYS = ("params", "gflops", "torch_ms", "torch_unfused_ms", "onnxruntime_ms")
+
+
+def bench(weights: str, vs: str | None = None, imgsz: int | None = None, backend: str = "both",
+          threads: int | None = None, runs: int = 50, warmup: int = 5, unfused: bool = False,
+          max_seconds: float = 120.0, json_file: str | None = None) -> dict[str, Any]:
+    """Measure ``weights`` (and ``vs``, alternately in the same loop) and print the figures and ratios.
+
+    Args:
+        weights: a yoloslim model file.
+        vs: a second model file, timed alternately with the first; ratios are ``vs / weights``
+            (above 1: ``weights`` is smaller or faster).
+        imgsz: square input size (default: the size stored in ``weights``).
+        backend: ``torch`` (fused), ``onnxruntime`` or ``both``.
+        threads: intra-op threads for PyTorch and ONNX Runtime.
+        runs: timed runs per candidate (capped by ``max_seconds``).
+        warmup: untimed runs per candidate.
+        unfused: also time PyTorch without Conv+BN fusion (``torch_unfused_ms``).
+        max_seconds: time budget of the timed loop.
+        json_file: write ``{"params", "gflops", "torch_ms", "onnxruntime_ms", "fps", ..., "vs": {...,
+            "ratios": {...}}}``.
+
+    Returns:
+        The summary written to ``json_file``.
+    """
+    backends = BACKENDS if backend == "both" else (backend,)
+    if backend != "both" and backend not in BACKENDS:
+        raise UserError(f"unknown --backend {backend!r}; choose from {', '.join(BACKENDS)}, both")
+    model, info = load_model(weights)
+    models = {"weights": model}
+    if vs:
+        models["vs"], _ = load_model(vs)
+    imgsz = int(imgsz or info.imgsz)
+    for m in models.values():
+        stride = max(m.spec.strides)
+        if imgsz <= 0 or imgsz % stride:
+            raise UserError(f"--imgsz must be a positive multiple of {stride}, got {imgsz}")
+    kinds = (*backends, "torch_unfused") if unfused else backends
+    lat = benchmark(models, imgsz, kinds, threads, runs, warmup, max_seconds)
+    summary = {"weights": str(weights), "imgsz": imgsz, "batch": 1, "threads": threads,
+               **figures(model, imgsz, lat["weights"])}
+    rows = [_row(Path(weights).name, summary, kinds)]
+    if vs:
+        other = {"weights": str(vs), **figures(models["vs"], imgsz, lat["vs"])}
+        other["ratios"] = {k: other[k] / summary[k] for k in RATIO_KEYS if summary.get(k) and other.get(k)}
+        summary["vs"] = other
+        rows.append(_row(Path(vs).name, other, kinds))
+    head = ["model", "params", "GFLOPs"] + [f"{b} ms (p90)" for b in kinds] + [f"{b} FPS" for b in backends]
+    print(f"batch 1, {imgsz}x{imgsz}, threads {threads or 'default'}, "
+          f"{min(x.runs for d in lat.values() for x in d.values())}+ runs each, alternating")
+    print(table(head, rows))
+    if unfused:
+        for name, s in [(Path(weights).name, summary)] + ([(Path(vs).name, summary["vs"])] if vs else []):
+            print(f"{name}: Conv+BN fusion speed-up in PyTorch {s['torch_unfused_ms'] / s['torch_ms']:.2f}x")
+    if vs:
+        r = summary["vs"]["ratios"]
+        print(f"{Path(vs).name} / {Path(weights).name}: " + ", ".join(f"{k} {v:.2f}x" for k, v in r.items())
+              + "  (above 1: the --weights model is smaller / faster)")
+    if json_file:
+        write_json(json_file, summary)
+    return summary
+
+
+def figures(model: nn.Module, imgsz: int, lat: dict[str, Latency]) -> dict[str, Any]:
+    """Params, GFLOPs and the latency of every backend timed, as the JSON summary holds them."""
+    spec = model.spec
+    out: dict[str, Any] = {"model": spec.name, "family": spec.family, "params": count_params(model),
+                           "gflops": round(total_gflops(profile(model, imgsz)), 4),
+                           "torch_ms": None, "onnxruntime_ms": None}  # None: that backend was not timed
+    for b, x in lat.items():
+        out[f"{b}_ms"] = round(x.median_ms, 4)
+        out[f"{b}_p90_ms"] = round(x.p90_ms, 4)
+    out["fps"] = {b: round(x.fps, 2) for b, x in lat.items()}
+    out["latency"] = {b: x.to_dict() for b, x in lat.items()}
+    return out
+
+
+def _row(name: str, s: dict[str, Any], kinds: tuple[str, ...]) -> list[Any]:
+    return ([name, s["params"], s["gflops"]] + [f"{s[f'{k}_ms']:.2f} ({s[f'{k}_p90_ms']:.2f})" for k in kinds]
+            + [s["fps"][b] for b in kinds if b in BACKENDS])
