@@ -17,12 +17,14 @@ from torch import nn
 from yoloslim.engine.checkpoint import unwrap
 from yoloslim.errors import UserError
 from yoloslim.loss.yolov5 import YOLOv5Loss
+from yoloslim.loss.yolox import YOLOXLoss
 
 LossFn = Callable[[list[torch.Tensor], torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 # family -> loss class built as cls(model, hyp). Other families register here with one line each.
 LOSSES: dict[str, Callable[[nn.Module, Any], LossFn]] = {
     "yolov5": YOLOv5Loss,
+    "yolox": YOLOXLoss,
 }
 
 
