@@ -9,6 +9,8 @@ from torch import nn
 
 from yoloslim.errors import UserError
 from yoloslim.models.spec import ArchSpec
+from yoloslim.models.yolov3 import PRESETS as YOLOV3_PRESETS
+from yoloslim.models.yolov3 import YOLOv3, yolov3_spec
 from yoloslim.models.yolov5 import PRESETS as YOLOV5_PRESETS
 from yoloslim.models.yolov5 import YOLOv5, yolov5_spec
 from yoloslim.models.yolox import PRESETS as YOLOX_PRESETS
@@ -19,11 +21,13 @@ MODELS: dict[str, Callable[[int], ArchSpec]] = {
     name: (lambda nc, name=name: yolov5_spec(name, nc)) for name in YOLOV5_PRESETS
 }
 MODELS.update({name: (lambda nc, name=name: yolox_spec(name, nc)) for name in YOLOX_PRESETS})
+MODELS.update({name: (lambda nc, name=name: yolov3_spec(name, nc)) for name in YOLOV3_PRESETS})
 
 # family -> module class built from a spec
 FAMILIES: dict[str, Callable[[ArchSpec], nn.Module]] = {
     "yolov5": YOLOv5,
     "yolox": YOLOX,
+    "yolov3": YOLOv3,
 }
 
 
