@@ -216,7 +216,7 @@ def test_official_checkpoint_imports_with_identical_outputs(tmp_path, name, dept
     out = import_yolox(tmp_path / "official.pth", name, tmp_path / "m.safetensors", names=["a", "b", "c"])
     model, info = load_model(out)
     assert (info.spec.name, info.spec.nc, info.names) == (name, 3, ["a", "b", "c"])
-    assert info.history[-1]["action"] == "imported" and info.history[-1]["format"] == "yolox"
+    assert info.history[-1]["action"] == "imported" and info.history[-1]["source"] == "yolox"
     assert set(model.state_dict()) == set(ref.state_dict())
 
     imgs = torch.randint(0, 256, (2, 3, 96, 64), dtype=torch.uint8)  # RGB, as yoloslim's loaders yield
@@ -265,3 +265,17 @@ def test_checkpoint_with_code_is_refused_without_running_it(tmp_path, capsys):
         with pytest.raises(UserError, match="weights-only"):
             import_yolox(tmp_path / name, None, tmp_path / "x.safetensors")
     assert "pwned" not in capsys.readouterr().out
+
+
+def test_cli_import_from_yolox_then_info(tmp_path, capsys):
+    from yoloslim.cli import main
+
+    reference_checkpoint(tmp_path / "official.pth", 80, 0.33, 0.25, True)
+    out = tmp_path / "nano.safetensors"
+    src = str(tmp_path / "official.pth")
+    assert main(["import", "--from", "yolox", src, "--model", "yolox_nano", "--out", str(out)]) == 0
+    assert main(["info", "--weights", str(out)]) == 0
+    assert "912,159 parameters" in capsys.readouterr().out
+    wrong = tmp_path / "s.safetensors"
+    assert main(["import", "--from", "yolox", src, "--model", "yolox-s", "--out", str(wrong)]) == 2
+    assert "--model yolox-nano" in capsys.readouterr().err

@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from yoloslim.engine.checkpoint import ModelInfo, load_state_strict, save_model
 from yoloslim.errors import UserError
@@ -75,6 +76,38 @@ def infer_preset(state: dict[str, torch.Tensor]) -> str:
                     f"depthwise {depthwise}); presets: {', '.join(PRESETS)}")
 
 
+def load_yolox_checkpoint(src: str | Path, *, cfg: Path | None = None, model: str | None = None,
+                          names: list[str] | None = None) -> tuple[nn.Module, ModelInfo]:
+    """The importer of ``yoloslim import --from yolox``: the model and its info (empty history).
+
+    Args:
+        src: the official ``.pth`` checkpoint.
+        cfg: not used (official exp files are Python and are never run); must be None.
+        model: ``yolox-nano`` ... ``yolox-x`` (``yolox_s`` also accepted); None infers it from the
+            tensor shapes.
+        names: class names (COCO's when None and the checkpoint has 80 classes).
+    """
+    if cfg is not None:
+        raise UserError("--cfg is not used with --from yolox: the preset comes from --model or the shapes")
+    state = read_yolox_state(src)
+    nc = int(state["head.cls_preds.0.weight"].shape[0])
+    fitting = infer_preset(state)
+    name = model.replace("_", "-").lower() if model else fitting
+    if name not in PRESETS:
+        raise UserError(f"--model {model!r} is not a YOLOX model; choose from {', '.join(PRESETS)}")
+    if name != fitting:
+        raise UserError(f"{src}: the checkpoint is a {fitting} (by its tensor shapes), not a {name}; "
+                        f"use --model {fitting}")
+    if names is None:
+        names = list(COCO_NAMES) if nc == len(COCO_NAMES) else [f"class{i}" for i in range(nc)]
+    if len(names) != nc:
+        raise UserError(f"{len(names)} class names given but the checkpoint has {nc} classes")
+    spec = model_spec(name, nc)
+    net = build_model(spec)
+    load_state_strict(net, state, source=str(src))
+    return net.float(), ModelInfo(spec, list(names), _IMGSZ.get(name, 640))
+
+
 def import_yolox(pth: str | Path, model_name: str | None, out: str | Path,
                  names: list[str] | None = None) -> Path:
     """Convert an official YOLOX ``.pth`` into a yoloslim ``.safetensors`` model file.
@@ -88,24 +121,8 @@ def import_yolox(pth: str | Path, model_name: str | None, out: str | Path,
     Returns:
         The path written.
     """
-    state = read_yolox_state(pth)
-    nc = int(state["head.cls_preds.0.weight"].shape[0])
-    fitting = infer_preset(state)
-    name = model_name or fitting
-    if name not in PRESETS:
-        raise UserError(f"--model {name!r} is not a YOLOX model; choose from {', '.join(PRESETS)}")
-    if name != fitting:
-        raise UserError(f"{pth}: the checkpoint is a {fitting} (by its tensor shapes), not a {name}; "
-                        f"use --model {fitting}")
-    if names is None:
-        names = list(COCO_NAMES) if nc == len(COCO_NAMES) else [f"class{i}" for i in range(nc)]
-    if len(names) != nc:
-        raise UserError(f"{len(names)} class names given but the checkpoint has {nc} classes")
-    spec = model_spec(name, nc)
-    model = build_model(spec)
-    load_state_strict(model, state, source=str(pth))
-    info = ModelInfo(spec, list(names), _IMGSZ.get(name, 640)).with_event(
-        "imported", source=Path(pth).name, format="yolox", input="BGR 0-255")
-    path = save_model(out, model, info)
-    logger.info(f"imported {name} ({nc} classes) from {pth} -> {path}")
+    net, info = load_yolox_checkpoint(pth, model=model_name, names=names)
+    info = info.with_event("imported", source="yolox", file=Path(pth).name, input="BGR 0-255")
+    path = save_model(out, net, info)
+    logger.info(f"imported {info.spec.name} ({info.spec.nc} classes) from {pth} -> {path}")
     return path

@@ -24,6 +24,7 @@ import yaml
 from torch import nn
 
 from yoloslim.deploy.import_yolov5 import import_yolov5
+from yoloslim.deploy.import_yolox import load_yolox_checkpoint
 from yoloslim.engine.checkpoint import ModelInfo, load_model, save_model
 from yoloslim.engine.profile import count_params
 from yoloslim.errors import UserError
@@ -34,6 +35,7 @@ Importer = Callable[..., tuple[nn.Module, ModelInfo]]
 # source format -> importer; the YOLOv3 and YOLOX engineers add "darknet" and "yolox" here.
 IMPORTERS: dict[str, Importer] = {
     "yolov5": import_yolov5,
+    "yolox": load_yolox_checkpoint,
 }
 
 
