@@ -1,0 +1,53 @@
+"""The ``data`` workflows: generate the synthetic data set, convert VOC to YOLO, check a data set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from yoloslim.data.check import check_data, format_report
+from yoloslim.data.convert import convert_voc
+from yoloslim.data.synth import synthesize
+from yoloslim.workflows.report import table, write_json
+
+
+def synth(out: str | Path, fmt: str = "yolo", images: int = 500, imgsz: int = 320, seed: int = 0,
+          json_file: str | None = None) -> Path:
+    """Write the synthetic data set and print where; returns the data.yaml (yolo) or the VOC root."""
+    path = synthesize(out, fmt=fmt, images=images, imgsz=imgsz, seed=seed)
+    what = "data.yaml" if fmt == "yolo" else "VOC root"
+    print(f"wrote {images} synthetic images of {imgsz} px (seed {seed}), {what}: {path}")
+    if json_file:
+        write_json(json_file, {"path": str(path), "format": fmt, "images": images, "imgsz": imgsz,
+                               "seed": seed})
+    return path
+
+
+def convert(voc: str | Path, out: str | Path, val_ratio: float | None = None, classes: str | None = None,
+            seed: int = 0, keep_difficult: bool = False, json_file: str | None = None) -> Path:
+    """Convert VOC to YOLO txt, print what was written; returns the data.yaml."""
+    res = convert_voc(voc, out, val_ratio=val_ratio, classes_file=classes, seed=seed,
+                      keep_difficult=keep_difficult)
+    splits = list(res.images)
+    print(table(["split", "images", "boxes"], [[s, res.images[s], res.boxes.get(s, 0)] for s in splits]))
+    if res.difficult_dropped:
+        print(f"{res.difficult_dropped} difficult object(s) left out (--keep-difficult keeps them)")
+    if res.problems:
+        print(f"{res.problems} problem(s) in the VOC data: `yoloslim data check --data {voc}` lists them")
+    print(f"{len(res.names)} classes: {', '.join(res.names)}")
+    print(f"wrote {res.data_yaml}")
+    if json_file:
+        write_json(json_file, {"data_yaml": str(res.data_yaml), "images": res.images, "boxes": res.boxes,
+                               "difficult_dropped": res.difficult_dropped, "problems": res.problems,
+                               "names": res.names})
+    return res.data_yaml
+
+
+def check(data: str | Path, classes: str | None = None, json_file: str | None = None) -> dict[str, Any]:
+    """Print a data set's statistics and problems; returns the summary (``ok`` False when problems exist)."""
+    report = check_data(data, names_file=classes)
+    print(format_report(report))
+    summary = {"ok": report.ok, **report.summary()}
+    if json_file:
+        write_json(json_file, summary)
+    return summary
