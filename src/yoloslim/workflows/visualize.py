@@ -1,0 +1,79 @@
+"""``yoloslim visualize``: one grid image of feature maps per chosen layer, for one input image."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import cv2
+import torch
+
+from yoloslim.data.images import read_image
+from yoloslim.data.letterbox import letterbox
+from yoloslim.engine.checkpoint import atomic_write, load_model
+from yoloslim.errors import UserError
+from yoloslim.models.decode import preprocess
+from yoloslim.viz.feature_maps import capture, feature_grid, resolve_layers
+from yoloslim.workflows.report import table, write_json
+
+
+def visualize(weights: str | Path, source: str | Path, layers: list[str], out: str | Path = "runs/visualize",
+              imgsz: int | None = None, max_channels: int = 64,
+              json_file: str | Path | None = None) -> dict[str, Any]:
+    """Run the model on ``source`` (letterboxed to ``imgsz``) and save a grid PNG per layer in ``out``.
+
+    A layer whose output is several maps (a head returning one map per stride) gives one PNG per map,
+    suffixed ``_0``, ``_1`` ...
+
+    Returns:
+        ``{"weights", "source", "imgsz", "layers": [...]}``, one row per PNG:
+        ``{"layer", "module", "file", "shape" (c, h, w), "channels_shown", "grid" (rows, cols)}``.
+    """
+    model, info = load_model(weights)
+    stride = max(info.spec.strides)
+    imgsz = int(imgsz or info.imgsz)
+    if imgsz < stride or imgsz % stride:
+        raise UserError(f"--imgsz must be a multiple of {stride}, got {imgsz}")
+    if not layers:
+        raise UserError("give at least one --layer (a name `yoloslim info --weights CKPT --layers` prints)")
+    found = resolve_layers(model, layers)
+    img = read_image(source) if Path(source).is_file() else None
+    if img is None:
+        raise UserError(f"{source}: not a readable image file")
+    boxed, _ = letterbox(img, imgsz)  # (S, S, 3) BGR
+    rgb = torch.from_numpy(boxed[:, :, ::-1].copy()).permute(2, 0, 1)[None]  # (1, 3, S, S) uint8
+    x = preprocess(rgb, info.spec)
+    maps = capture(model, x, list(dict.fromkeys(found.values())))
+
+    out = Path(out)
+    rows: list[dict[str, Any]] = []
+    for requested, module in found.items():
+        tensors = maps.get(module) or []
+        if not tensors:
+            raise UserError(f"layer {requested!r} gives no (b, c, h, w) feature map to draw")
+        for k, t in enumerate(tensors):
+            suffix = f"_{k}" if len(tensors) > 1 else ""
+            path = out / f"{_safe(module)}{suffix}.png"
+            grid, layout = feature_grid(t[0], max_channels)
+            _write_png(path, grid)
+            rows.append({"layer": requested, "module": module, "file": str(path), "shape": list(t.shape[1:]),
+                         "channels_shown": layout.channels, "grid": [layout.rows, layout.cols]})
+    print(table(["layer", "feature map (c, h, w)", "shown", "file"],
+                [[r["module"], "x".join(map(str, r["shape"])), r["channels_shown"], r["file"]]
+                 for r in rows]))
+    summary = {"weights": str(weights), "source": str(source), "imgsz": imgsz, "layers": rows}
+    if json_file:
+        write_json(json_file, summary)
+    return summary
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def _write_png(path: Path, img: Any) -> None:
+    ok, buf = cv2.imencode(".png", img)
+    if not ok:
+        raise UserError(f"{path}: could not encode the PNG")
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(buf.tobytes()))
