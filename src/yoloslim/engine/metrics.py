@@ -82,6 +82,9 @@ class DetectionMetrics:
     def __len__(self) -> int:
         return len(self._images)
 
+    def __contains__(self, image_id: int) -> bool:
+        return int(image_id) in self._images
+
     def add(self, image_id: int, gt_boxes: Any, gt_classes: Any, gt_ignore: Any = None, det_boxes: Any = None,
             det_scores: Any = None, det_classes: Any = None, *, width: int = 0, height: int = 0) -> None:
         """Record one image.

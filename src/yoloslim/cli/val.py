@@ -1,0 +1,32 @@
+"""``yoloslim val``: COCO mAP@.5 and mAP@.5:.95, P, R per class, and the speed per image."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("val", help="score a model on a data set: P, R, mAP@.5, mAP@.5:.95, per class, speed")
+    p.add_argument("--weights", required=True, help="a yoloslim model file (.safetensors)")
+    p.add_argument("--data", required=True, help="a data.yaml or a VOC root")
+    p.add_argument("--imgsz", type=int, default=None, help="image size (default: the model file's)")
+    p.add_argument("--batch", type=int, default=16, help="images per batch (default 16)")
+    p.add_argument("--split", default="val", choices=["val", "test", "train"],
+                   help="split to score (default val)")
+    p.add_argument("--conf", type=float, default=0.001, help="NMS confidence threshold (default 0.001)")
+    p.add_argument("--iou", type=float, default=0.6, help="NMS IoU threshold (default 0.6)")
+    p.add_argument("--max-det", type=int, default=300, help="detections per image (default 300)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda:N (default cpu)")
+    p.add_argument("--workers", type=int, default=2, help="data loader processes (default 2)")
+    p.add_argument("--json", dest="json_file", help="also write the metrics as JSON")
+    p.add_argument("--save-json", metavar="DIR",
+                   help="write predictions.json and ground_truth.json (COCO format) into DIR")
+    p.set_defaults(func=lambda a: _run(a))
+
+
+def _run(a: argparse.Namespace) -> int:
+    from yoloslim.workflows.val import val
+
+    val(weights=a.weights, data=a.data, imgsz=a.imgsz, batch=a.batch, split=a.split, conf=a.conf, iou=a.iou,
+        max_det=a.max_det, device=a.device, workers=a.workers, json_file=a.json_file, save_json=a.save_json)
+    return 0

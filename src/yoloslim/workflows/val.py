@@ -1,0 +1,94 @@
+"""``yoloslim val``: score a model file on a split of a data set (COCO mAP, P, R, per class, speed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from yoloslim.data.dataset import DetectionDataset, create_loader, load_data
+from yoloslim.engine.checkpoint import load_model
+from yoloslim.engine.evaluate import EvalResult, evaluate
+from yoloslim.errors import UserError
+from yoloslim.log import logger
+from yoloslim.workflows.report import table, write_json
+
+
+def val(weights: str, data: str, imgsz: int | None = None, batch: int = 16, split: str = "val",
+        conf: float = 0.001, iou: float = 0.6, max_det: int = 300, device: str = "cpu", workers: int = 2,
+        json_file: str | None = None, save_json: str | None = None) -> dict[str, Any]:
+    """Evaluate ``weights`` on ``split`` of ``data``; print the table, optionally write JSON files.
+
+    Args:
+        weights: a yoloslim model file.
+        data: a data.yaml or a VOC root.
+        imgsz: letterbox size; by default the model file's.
+        batch: images per batch.
+        split: ``"val"``, ``"test"`` or ``"train"``.
+        conf: NMS confidence threshold.
+        iou: NMS IoU threshold.
+        max_det: detections per image.
+        device: e.g. ``"cpu"`` or ``"cuda:0"``.
+        workers: data loader processes.
+        json_file: write the summary here.
+        save_json: write ``predictions.json`` and ``ground_truth.json`` (COCO) into this folder.
+
+    Returns:
+        The summary written by ``json_file``: map50, map, precision, recall, per_class, speed_ms, ...
+    """
+    if not Path(weights).is_file():
+        raise UserError(f"{weights}: no such model file")
+    if not 0 <= conf <= 1 or not 0 <= iou <= 1:
+        raise UserError(f"--conf and --iou must be between 0 and 1, got {conf} and {iou}")
+    if batch < 1 or max_det < 1:
+        raise UserError(f"--batch and --max-det must be at least 1, got {batch} and {max_det}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: CUDA is not available here; use --device cpu")
+    model, info = load_model(weights, device=device)
+    source = load_data(data)
+    if split not in source.splits or not source.splits[split]:
+        have = ", ".join(k for k, v in source.splits.items() if v) or "none"
+        raise UserError(f"{data}: no {split!r} split with images (splits with images: {have})")
+    samples = source.splits[split]
+    if not any(len(s.classes) for s in samples):
+        raise UserError(f"{data}: the {split} split has no labelled objects; there is nothing to score")
+    imgsz = int(imgsz or info.imgsz)
+    stride = max(model.spec.strides)
+    if imgsz % stride:
+        raise UserError(f"--imgsz must be a multiple of {stride}, got {imgsz}")
+    if info.names and list(info.names) != list(source.names) and len(info.names) == len(source.names):
+        logger.warning(f"the model's class names differ from the data set's; using the data set's: "
+                       f"{', '.join(source.names[:5])}{', ...' if len(source.names) > 5 else ''}")
+    loader = create_loader(DetectionDataset(samples, imgsz), batch_size=batch, shuffle=False, workers=workers)
+    res = evaluate(model, loader, source.names, conf=conf, iou=iou, max_det=max_det, device=device,
+                   save_json_dir=save_json)
+    print(format_table(res))
+    sp = res.speed_ms
+    print(f"Speed: {sp['preprocess']:.1f} ms pre-process, {sp['inference']:.1f} ms inference, "
+          f"{sp['nms']:.1f} ms NMS per image at batch {batch}, {imgsz}x{imgsz}, {device}")
+    m = res.metrics
+    summary = {
+        "map50": m.map50, "map": m.map, "precision": m.precision, "recall": m.recall,
+        "per_class": m.per_class, "speed_ms": res.speed_ms, "images": m.images, "instances": m.instances,
+        "weights": str(weights), "data": str(data), "split": split, "imgsz": imgsz, "conf": conf, "iou": iou,
+        "max_det": max_det,
+    }
+    if save_json:
+        print(f"COCO files: {Path(save_json) / 'predictions.json'}, {Path(save_json) / 'ground_truth.json'}")
+    if json_file:
+        write_json(json_file, summary)
+    return summary
+
+
+def format_table(res: EvalResult) -> str:
+    """YOLOv5's validation table: one line for all classes, then one per class."""
+    m = res.metrics
+
+    def f(v: float | None) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
+    rows = [["all", m.images, m.instances, f(m.precision), f(m.recall), f(m.map50), f(m.map)]]
+    for name, c in m.per_class.items():
+        rows.append([name, c["n_img"], c["n_gt"], f(c["p"]), f(c["r"]), f(c["ap50"]), f(c["ap"])])
+    return table(["Class", "Images", "Instances", "P", "R", "mAP50", "mAP50-95"], rows)
