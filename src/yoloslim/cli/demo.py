@@ -1,0 +1,20 @@
+"""``yoloslim demo``: the main job on the built-in synthetic data set."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="the main job on the built-in synthetic data set")
+    p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
+    p.add_argument("--quick", action="store_true", help="a small data set, for a smoke test in seconds")
+    p.add_argument("--json", dest="json_file", help="also write a summary as JSON")
+    p.set_defaults(func=_run)
+
+
+def _run(a: argparse.Namespace) -> int:
+    from yoloslim.workflows.demo import demo
+
+    demo(out=a.out, quick=a.quick, json_file=a.json_file)
+    return 0
