@@ -67,8 +67,9 @@ def layer_inputs(sections: list[Section], source: str = "cfg") -> list[list[int]
         srcs = [r if r >= 0 else i + r for r in refs]
         for r, s in zip(refs, srcs, strict=True):
             if s >= i or (s < 0 and kind in ("route", "shortcut")):
-                raise UserError(f"{source}: layer {i} [{kind}] refers to layer {r} -> {s}, "
-                                f"which is not an earlier layer")
+                shown = f"{r} (= layer {s})" if r < 0 else f"{r}"
+                raise UserError(f"{source}: layer {i} [{kind}] refers to layer {shown}, which is not an "
+                                "earlier layer")
             if s >= 0 and sections[s + 1]["type"] == "yolo":
                 raise UserError(f"{source}: layer {i} [{kind}] reads the [yolo] layer {s}; yoloslim only "
                                 "supports [yolo] as an output")
