@@ -59,6 +59,12 @@ STAND_IN_NAMES = {
     ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
 }
 _CLASS_NAME = re.compile(r"[A-Z][A-Za-z0-9_]*\Z")
+# Globals that honest checkpoints sometimes hold, with what to do about them.
+_HINTS = {
+    "ultralytics.": " (this is a checkpoint of the YOLOv8-era `ultralytics` package, e.g. yolov5su.pt; "
+                    "yoloslim imports the YOLOv5 repo's v6/v7 checkpoints)",
+    "builtins.getattr": " (a fused model stores bound methods; import the unfused checkpoint from training)",
+}
 
 
 class UnsafePickleError(UserError):
@@ -193,9 +199,10 @@ class RestrictedUnpickler(pickle.Unpickler):
         if key in STAND_IN_NAMES or (_CLASS_NAME.match(name) and _stand_in_module(module)):
             return self._stand_in(module, name)
         module = {"__builtin__": "builtins", "posix": "os", "nt": "os"}.get(module, module)  # as users say
+        hint = next((h for prefix, h in _HINTS.items() if f"{module}.{name}".startswith(prefix)), "")
         raise UnsafePickleError(
-            f"{self._source}: refusing to load: the pickle calls {module}.{name}, which is not a tensor, "
-            "a container or a known model class; it could run code, so nothing in the file was executed"
+            f"{self._source}: refusing to load: the pickle calls {module}.{name}, which is not a tensor, a "
+            f"container or a known model class; it could run code, so nothing in the file was executed{hint}"
         )
 
     def persistent_load(self, pid: Any) -> _Storage:
