@@ -140,6 +140,8 @@ def bad_voc(tmp_path: Path) -> Path:
     _img(jpg / "UPPER.PNG")
     write_voc_xml(ann / "UPPER.xml", "UPPER.PNG", 64, 48, ["dog", "ring", "ring"],
                   np.array([[4, 4, 30, 30], [40, 10, 90, 30], [10, 10, 10, 30]]))
+    _img(jpg / "CAPS.JPG")  # the annotation says caps.jpg
+    write_voc_xml(ann / "caps.xml", "caps.jpg", 64, 48, ["square"], box)
     (jpg / "cut.jpg").write_bytes(_img(jpg / "cut.jpg").read_bytes()[:200])
     write_voc_xml(ann / "cut.xml", "cut.jpg", 64, 48, ["circle"], box)
     shutil.rmtree(root / "ImageSets")
@@ -149,7 +151,8 @@ def bad_voc(tmp_path: Path) -> Path:
 def test_voc_bad_inputs(bad_voc: Path, warnings_log: list[str]) -> None:
     src = load_data(bad_voc)
     samples = {s.path.name: s for split in src.splits.values() for s in split}
-    assert len(samples) == 6 + 3
+    assert len(samples) == 6 + 4
+    assert samples["CAPS.JPG"].classes.tolist() == [1]
     assert samples["nosize.jpg"].width == 64 and samples["nobox.jpg"].classes.tolist() == []
     up = samples["UPPER.PNG"]
     assert up.classes.tolist() == [5] and np.allclose(up.boxes, [[40, 10, 64, 30]])
