@@ -124,3 +124,21 @@ def test_cost_model_matches_profile():
     compact = apply_plan(model, plan, build=Toy)
     assert params == count_params(compact)
     assert flops == round(total_gflops(profile(compact, 32)) * 1e9)
+
+
+def test_fold_bias_matches_gamma_only_mask_inside():
+    from yoloslim.prune.surgery import fold_bias
+
+    model = toy()
+    graph = ChannelGraph.trace(model)
+    plan = plan_channels(model, graph, BNScale(), ratio=0.5)
+    compact = apply_plan(model, plan, build=Toy).eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = mask_model(model, plan, beta=False)(x)[0]  # removed channels emit act(β)
+        plain = compact(x)[0]
+        assert fold_bias(model, compact, plan) == []
+        folded = compact(x)[0]
+    inner = (slice(None), slice(None), slice(8, 24), slice(8, 24))  # away from zero-padded borders
+    assert (folded - ref)[inner].abs().max() < 1e-4
+    assert (plain - ref)[inner].abs().max() > 1e-2  # without folding the outputs move

@@ -122,12 +122,13 @@ def apply_plan(model: nn.Module, plan: ChannelPlan,
 
 
 @torch.no_grad()
-def mask_model(model: nn.Module, plan: ChannelPlan, copy_model: bool = True) -> nn.Module:
+def mask_model(model: nn.Module, plan: ChannelPlan, copy_model: bool = True, beta: bool = True) -> nn.Module:
     """The model with γ and β of every removed channel set to zero (same shapes).
 
     Convs that carry removed channels without a batch norm after them get those output rows (and
     bias) zeroed instead. With activations that map 0 to 0 the removed channels are then exactly
-    zero everywhere, so the masked model computes what the compact one does.
+    zero everywhere, so the masked model computes what the compact one does. With ``beta=False``
+    only γ is zeroed: removed channels then emit the constant act(β) that :func:`fold_bias` folds.
     """
     net = copy.deepcopy(unwrap(model)) if copy_model else unwrap(model)
     modules = dict(net.named_modules())
@@ -143,6 +144,66 @@ def mask_model(model: nn.Module, plan: ChannelPlan, copy_model: bool = True) -> 
         drop = torch.ones(m.weight.shape[0], dtype=torch.bool)
         drop[keep] = False
         m.weight[drop] = 0
-        if m.bias is not None:
+        if m.bias is not None and beta:
             m.bias[drop] = 0
     return net
+
+
+@torch.no_grad()
+def fold_bias(model: nn.Module, compact: nn.Module, plan: ChannelPlan, imgsz: int = 64) -> list[str]:
+    """Fold the constant act(β) that removed channels emitted into the following convs (in ``compact``).
+
+    A removed channel with γ ≈ 0 still outputs the constant act(β) (summed over a residual chain).
+    Each consumer conv then received ``W[:, removed] · const`` per output channel: it is added to the
+    consumer's bias, or subtracted from the running mean of the batch norm that follows it. Exact away
+    from zero-padded borders when the removed γ are 0. The constants are read from one forward of
+    ``model`` with the removed γ zeroed. Returns the consumers that could not take a bias (no bias,
+    no batch norm after them).
+
+    Args:
+        model: the model the plan was made for (unchanged).
+        compact: ``apply_plan(model, plan)``, modified in place.
+        plan: the channel plan.
+        imgsz: input size of the forward that reads the constants.
+    """
+    src = mask_model(model, plan, beta=False).eval()
+    graph = plan.graph
+    removed_cols: dict[str, torch.Tensor] = {}
+    for name, call in graph.calls.items():
+        if call.kind == "conv" and call.inputs is not None:
+            keep = plan.index(call.inputs)
+            if keep is not None:
+                drop = torch.ones(sum(n for _, n in call.inputs), dtype=torch.bool)
+                drop[keep] = False
+                removed_cols[name] = drop
+    seen: dict[str, torch.Tensor] = {}
+
+    def hook(name: str):
+        def fn(m: nn.Module, inputs: tuple) -> None:
+            x = inputs[0]  # (b, c, h, w)
+            seen[name] = x[0, :, x.shape[2] // 2, x.shape[3] // 2].detach().clone()
+        return fn
+
+    hooks = [src.get_submodule(n).register_forward_pre_hook(hook(n)) for n in removed_cols]
+    try:
+        p = next(src.parameters())
+        src(torch.zeros(1, 3, imgsz, imgsz, dtype=p.dtype, device=p.device))
+    finally:
+        for h in hooks:
+            h.remove()
+    skipped = []
+    for name, drop in removed_cols.items():
+        w = model.get_submodule(name).weight.detach()  # (out, in, kh, kw)
+        const = seen[name][drop.to(w.device)]  # (removed,)
+        delta = w[:, drop.to(w.device)].sum((2, 3)) @ const  # (out,)
+        out_keep = plan.index(graph.calls[name].outputs, w.device)
+        if out_keep is not None:
+            delta = delta[out_keep]
+        conv = compact.get_submodule(name)
+        if conv.bias is not None:
+            conv.bias += delta
+        elif name in graph.bn_after:
+            compact.get_submodule(graph.bn_after[name]).running_mean -= delta
+        else:
+            skipped.append(name)
+    return skipped

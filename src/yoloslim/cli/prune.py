@@ -1,0 +1,56 @@
+"""``yoloslim prune``: channel (slim, l1, l2) or layer pruning into a compact model file."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prune", help="prune a model (slim, l1, l2 or layer) into a compact model file")
+    p.add_argument("--weights", required=True, help="a yoloslim model file (.safetensors)")
+    p.add_argument("--method", required=True, choices=["slim", "l1", "l2", "layer"],
+                   help="slim: global BN-γ threshold; l1/l2: filter norms; layer: remove residual blocks")
+    amount = p.add_mutually_exclusive_group(required=True)
+    amount.add_argument("--ratio", type=float,
+                        help="fraction of prunable channels (layer: of removable blocks)")
+    amount.add_argument("--target-flops", type=float,
+                        help="FLOPs of the result as a fraction of the original")
+    amount.add_argument("--target-params", type=float,
+                        help="parameters of the result as a fraction of the original")
+    amount.add_argument("--blocks", type=int, help="layer: number of residual blocks to remove")
+    p.add_argument("--global", dest="global_rank", action="store_true",
+                   help="l1/l2: one ranking over all channels instead of the same ratio per layer")
+    p.add_argument("--include", nargs="+", metavar="NAME",
+                   help="prune only under these module-name prefixes (a stage or a single conv) and what is "
+                        "coupled to them")
+    p.add_argument("--round-to", type=int, default=1, help="keep pruned widths multiples of N (default 1)")
+    p.add_argument("--min-channels", type=int, default=0,
+                   help="keep the N strongest channels of a group a ratio would empty, instead of refusing")
+    p.add_argument("--fold-bias", action="store_true",
+                   help="fold removed channels' constant act(β) into the next convs' biases")
+    p.add_argument("--data", help="data.yaml or VOC root: also report mAP before and after on its val split")
+    p.add_argument("--imgsz", type=int, default=None,
+                   help="image size for FLOPs, latency, mAP (default: the file's)")
+    p.add_argument("--batch", type=int, default=16, help="batch size of the mAP evaluation (default 16)")
+    p.add_argument("--workers", type=int, default=2, help="data-loader workers for --data (default 2)")
+    p.add_argument("--latency-runs", type=int, default=20,
+                   help="timed batch-1 runs per model, alternating before/after (0: skip; default 20)")
+    p.add_argument("--steps", type=int, default=1,
+                   help="iterative pruning in K steps (needs --finetune-epochs)")
+    p.add_argument("--finetune-epochs", type=int, default=0,
+                   help="fine-tune epochs between steps (with --data)")
+    p.add_argument("--out", help="output model file (default: <weights>-<method>.safetensors)")
+    p.add_argument("--json", dest="json_file",
+                   help="also write before/after figures and per-layer widths as JSON")
+    p.set_defaults(func=lambda a: _run(a))
+
+
+def _run(a: argparse.Namespace) -> int:
+    from yoloslim.workflows.prune import prune
+
+    prune(weights=a.weights, method=a.method, ratio=a.ratio, target_flops=a.target_flops,
+          target_params=a.target_params, blocks=a.blocks, global_rank=a.global_rank, include=a.include,
+          round_to=a.round_to, min_channels=a.min_channels, fold_bias=a.fold_bias, data=a.data, imgsz=a.imgsz,
+          batch=a.batch, workers=a.workers, out=a.out, json_file=a.json_file, latency_runs=a.latency_runs,
+          steps=a.steps, finetune_epochs=a.finetune_epochs)
+    return 0

@@ -1,0 +1,114 @@
+"""One call from a model to its pruned model: trace, score, allocate, cut (the library entry point).
+
+``prune_model(model, PruneOptions(method="slim", ratio=0.5))`` returns the compact model and the
+plan; the ``prune`` workflow, the demo and the benchmarks all go through it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from yoloslim.engine.checkpoint import unwrap
+from yoloslim.errors import UserError
+from yoloslim.log import logger
+from yoloslim.prune.allocate import plan_channels
+from yoloslim.prune.graph import ChannelGraph
+from yoloslim.prune.importance import importance_for
+from yoloslim.prune.layers import LayerPlan, apply_layer_plan, plan_layers
+from yoloslim.prune.surgery import ChannelPlan, apply_plan, fold_bias
+
+METHODS = ("slim", "l1", "l2", "layer")
+
+
+@dataclass
+class PruneOptions:
+    """What to prune and how much (the ``yoloslim prune`` flags).
+
+    Attributes:
+        method: ``slim`` (global BN-γ threshold), ``l1`` / ``l2`` (filter norms), ``layer`` (residual blocks).
+        ratio: fraction of the prunable channels (or removable blocks) to remove.
+        target_flops: instead, FLOPs of the result as a fraction of the original.
+        target_params: instead, parameters of the result as a fraction of the original.
+        blocks: for ``layer``, the number of blocks to remove.
+        global_rank: one ranking over all channels; None = the method's default (slim: global,
+            l1/l2: per layer).
+        include: module-name prefixes limiting what is pruned (plus what is coupled to them).
+        round_to: pruned widths are multiples of this.
+        min_channels: keep at least this many channels per group instead of refusing a ratio that empties one.
+        fold_bias: fold removed channels' constant act(β) into the next convs' biases.
+    """
+
+    method: str = "slim"
+    ratio: float | None = None
+    target_flops: float | None = None
+    target_params: float | None = None
+    blocks: int | None = None
+    global_rank: bool | None = None
+    include: list[str] = field(default_factory=list)
+    round_to: int = 1
+    min_channels: int = 0
+    fold_bias: bool = False
+
+    def check(self) -> None:
+        if self.method not in METHODS:
+            raise UserError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        amounts = {"--ratio": self.ratio, "--target-flops": self.target_flops,
+                   "--target-params": self.target_params, "--blocks": self.blocks}
+        given = [k for k, v in amounts.items() if v is not None]
+        if len(given) != 1:
+            got = f" (got {', '.join(given)})" if given else ""
+            raise UserError("give exactly one of " + ", ".join(amounts) + got)
+        if self.blocks is not None and self.method != "layer":
+            raise UserError("--blocks is for --method layer; channel methods take --ratio or a target")
+        channel_only = self.global_rank or self.round_to != 1 or self.min_channels or self.fold_bias
+        if self.method == "layer" and channel_only:
+            raise UserError("--global, --round-to, --min-channels and --fold-bias are for channel methods, "
+                            "not --method layer")
+
+
+@dataclass
+class PruneResult:
+    """The compact model and what was done to get it."""
+
+    model: nn.Module
+    plan: ChannelPlan | LayerPlan
+    ratio: float
+    held: list[str] = field(default_factory=list)
+    unfolded: list[str] = field(default_factory=list)  # consumers --fold-bias could not adjust
+
+    @property
+    def removed_blocks(self) -> list[str]:
+        return [b.name for b in self.plan.blocks] if isinstance(self.plan, LayerPlan) else []
+
+
+def prune_model(model: nn.Module, opts: PruneOptions, graph: ChannelGraph | None = None) -> PruneResult:
+    """Prune ``model`` (unchanged) into a new compact model.
+
+    Args:
+        model: a yoloslim detector (``model.spec`` is rebuilt with the new widths / depths).
+        opts: method and amount.
+        graph: the model's channel graph, when already traced.
+    """
+    opts.check()
+    model = unwrap(model)
+    graph = graph or ChannelGraph.trace(model)
+    include = list(opts.include) or None
+    if opts.method == "layer":
+        plan = plan_layers(model, graph, ratio=opts.ratio, blocks=opts.blocks, target_flops=opts.target_flops,
+                           target_params=opts.target_params, include=include)
+        names = ", ".join(b.name for b in plan.blocks) or "-"
+        logger.info(f"layer pruning removes {plan.count} block(s): {names}")
+        return PruneResult(apply_layer_plan(model, plan), plan, plan.ratio)
+    global_rank = opts.method == "slim" if opts.global_rank is None else opts.global_rank
+    plan = plan_channels(model, graph, importance_for(opts.method), ratio=opts.ratio,
+                         target_flops=opts.target_flops, target_params=opts.target_params,
+                         global_rank=global_rank, include=include,
+                         round_to=opts.round_to, min_channels=opts.min_channels)
+    compact = apply_plan(model, plan)
+    unfolded = fold_bias(model, compact, plan) if opts.fold_bias else []
+    if unfolded:
+        logger.warning(f"--fold-bias: {len(unfolded)} conv(s) have neither a bias nor a batch norm to take "
+                       f"the removed channels' constant: {', '.join(unfolded[:5])}")
+    return PruneResult(compact, plan, plan.ratio, held=plan.held, unfolded=unfolded)

@@ -1,0 +1,166 @@
+"""``yoloslim prune``: a trained model in, a compact model file out, with an honest before/after report."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from yoloslim.engine.checkpoint import ModelInfo, load_model, save_model
+from yoloslim.engine.profile import count_params, profile, total_gflops
+from yoloslim.errors import UserError
+from yoloslim.log import logger
+from yoloslim.prune.layers import LayerPlan
+from yoloslim.prune.pipeline import PruneOptions, PruneResult, prune_model
+from yoloslim.workflows.report import table, write_json
+
+
+def prune(weights: str, method: str, ratio: float | None = None, target_flops: float | None = None,
+          target_params: float | None = None, blocks: int | None = None, global_rank: bool = False,
+          include: list[str] | None = None, round_to: int = 1, min_channels: int = 0, fold_bias: bool = False,
+          data: str | None = None, imgsz: int | None = None, batch: int = 16, workers: int = 2,
+          out: str | None = None, json_file: str | None = None, latency_runs: int = 20,
+          steps: int = 1, finetune_epochs: int = 0) -> dict[str, Any]:
+    """Prune ``weights``, write the compact model and print the Metric / Before / After table.
+
+    Args:
+        weights: a yoloslim model file.
+        method: ``slim``, ``l1``, ``l2`` or ``layer``.
+        ratio: fraction of prunable channels (removable blocks for ``layer``) to remove.
+        target_flops: instead, the pruned model's FLOPs as a fraction of the original.
+        target_params: instead, its parameters as a fraction of the original.
+        blocks: for ``layer``, how many blocks to remove.
+        global_rank: l1/l2: one ranking over all channels instead of the same ratio per layer.
+        include: module-name prefixes: prune only there (plus what is coupled to them).
+        round_to: pruned widths are multiples of this.
+        min_channels: keep this many channels of a group a ratio would empty, instead of refusing.
+        fold_bias: fold removed channels' constant act(β) into the following convs' biases.
+        data: a data set (data.yaml or VOC root): also report mAP@.5 and mAP@.5:.95 on its val split.
+        imgsz: image size for FLOPs, latency and mAP (default: the model file's).
+        batch: batch size of the mAP evaluation.
+        workers: data-loader workers of the mAP evaluation.
+        out: the compact model file (default ``<weights stem>-<method>.safetensors`` beside it).
+        json_file: also write ``{"before": {...}, "after": {...}, "layers": [...]}``.
+        latency_runs: timed batch-1 runs per model, alternating (0: skip latency).
+        steps: iterative pruning in this many steps (with ``finetune_epochs`` of training between them).
+        finetune_epochs: epochs of fine-tuning after each step but the last (needs ``data``).
+
+    Returns:
+        The summary written to ``json_file``.
+    """
+    opts = PruneOptions(method=method, ratio=ratio, target_flops=target_flops, target_params=target_params,
+                        blocks=blocks, global_rank=global_rank or None, include=list(include or []),
+                        round_to=round_to, min_channels=min_channels, fold_bias=fold_bias)
+    opts.check()
+    if steps != 1 or finetune_epochs:
+        raise UserError("--steps / --finetune-epochs (iterative pruning) need the training engine, which "
+                        "this yoloslim does not have yet; prune in one step, then "
+                        "`yoloslim train --weights PRUNED`")
+    model, info = load_model(weights)
+    model.eval()
+    imgsz = int(imgsz or info.imgsz)
+    stride = max(model.spec.strides)
+    if imgsz <= 0 or imgsz % stride:
+        raise UserError(f"--imgsz must be a positive multiple of {stride}, got {imgsz}")
+    t0 = time.perf_counter()
+    result = prune_model(model, opts)
+    seconds = time.perf_counter() - t0
+    pruned = result.model.eval()
+    out_path = Path(out) if out else Path(weights).with_name(f"{Path(weights).stem}-{method}.safetensors")
+    event = {"method": method, "ratio": round(result.ratio, 6), "source": str(weights)}
+    for key, value in (("target_flops", target_flops), ("target_params", target_params), ("blocks", blocks),
+                       ("include", include), ("round_to", round_to if round_to != 1 else None),
+                       ("min_channels", min_channels or None), ("held", result.held or None),
+                       ("removed_blocks", result.removed_blocks or None), ("fold_bias", fold_bias or None),
+                       ("global", global_rank or None)):
+        if value is not None:
+            event[key] = value
+    new_info = ModelInfo(pruned.spec, info.names, info.imgsz, info.history).with_event("pruned", **event)
+    save_model(out_path, pruned, new_info)
+    logger.info(f"pruned in {seconds:.2f}s -> {out_path}")
+
+    before, after = _figures(model, imgsz), _figures(pruned, imgsz)
+    if latency_runs > 0:
+        from yoloslim.deploy.bench import compare_latency
+
+        lat = compare_latency({"before": model, "after": pruned}, imgsz, runs=latency_runs, warmup=3)
+        before["latency_ms"], after["latency_ms"] = lat["before"]["median_ms"], lat["after"]["median_ms"]
+    if data:
+        maps = _evaluate({"before": model, "after": pruned}, data, imgsz, batch, workers)
+        before.update(maps["before"])
+        after.update(maps["after"])
+    layers = _layer_rows(model, pruned, result)
+    summary = {"weights": str(weights), "out": str(out_path), "method": method, "ratio": result.ratio,
+               "imgsz": imgsz, "seconds": round(seconds, 3), "held": result.held,
+               "removed_blocks": result.removed_blocks, "before": before, "after": after, "layers": layers}
+    _print_report(summary)
+    if json_file:
+        write_json(json_file, summary)
+    return summary
+
+
+def _figures(model: nn.Module, imgsz: int) -> dict[str, Any]:
+    return {"params": count_params(model), "gflops": round(total_gflops(profile(model, imgsz)), 4),
+            "latency_ms": None, "map50": None, "map": None}
+
+
+def _evaluate(models: dict[str, nn.Module], data: str, imgsz: int, batch: int,
+              workers: int) -> dict[str, dict]:
+    """mAP@.5 and mAP@.5:.95 of each model on the data set's val split."""
+    from yoloslim.data.dataset import DetectionDataset, create_loader, load_data
+    from yoloslim.engine.evaluate import evaluate
+
+    source = load_data(data)
+    samples = source.splits.get("val") or source.splits.get("test")
+    if not samples:
+        raise UserError(f"{data}: no val split to measure mAP on")
+    loader = create_loader(DetectionDataset(samples, imgsz), batch_size=batch, shuffle=False, workers=workers)
+    out = {}
+    for label, model in models.items():
+        m = evaluate(model, loader, source.names).metrics
+        out[label] = {"map50": round(float(m.map50), 5), "map": round(float(m.map), 5)}
+    return out
+
+
+def _layer_rows(model: nn.Module, pruned: nn.Module, result: PruneResult) -> list[dict[str, Any]]:
+    """Per conv: channels in and out before and after (layer pruning: removed blocks' convs show 0)."""
+    before = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    after = {n: m for n, m in pruned.named_modules() if isinstance(m, nn.Conv2d)}
+    rename: dict[str, str | None] = {n: n for n in before}
+    if isinstance(result.plan, LayerPlan):
+        from yoloslim.prune.layers import _rename, _renames
+
+        renames = _renames(model.spec, result.plan)
+        rename = {n: _rename(n, renames) for n in before}
+    rows = []
+    for name, m in before.items():
+        new = after.get(rename[name]) if rename[name] else None
+        rows.append({"name": name, "c_in_before": m.in_channels, "c_out_before": m.out_channels,
+                     "c_in_after": new.in_channels if new else 0,
+                     "c_out_after": new.out_channels if new else 0})
+    return rows
+
+
+def _print_report(s: dict[str, Any]) -> None:
+    b, a = s["before"], s["after"]
+    changed = [r for r in s["layers"]
+               if (r["c_in_before"], r["c_out_before"]) != (r["c_in_after"], r["c_out_after"])]
+    if changed:
+        print(table(["layer", "c_in before", "c_in after", "c_out before", "c_out after"],
+                    [[r["name"], r["c_in_before"], r["c_in_after"], r["c_out_before"],
+                      r["c_out_after"] if r["c_out_after"] else "removed"] for r in changed]))
+        print(f"({len(changed)} of {len(s['layers'])} convs changed)\n")
+    rows = []
+    for key, label, fmt in (("params", "params", "{:,}"), ("gflops", f"GFLOPs @{s['imgsz']}", "{:.3f}"),
+                            ("latency_ms", "CPU latency ms (median, batch 1)", "{:.2f}"),
+                            ("map50", "mAP@.5", "{:.4f}"), ("map", "mAP@.5:.95", "{:.4f}")):
+        if b.get(key) is None:
+            continue
+        change = (a[key] - b[key]) / b[key] * 100 if b[key] else 0.0
+        rows.append([label, fmt.format(b[key]), fmt.format(a[key]), f"{change:+.1f} %"])
+    print(table(["Metric", "Before", "After", "Change"], rows))
+    extra = f"; held by --min-channels: {', '.join(s['held'])}" if s["held"] else ""
+    blocks = f"; removed blocks: {', '.join(s['removed_blocks'])}" if s["removed_blocks"] else ""
+    print(f"{s['method']} at ratio {s['ratio']:.4g} in {s['seconds']:.2f}s -> {s['out']}{extra}{blocks}")

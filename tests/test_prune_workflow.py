@@ -1,0 +1,84 @@
+"""``yoloslim prune`` end to end: compact file, report JSON, history, round trip in a fresh process."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from test_prune_surgery import randomize_bn
+from yoloslim.cli import main
+from yoloslim.engine.checkpoint import ModelInfo, load_model, read_info, save_model
+from yoloslim.models import create_model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture()
+def weights(tmp_path):
+    torch.manual_seed(0)
+    model = randomize_bn(create_model("yolov5n", nc=2))
+    path = tmp_path / "base.safetensors"
+    save_model(path, model, ModelInfo(model.spec, ["a", "b"], 64).with_event("trained", epochs=1))
+    return path
+
+
+@pytest.mark.parametrize("method,amount", [("slim", ["--ratio", "0.5"]), ("layer", ["--blocks", "2"]),
+                                           ("l2", ["--target-flops", "0.5", "--round-to", "4"])])
+def test_prune_cli_writes_compact_model_and_report(tmp_path, weights, method, amount):
+    out, js = tmp_path / "pruned.safetensors", tmp_path / "report.json"
+    code = main(["prune", "--weights", str(weights), "--method", method, *amount, "--imgsz", "64",
+                 "--latency-runs", "2", "--out", str(out), "--json", str(js)])
+    assert code == 0
+    report = json.loads(js.read_text())
+    for side in ("before", "after"):
+        assert set(report[side]) == {"params", "gflops", "latency_ms", "map50", "map"}
+        assert report[side]["latency_ms"] > 0
+    assert report["after"]["params"] < report["before"]["params"]
+    assert report["layers"] and {"name", "c_out_before", "c_out_after"} <= set(report["layers"][0])
+    info = read_info(out)
+    assert [e["action"] for e in info.history] == ["trained", "pruned"]
+    assert info.history[-1]["method"] == method and info.history[-1]["source"] == str(weights)
+    if method == "l2":
+        assert abs(report["after"]["gflops"] / report["before"]["gflops"] - 0.5) < 0.01
+
+
+@pytest.mark.slow
+def test_round_trip_in_a_fresh_process(tmp_path, weights):
+    out = tmp_path / "pruned.safetensors"
+    assert main(["prune", "--weights", str(weights), "--method", "slim", "--ratio", "0.6", "--out", str(out),
+                 "--latency-runs", "0"]) == 0
+    model, _ = load_model(out)
+    x = torch.rand(1, 3, 64, 64)
+    torch.save(x, tmp_path / "x.pt")
+    with torch.no_grad():
+        ref = model.eval()(x)
+    code = (
+        "import sys, torch\n"
+        "from yoloslim.engine.checkpoint import load_model\n"
+        f"m, _ = load_model(r'{out}')\n"
+        f"x = torch.load(r'{tmp_path / 'x.pt'}')\n"
+        "with torch.no_grad():\n"
+        f"    torch.save(m.eval()(x), r'{tmp_path / 'y.pt'}')\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300, env=env)
+    got = torch.load(tmp_path / "y.pt")
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(ref, got, strict=True))
+
+
+def test_unsafe_ratio_exits_2_with_the_safe_ratio(tmp_path, weights, capsys):
+    out = tmp_path / "never.safetensors"
+    code = main(["prune", "--weights", str(weights), "--method", "slim", "--ratio", "0.99",
+                 "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "largest safe ratio is" in err and err.count("\n") == 1
+    assert not out.exists()
