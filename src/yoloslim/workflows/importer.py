@@ -57,6 +57,8 @@ def import_checkpoint(source: str, src: str | Path, out: str | Path, cfg: str | 
     src, out = Path(src), Path(out)
     if not src.is_file():
         raise UserError(f"{src}: no such file")
+    if src.suffix == ".safetensors":
+        raise UserError(f"{src}: already a .safetensors file; pass a yoloslim model file to --weights")
     if out.suffix != ".safetensors":
         raise UserError(f"--out {out}: yoloslim model files end in .safetensors")
     if out.resolve() == src.resolve():
