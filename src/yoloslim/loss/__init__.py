@@ -16,6 +16,7 @@ from torch import nn
 
 from yoloslim.engine.checkpoint import unwrap
 from yoloslim.errors import UserError
+from yoloslim.loss.yolov3 import YOLOv3Loss
 from yoloslim.loss.yolov5 import YOLOv5Loss
 from yoloslim.loss.yolox import YOLOXLoss
 
@@ -25,6 +26,7 @@ LossFn = Callable[[list[torch.Tensor], torch.Tensor], tuple[torch.Tensor, dict[s
 LOSSES: dict[str, Callable[[nn.Module, Any], LossFn]] = {
     "yolov5": YOLOv5Loss,
     "yolox": YOLOXLoss,
+    "yolov3": YOLOv3Loss,
 }
 
 
