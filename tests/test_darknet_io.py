@@ -354,3 +354,18 @@ def test_opencv_agrees_on_presets(tmp_path, name):
     spec.channels = {k: max(2, v // 8) for k, v in spec.channels.items()}
     box, cls, compared = compare_with_opencv(randomize(build_model(spec), seed=2), tmp_path)
     assert box < 1e-4 and cls < 1e-4 and compared > 0
+
+
+def test_cli_import_from_darknet(tmp_path, capsys):
+    from yoloslim.cli import main
+
+    (tmp_path / "t.cfg").write_text(TINY_CFG)
+    darknet_file(tmp_path / "t.weights")
+    (tmp_path / "t.names").write_text("hand\ncup\n")
+    out = tmp_path / "t.safetensors"
+    assert main(["import", "--from", "darknet", str(tmp_path / "t.weights"), "--cfg", str(tmp_path / "t.cfg"),
+                 "--names", str(tmp_path / "t.names"), "--out", str(out)]) == 0
+    model, info = load_model(out)
+    assert info.names == ["hand", "cup"] and info.spec.family == "yolov3" and info.imgsz == 64
+    assert main(["import", "--from", "darknet", str(tmp_path / "t.weights"), "--out", str(out)]) == 2
+    assert "--cfg" in capsys.readouterr().err

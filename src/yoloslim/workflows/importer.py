@@ -23,6 +23,7 @@ import torch
 import yaml
 from torch import nn
 
+from yoloslim.deploy.darknet_io import load_darknet
 from yoloslim.deploy.import_yolov5 import import_yolov5
 from yoloslim.deploy.import_yolox import load_yolox_checkpoint
 from yoloslim.engine.checkpoint import ModelInfo, load_model, save_model
@@ -36,6 +37,7 @@ Importer = Callable[..., tuple[nn.Module, ModelInfo]]
 IMPORTERS: dict[str, Importer] = {
     "yolov5": import_yolov5,
     "yolox": load_yolox_checkpoint,
+    "darknet": load_darknet,
 }
 
 
