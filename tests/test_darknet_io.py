@@ -369,3 +369,17 @@ def test_cli_import_from_darknet(tmp_path, capsys):
     assert info.names == ["hand", "cup"] and info.spec.family == "yolov3" and info.imgsz == 64
     assert main(["import", "--from", "darknet", str(tmp_path / "t.weights"), "--out", str(out)]) == 2
     assert "--cfg" in capsys.readouterr().err
+
+
+def test_cli_export_to_darknet(tmp_path):
+    from yoloslim.cli import main
+
+    (tmp_path / "t.cfg").write_text(TINY_CFG)
+    darknet_file(tmp_path / "t.weights", seed=4)
+    model, _ = import_darknet(tmp_path / "t.cfg", tmp_path / "t.weights", tmp_path / "t.safetensors")
+    out = tmp_path / "out" / "back.cfg"
+    assert main(["export", "--weights", str(tmp_path / "t.safetensors"), "--format", "darknet",
+                 "--out", str(out)]) == 0
+    assert (tmp_path / "out" / "back.weights").read_bytes()[20:] == (tmp_path / "t.weights").read_bytes()[20:]
+    assert main(["export", "--weights", str(tmp_path / "t.safetensors"), "--format", "darknet",
+                 "--out", str(tmp_path / "x.onnx")]) == 2

@@ -8,7 +8,8 @@ import argparse
 def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a model to ONNX (fused, decoded, checked against PyTorch)")
     p.add_argument("--weights", required=True, help="a yoloslim model file (.safetensors)")
-    p.add_argument("--format", default="onnx", help="export format (only 'onnx')")
+    p.add_argument("--format", default="onnx",
+                   help="export format: onnx, or darknet (.cfg + .weights, YOLOv3 family)")
     p.add_argument("--imgsz", type=int, default=None, help="input size (default: the model file's)")
     p.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
     p.add_argument("--nms", action="store_true",

@@ -9,9 +9,10 @@ from yoloslim.deploy.onnx_export import MIN_OPSET, export_checked
 from yoloslim.engine.checkpoint import load_model
 from yoloslim.engine.profile import count_params
 from yoloslim.errors import UserError
+from yoloslim.workflows.export_darknet import export_darknet_files
 from yoloslim.workflows.report import write_json
 
-FORMATS = ("onnx",)
+FORMATS = ("onnx", "darknet")
 
 
 def export(weights: str, format: str = "onnx", imgsz: int | None = None, dynamic: bool = False,
@@ -37,6 +38,9 @@ def export(weights: str, format: str = "onnx", imgsz: int | None = None, dynamic
     """
     if format not in FORMATS:
         raise UserError(f"unknown --format {format!r}; choose from {', '.join(FORMATS)}")
+    if format == "darknet":  # .cfg + .weights of a YOLOv3-family model (workflows/export_darknet.py)
+        return export_darknet_files(weights, out=out, imgsz=imgsz, dynamic=dynamic, nms=nms,
+                                    json_file=json_file)
     model, info = load_model(weights)
     imgsz = int(imgsz or info.imgsz)
     target = Path(out) if out else Path(weights).with_suffix(".onnx")
