@@ -82,3 +82,19 @@ def test_unsafe_ratio_exits_2_with_the_safe_ratio(tmp_path, weights, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "largest safe ratio is" in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_prune_with_data_reports_map(tmp_path, tiny_data):
+    from yoloslim.data.dataset import load_data
+
+    names = load_data(tiny_data).names
+    model = randomize_bn(create_model("yolov5n", nc=len(names)))
+    weights = tmp_path / "base.safetensors"
+    save_model(weights, model, ModelInfo(model.spec, names, 64))
+    js = tmp_path / "r.json"
+    assert main(["prune", "--weights", str(weights), "--method", "l1", "--ratio", "0.3",
+                 "--data", str(tiny_data), "--latency-runs", "0", "--workers", "0", "--json", str(js)]) == 0
+    report = json.loads(js.read_text())
+    for side in ("before", "after"):
+        assert 0.0 <= report[side]["map50"] <= 1.0 and 0.0 <= report[side]["map"] <= report[side]["map50"]
+        assert report[side]["latency_ms"] is None

@@ -113,7 +113,7 @@ class Group:
     @property
     def name(self) -> str:
         """The first producer's name, which identifies the group in reports."""
-        return self.producers[0] if self.producers else f"group{self.id}"
+        return self.producers[0] if self.producers else "input"
 
     def describe(self) -> str:
         more = f" (+{len(self.producers) - 1} coupled)" if len(self.producers) > 1 else ""
