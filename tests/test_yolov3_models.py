@@ -117,3 +117,12 @@ def test_stage_depth_and_unknown_names_are_checked():
     spec.channels["module_list.13.m.5.cv1.conv"] = 16
     with pytest.raises(UserError, match="module_list.13.m.5"):
         build_model(spec)
+
+
+def test_info_prints_the_reference_counts(capsys):
+    from yoloslim.cli import main
+
+    refs = (("yolov3", "61,949,149"), ("yolov3-spp", "62,998,749"), ("yolov3-tiny", "8,852,366"))
+    for name, params in refs:
+        assert main(["info", "--model", name, "--imgsz", "32"]) == 0
+        assert f"{params} parameters" in capsys.readouterr().out

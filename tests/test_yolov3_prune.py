@@ -137,3 +137,16 @@ def test_exported_spec_is_the_pruned_one_after_reimport(tmp_path):
     assert sorted(again.spec.depths.values()) == sorted(v for v in model.spec.depths.values() if v)
     rebuilt = build_model(ArchSpec.from_json(again.spec.to_json()))
     assert params(rebuilt) == params(model)
+
+
+def test_pruned_model_file_round_trips(tmp_path):
+    from yoloslim.engine.checkpoint import ModelInfo, load_model, save_model
+
+    pruned = prune_both_ways(small_model("yolov3-mobilenetv2"))
+    info = ModelInfo(pruned.spec, ["a", "b"], 64).with_event("pruned", method="slim+layer")
+    save_model(tmp_path / "p.safetensors", pruned, info)
+    loaded, got = load_model(tmp_path / "p.safetensors")
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert max_diff(pruned(x), loaded.eval()(x)) == 0.0
+    assert got.spec.depths == pruned.spec.depths and got.spec.channels == pruned.spec.channels
