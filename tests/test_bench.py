@@ -98,8 +98,8 @@ def test_interleaved_alternates_and_respects_the_time_budget():
 
 @pytest.mark.parametrize("args,message", [
     (["--imgsz", "70"], "multiple of 32"),
-    (["--threads", "0"], "--threads must be at least 1"),
-    (["--runs", "0"], "--runs must be at least 1"),
+    (["--threads", "0"], "--runs and --threads must be at least 1"),
+    (["--runs", "0"], "--runs and --threads must be at least 1"),
     (["--vs", "missing.safetensors"], "no such file"),
 ])
 def test_bad_bench_input_is_one_line_exit_2(files, args, message, capsys):

@@ -41,6 +41,9 @@ def bench(weights: str, vs: str | None = None, imgsz: int | None = None, backend
     backends = BACKENDS if backend == "both" else (backend,)
     if backend != "both" and backend not in BACKENDS:
         raise UserError(f"unknown --backend {backend!r}; choose from {', '.join(BACKENDS)}, both")
+    if runs < 1 or warmup < 0 or (threads is not None and threads < 1):
+        raise UserError(f"--runs and --threads must be at least 1 and --warmup at least 0, "
+                        f"got {runs}, {threads} and {warmup}")
     model, info = load_model(weights)
     models = {"weights": model}
     if vs:
