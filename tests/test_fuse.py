@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from torch import nn
@@ -24,6 +26,7 @@ def _family_and_size(fn) -> tuple[str, int]:
     return spec.family, sum(c * c for c in spec.channels.values())
 
 
+@functools.cache
 def smallest_preset_per_family() -> list[str]:
     """The smallest preset of every family in MODELS when the tests run."""
     best: dict[str, tuple[int, str]] = {}
@@ -31,7 +34,7 @@ def smallest_preset_per_family() -> list[str]:
         family, size = _family_and_size(fn)
         if family not in best or size < best[family][0]:
             best[family] = (size, name)
-    return sorted(name for _, name in best.values())
+    return sorted(name for _, name in best.values())  # cached: test_export uses it too
 
 
 def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
