@@ -22,7 +22,7 @@ def export(weights: str, format: str = "onnx", imgsz: int | None = None, dynamic
 
     Args:
         weights: a yoloslim model file.
-        format: only ``"onnx"``.
+        format: ``"onnx"``, or ``"darknet"`` (YOLOv3 family, see :mod:`yoloslim.workflows.export_darknet`).
         imgsz: input size; by default the size stored in the model file.
         dynamic: symbolic batch, height and width.
         nms: append ONNX NonMaxSuppression (outputs final detections first).
