@@ -1,9 +1,9 @@
 """Importance: how much each channel of a coupled group matters, one class per published method.
 
 ``Importance.__call__(model, group)`` returns a ``(group.size,)`` tensor, higher = keep; a group's
-score aggregates every coupled member (mean by default), so a channel shared by a residual chain
-is judged by all the layers that would lose it. ``None`` means the method cannot score the group
-(e.g. no batch norm for network slimming); allocation then leaves it whole.
+score aggregates every coupled member (BNScale: max, FilterNorm: mean), so a channel shared by a
+residual chain is judged by all the layers that would lose it. ``None`` means the method cannot
+score the group (e.g. no batch norm for network slimming); allocation then leaves it whole.
 """
 
 from __future__ import annotations
@@ -40,8 +40,13 @@ class BNScale(Importance):
     """Network Slimming, Liu et al. 2017, arXiv:1708.06519: |γ| of the batch norms over the channels.
 
     Sparsity training (:mod:`yoloslim.prune.sparsity`) pushes the γ of unneeded channels toward zero;
-    one global threshold on |γ| then decides what goes.
+    one global threshold on |γ| then decides what goes. Coupled batch norms are reduced with ``max``
+    by default: the threshold rule "remove a channel whose γ is below it" then removes a coupled
+    channel only when it is below the threshold in EVERY batch norm that would lose it.
     """
+
+    def __init__(self, reduction: str = "max") -> None:
+        super().__init__(reduction)
 
     @torch.no_grad()
     def __call__(self, model: nn.Module, group: Group) -> torch.Tensor | None:

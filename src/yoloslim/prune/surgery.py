@@ -141,8 +141,8 @@ def mask_model(model: nn.Module, plan: ChannelPlan, copy_model: bool = True, bet
         m = modules[name]
         if call.kind != "bn" and name in plan.graph.bn_after:
             continue  # its batch norm zeroes these channels
-        drop = torch.ones(m.weight.shape[0], dtype=torch.bool)
-        drop[keep] = False
+        drop = torch.ones(m.weight.shape[0], dtype=torch.bool, device=m.weight.device)
+        drop[keep.to(m.weight.device)] = False
         m.weight[drop] = 0
         if m.bias is not None and beta:
             m.bias[drop] = 0
