@@ -14,7 +14,8 @@ from yoloslim import __version__
 from yoloslim.errors import UserError
 
 # Subcommands in the order `--help` lists them; each is a module of this package.
-COMMANDS = ("demo", "data", "info", "export", "bench", "predict", "import_", "visualize", "val", "prune")
+COMMANDS = ("demo", "data", "info", "export", "bench", "predict", "import_", "visualize", "val", "prune",
+            "train")
 
 
 def build_parser() -> argparse.ArgumentParser:

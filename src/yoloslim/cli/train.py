@@ -1,0 +1,46 @@
+"""``yoloslim train``: train from scratch, sparsity-train, or fine-tune (a pruned model too)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a detector (from scratch, from weights, with BN sparsity, or a "
+                                     "pruned model's fine-tune)")
+    p.add_argument("--data", help="a data.yaml or a VOC root")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--model", help="a preset to train from scratch, e.g. yolov5s")
+    src.add_argument("--weights", help="a model file to start from (a pruned one is trained as it is)")
+    p.add_argument("--epochs", type=int, default=100, help="epochs (default 100)")
+    p.add_argument("--batch", type=int, default=16, help="batch size over all processes (default 16)")
+    p.add_argument("--imgsz", type=int, default=640, help="image size (default 640)")
+    p.add_argument("--sparsity", type=float, default=0.0, metavar="SR",
+                   help="L1 strength on the prunable BN γ (network slimming; e.g. 1e-3; default off)")
+    p.add_argument("--sparsity-schedule", choices=["constant", "linear"], default="constant",
+                   help="constant SR, or linear = SR·(1 − 0.9·epoch/epochs) (default constant)")
+    p.add_argument("--sparsity-bias", action="store_true", help="also penalise BN β")
+    p.add_argument("--hyp", help="YAML file overriding hyper-parameters (lr0, mosaic, ...)")
+    p.add_argument("--cos-lr", action="store_true", help="cosine learning-rate decay (default linear)")
+    p.add_argument("--patience", type=int, default=100, help="stop after this many epochs without "
+                                                             "improvement (default 100)")
+    p.add_argument("--no-augment", action="store_true", help="train on plain letterboxed images")
+    p.add_argument("--cache", action="store_true", help="keep the images in RAM")
+    p.add_argument("--workers", type=int, default=2, help="data loader processes (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--out", help="run folder (default: a new runs/train/expN)")
+    p.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN_DIR_OR_STATE",
+                   help="continue an interrupted run (default: the latest under runs/train)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--json", dest="json_file", help="also write the final numbers as JSON")
+    p.set_defaults(func=lambda a: _run(a))
+
+
+def _run(a: argparse.Namespace) -> int:
+    from yoloslim.workflows.train import train
+
+    train(data=a.data, model=a.model, weights=a.weights, epochs=a.epochs, batch=a.batch, imgsz=a.imgsz,
+          sparsity=a.sparsity, sparsity_schedule=a.sparsity_schedule, sparsity_bias=a.sparsity_bias,
+          hyp=a.hyp, cos_lr=a.cos_lr, workers=a.workers, seed=a.seed, out=a.out, resume=a.resume,
+          device=a.device, patience=a.patience, cache=a.cache, no_augment=a.no_augment, json_file=a.json_file)
+    return 0

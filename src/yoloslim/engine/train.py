@@ -1,0 +1,260 @@
+"""The training loop: one for every family, sparsity training and fine-tuning included.
+
+Plain functions in a visible order, no callbacks::
+
+    train(cfg)
+      setup: data -> model -> loss -> loaders -> optimizer, EMA -> (resume) -> DDP wrap -> sparsity
+      for each epoch:
+        train_one_epoch: forward -> loss -> backward -> [every `accumulate` batches]
+                         unscale -> sparsity.apply -> clip -> optimizer.step -> EMA update
+        end_of_epoch (rank 0): validate the EMA model -> results.csv, log, γ histogram -> save
+
+SGD (Nesterov) with three parameter groups, linear warm-up of learning rates and momentum, a
+linear or cosine schedule, EMA of the weights, gradient accumulation to a nominal batch of 64, AMP
+on CUDA. An epoch never leaves gradients pending (a last partial accumulation is applied at its
+end), so ``--resume`` from the end of an epoch gives the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from yoloslim.engine import ddp
+from yoloslim.engine.checkpoint import ModelInfo, unwrap
+from yoloslim.engine.ema import ModelEMA
+from yoloslim.engine.hyp import hyp_from_dict, load_hyp
+from yoloslim.engine.optim import build_optimizer
+from yoloslim.engine.run_files import (
+    ResultsCSV,
+    Scalars,
+    new_run_dir,
+)
+from yoloslim.engine.train_epoch import (  # noqa: F401 (TrainingDiverged: re-exported)
+    Parts,
+    Progress,
+    TrainingDiverged,
+    end_of_epoch,
+    restore_state,
+    save_checkpoints,
+    train_one_epoch,
+)
+from yoloslim.engine.train_setup import (
+    find_resume_state,
+    initial_model,
+    load_training_data,
+    make_loaders,
+    read_resume_state,
+    spec_of,
+)
+from yoloslim.errors import UserError
+from yoloslim.log import logger, setup_logging
+from yoloslim.loss import make_loss
+from yoloslim.models import build_model
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run is given (saved in its state, so ``--resume`` needs nothing else).
+
+    Attributes:
+        data: a data.yaml or a VOC root.
+        model: preset name to train from scratch (e.g. ``yolov5n``); or
+        weights: a model file to start from (a pruned one is fine-tuned as it is).
+        epochs: epochs in total.
+        batch: batch size over all processes.
+        imgsz: training and validation image size (a multiple of the largest stride).
+        device: ``cpu``, ``cuda`` or ``cuda:N``.
+        workers: data-loader worker processes.
+        out: the run folder (default: a new ``project/expN``).
+        project: where numbered run folders go.
+        resume: a run folder or state file to continue ("" = the latest run under ``project``).
+        seed: seed of initialisation, shuffling and augmentation.
+        hyp: a YAML file overriding :class:`Hyp` keys (augmentation keys included).
+        cos_lr: cosine instead of linear learning-rate decay.
+        sparsity: L1 strength on prunable BN γ (0 = off).
+        sparsity_schedule: ``constant`` or ``linear``.
+        sparsity_bias: also penalise BN β.
+        patience: stop after this many epochs without a better fitness.
+        augment: use the hyp's augmentations (False: plain letterboxing).
+        nominal_batch: gradients are accumulated to this many images per step.
+        cache: keep the images in RAM.
+        val_every_epoch: validate every epoch (else only after the last).
+        save_every: write ``last.safetensors`` and the resume state every this many epochs (and
+            after the last); ``best.safetensors`` is written whenever the fitness improves.
+    """
+
+    data: str = ""
+    model: str | None = None
+    weights: str | None = None
+    epochs: int = 100
+    batch: int = 16
+    imgsz: int = 640
+    device: str = "cpu"
+    workers: int = 2
+    out: str | None = None
+    project: str = "runs/train"
+    resume: str | None = None
+    seed: int = 0
+    hyp: str | None = None
+    cos_lr: bool = False
+    sparsity: float = 0.0
+    sparsity_schedule: str = "constant"
+    sparsity_bias: bool = False
+    patience: int = 100
+    augment: bool = True
+    nominal_batch: int = 64
+    cache: bool = False
+    val_every_epoch: bool = True
+    save_every: int = 1
+
+
+@dataclass
+class TrainResult:
+    """Where a run left its files, and its final numbers."""
+
+    best: Path
+    last: Path
+    run_dir: Path
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Train a detector as ``cfg`` says; under ``torchrun`` every process calls this."""
+    d = ddp.from_env()
+    device = ddp.setup(d, cfg.device)
+    try:
+        return _train(cfg, d, device)
+    finally:
+        ddp.cleanup(d)
+
+
+def _train(cfg: TrainConfig, d: ddp.Dist, device: torch.device) -> TrainResult:
+    cfg, state = _resume_config(cfg)
+    _check_config(cfg)
+    _seed_everything(cfg.seed + d.rank)
+    hyp = hyp_from_dict(state["hyp"]) if state else load_hyp(cfg.hyp)
+    source = load_training_data(cfg.data)
+    if state:
+        spec, names, history = spec_of(state)
+        model, info = build_model(spec), ModelInfo(spec, names, cfg.imgsz, history)
+    else:
+        model, info = initial_model(cfg.model, cfg.weights, source.names, cfg.imgsz)
+    if cfg.imgsz % max(info.spec.strides):
+        raise UserError(f"--imgsz must be a multiple of {max(info.spec.strides)}, got {cfg.imgsz}")
+    run_dir = _run_dir(cfg, d)  # created only once the inputs are known to be good
+    if d.main:
+        setup_logging(run_dir)
+    model = model.to(device)
+    loss_fn = make_loss(model, hyp, cfg.imgsz)
+    augment = hyp.augment if cfg.augment else None
+    train_loader, train_ds, sampler, val_loader = make_loaders(
+        source, cfg.imgsz, cfg.batch, cfg.workers, cfg.seed, augment, cfg.cache, d)
+
+    accumulate = max(round(cfg.nominal_batch / cfg.batch), 1)
+    weight_decay = hyp.weight_decay * cfg.batch * accumulate / cfg.nominal_batch
+    optimizer = build_optimizer(model, hyp.lr0, hyp.momentum, weight_decay)
+    ema = ModelEMA(model)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+    parts = Parts(model, model, optimizer, scaler, ema, loss_fn, None)
+    progress = restore_state(parts, state) if state else Progress()
+    parts.net = ddp.wrap(model, d, device)
+    parts.sparsity = _make_sparsity(cfg, model)
+
+    event = "sparse-trained" if cfg.sparsity > 0 else ("fine-tuned" if cfg.weights else "trained")
+    csv = ResultsCSV(run_dir / "results.csv", keep_epochs_below=progress.start_epoch + 1 if state else None)
+    scalars = Scalars(run_dir, enabled=d.main)
+    if d.main:
+        logger.info(f"{'resuming' if state else 'training'} {info.spec.name} ({len(source.names)} classes) "
+                    f"on {cfg.data} at epoch {progress.start_epoch + 1}/{cfg.epochs}: {len(train_ds)} train "
+                    f"images, batch {cfg.batch}, {cfg.imgsz} px, {device}"
+                    f"{f' x {d.world_size}' if d.enabled else ''}; run folder {run_dir}")
+    nb = len(train_loader)
+    n_warmup = max(round(hyp.warmup_epochs * nb), 100) if hyp.warmup_epochs > 0 else 0
+    metrics: dict[str, Any] = {}
+    for epoch in range(progress.start_epoch, cfg.epochs):
+        train_ds.set_epoch(epoch)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        t0 = time.time()
+        train_losses = train_one_epoch(parts, train_loader, epoch, cfg, hyp, n_warmup, d, device, run_dir)
+        stop = False
+        if d.main:
+            validate = cfg.val_every_epoch or epoch == cfg.epochs - 1
+            metrics = end_of_epoch(parts, val_loader, source.names, epoch, cfg, train_losses,
+                                   validate=validate, device=device, csv=csv, scalars=scalars,
+                                   run_dir=run_dir, seconds=time.time() - t0)
+            stop = save_checkpoints(parts, cfg, hyp, info, event, epoch, metrics, progress, run_dir)
+        if ddp.broadcast_flag(stop, d, device):
+            break
+    scalars.close()
+    weights = run_dir / "weights"
+    if d.main:
+        metrics.update(best_epoch=progress.best_epoch + 1, best_fitness=progress.best_fitness)
+        logger.info(f"done: best epoch {progress.best_epoch + 1} (fitness {progress.best_fitness:.4f}); "
+                    f"{weights / 'best.safetensors'}, {weights / 'last.safetensors'}")
+    ddp.barrier(d)
+    return TrainResult(weights / "best.safetensors", weights / "last.safetensors", run_dir, metrics)
+
+
+def _resume_config(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None]:
+    """With ``cfg.resume``: the saved config (device and workers from ``cfg``) and the saved state."""
+    if cfg.resume is None:
+        return cfg, None
+    state_path = find_resume_state(cfg.resume, cfg.project)
+    state = read_resume_state(state_path)
+    saved = dataclasses.replace(TrainConfig(**state["config"]), resume=None, device=cfg.device,
+                                workers=cfg.workers, out=str(state_path.parent.parent))
+    if state["epoch"] >= saved.epochs:
+        raise UserError(f"{state_path}: that run already finished its {saved.epochs} epochs; "
+                        "start a new one with --weights")
+    return saved, state
+
+
+def _make_sparsity(cfg: TrainConfig, model: nn.Module):
+    if cfg.sparsity <= 0:
+        return None
+    from yoloslim.prune.sparsity import BNSparsity
+
+    return BNSparsity(unwrap(model), cfg.sparsity, cfg.sparsity_schedule, cfg.sparsity_bias)
+
+
+def _check_config(cfg: TrainConfig) -> None:
+    if cfg.epochs < 1:
+        raise UserError(f"--epochs must be at least 1, got {cfg.epochs}")
+    if cfg.save_every < 1:
+        raise UserError(f"save_every must be at least 1, got {cfg.save_every}")
+    if cfg.batch < 1:
+        raise UserError(f"--batch must be at least 1, got {cfg.batch}")
+    if cfg.sparsity < 0:
+        raise UserError(f"--sparsity must be >= 0, got {cfg.sparsity}")
+    if cfg.sparsity_schedule not in ("constant", "linear"):
+        raise UserError(f"--sparsity-schedule must be constant or linear, got {cfg.sparsity_schedule!r}")
+
+
+def _run_dir(cfg: TrainConfig, d: ddp.Dist) -> Path:
+    """The run folder: ``cfg.out`` or a new numbered one, chosen by rank 0 and shared with the others."""
+    name = [None]
+    if d.main:
+        run = Path(cfg.out) if cfg.out else new_run_dir(cfg.project)
+        (run / "weights").mkdir(parents=True, exist_ok=True)
+        name = [str(run)]
+    if d.enabled:
+        torch.distributed.broadcast_object_list(name, src=0)
+    return Path(name[0])
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+

@@ -1,0 +1,61 @@
+"""``yoloslim train``: train, sparsity-train or fine-tune a detector, and print what came of it."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from yoloslim.engine.train import TrainConfig, TrainResult
+from yoloslim.engine.train import train as run_training
+from yoloslim.errors import UserError
+from yoloslim.workflows.report import table, write_json
+
+
+def train(data: str | None = None, model: str | None = None, weights: str | None = None, epochs: int = 100,
+          batch: int = 16, imgsz: int = 640, sparsity: float = 0.0, sparsity_schedule: str = "constant",
+          sparsity_bias: bool = False, hyp: str | None = None, cos_lr: bool = False, workers: int = 2,
+          seed: int = 0, out: str | None = None, resume: str | None = None, device: str | None = None,
+          patience: int = 100, cache: bool = False, no_augment: bool = False,
+          json_file: str | None = None) -> TrainResult:
+    """Run one training (see :class:`yoloslim.engine.train.TrainConfig` for the arguments).
+
+    ``resume`` continues an interrupted run (its folder or state file; "" for the latest) with the
+    settings it was started with. ``device`` None picks CUDA when available.
+    """
+    if resume is None:
+        if not data:
+            raise UserError("give the data set with --data (a data.yaml or a VOC root)")
+        if (model is None) == (weights is None):
+            raise UserError("give exactly one of --model NAME (from scratch) or --weights CKPT")
+    cfg = TrainConfig(data=data or "", model=model, weights=weights, epochs=epochs, batch=batch, imgsz=imgsz,
+                      device=device or _default_device(), workers=workers, out=out, resume=resume, seed=seed,
+                      hyp=hyp, cos_lr=cos_lr, sparsity=sparsity, sparsity_schedule=sparsity_schedule,
+                      sparsity_bias=sparsity_bias, patience=patience, augment=not no_augment, cache=cache)
+    result = run_training(cfg)
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(summary_table(result))
+        if json_file:
+            write_json(json_file, summary_dict(result))
+    return result
+
+
+def summary_table(result: TrainResult) -> str:
+    """The final numbers and files of a run, as a table."""
+    m = result.metrics
+    labels = (("best epoch", "best_epoch"), ("precision", "precision"), ("recall", "recall"),
+              ("mAP@.5", "map50"), ("mAP@.5:.95", "map"), ("BN γ < 1e-2", "gamma_below_1e-2"))
+    rows: list[list[Any]] = [[label, m[key]] for label, key in labels if key in m]
+    rows += [["best", str(result.best)], ["last", str(result.last)], ["run folder", str(result.run_dir)]]
+    return table(["", "final epoch"], rows)
+
+
+def summary_dict(result: TrainResult) -> dict[str, Any]:
+    return {"best": str(result.best), "last": str(result.last), "run_dir": str(result.run_dir),
+            **result.metrics}
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+

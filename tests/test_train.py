@@ -1,0 +1,232 @@
+import csv
+import math
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+import yoloslim.engine.train as engine_train
+from yoloslim.cli import main
+from yoloslim.engine.checkpoint import ModelInfo, load_model, load_state, save_model
+from yoloslim.engine.ema import ModelEMA
+from yoloslim.engine.hyp import Hyp, load_hyp
+from yoloslim.engine.optim import build_optimizer, lr_factor, warmup
+from yoloslim.engine.train import TrainConfig, TrainingDiverged, train
+from yoloslim.engine.train_setup import initial_model
+from yoloslim.errors import UserError
+from yoloslim.models import build_model, create_model, model_spec
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on a shared, loaded machine two spinning threads are many times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _cfg(data, out, **kw):
+    base = dict(data=str(data), model="yolov5n", epochs=2, batch=4, imgsz=64, workers=0, seed=3,
+                nominal_batch=8, device="cpu", out=str(out))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ---- hyper-parameters, optimiser, schedule, EMA ------------------------------------------------
+
+def test_hyp_defaults_are_scratch_low_and_augment_keys_route_to_augment_config(tmp_path):
+    h = Hyp()
+    assert (h.lr0, h.lrf, h.momentum, h.weight_decay, h.warmup_epochs) == (0.01, 0.01, 0.937, 0.0005, 3.0)
+    assert (h.box, h.cls, h.obj, h.anchor_t, h.fl_gamma) == (0.05, 0.5, 1.0, 4.0, 0.0)
+    f = tmp_path / "hyp.yaml"
+    f.write_text("lr0: 0.02\nmosaic: 0.0\nfliplr: 0.25\n")
+    h = load_hyp(f)
+    assert h.lr0 == 0.02 and h.augment.mosaic == 0.0 and h.augment.fliplr == 0.25 and h.augment.hsv_s == 0.7
+    assert h.to_dict()["mosaic"] == 0.0
+
+
+def test_hyp_unknown_key_is_refused_with_suggestion(tmp_path):
+    f = tmp_path / "hyp.yaml"
+    f.write_text("lr0s: 0.02\n")
+    with pytest.raises(UserError, match="unknown key 'lr0s' .did you mean 'lr0'"):
+        load_hyp(f)
+    f.write_text("mosiac: 1.0\n")
+    with pytest.raises(UserError, match="did you mean 'mosaic'"):
+        load_hyp(f)
+
+
+def test_three_parameter_groups_and_warmup():
+    model = create_model("yolov5n", nc=2)
+    opt = build_optimizer(model, lr=0.01, momentum=0.937, weight_decay=5e-4)
+    bias, weight, bn = opt.param_groups
+    n_bias = sum(1 for n, _ in model.named_parameters() if n.endswith(".bias"))
+    n_bn = sum(1 for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert (len(bias["params"]), len(bn["params"])) == (n_bias, n_bn)
+    assert len(weight["params"]) == len(list(model.parameters())) - n_bias - n_bn
+    assert (bias["weight_decay"], weight["weight_decay"], bn["weight_decay"]) == (0.0, 5e-4, 0.0)
+    assert all(g["nesterov"] for g in opt.param_groups)
+    warmup(opt, 0, 100, 1.0, momentum=0.937, warmup_momentum=0.8, warmup_bias_lr=0.1)
+    assert (bias["lr"], weight["lr"], weight["momentum"]) == (0.1, 0.0, 0.8)
+    warmup(opt, 50, 100, 1.0, momentum=0.937, warmup_momentum=0.8, warmup_bias_lr=0.1)
+    assert bias["lr"] == pytest.approx(0.055) and weight["lr"] == pytest.approx(0.005)
+    assert weight["momentum"] == pytest.approx(0.8685)
+
+
+def test_lr_schedules_run_from_one_to_lrf():
+    for cos in (False, True):
+        assert lr_factor(0, 10, 0.01, cos) == pytest.approx(1.0)
+        assert lr_factor(10, 10, 0.01, cos) == pytest.approx(0.01)
+    assert lr_factor(5, 10, 0.01, False) == pytest.approx(0.505)
+    assert lr_factor(5, 10, 0.01, True) == pytest.approx(0.505)
+    assert lr_factor(2, 10, 0.01, True) > lr_factor(2, 10, 0.01, False)
+
+
+def test_ema_decay_ramp_and_buffers():
+    model = create_model("yolov5n", nc=2)
+    ema = ModelEMA(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    model.model[0].bn.num_batches_tracked.fill_(7)
+    ema.update(model)
+    d = 0.9999 * (1 - math.exp(-1 / 2000))
+    k = "model.0.conv.weight"
+    expected = d * (model.state_dict()[k] - 1.0) + (1 - d) * model.state_dict()[k]
+    torch.testing.assert_close(ema.ema.state_dict()[k], expected)
+    assert int(ema.ema.model[0].bn.num_batches_tracked) == 7
+    assert not any(p.requires_grad for p in ema.ema.parameters())
+
+
+# ---- starting points ---------------------------------------------------------------------------
+
+def test_checkpoint_with_other_class_count_keeps_backbone_and_neck(tmp_path):
+    src = create_model("yolov5n", nc=3)
+    path = save_model(tmp_path / "m.safetensors", src, ModelInfo(src.spec, ["a", "b", "c"], 64))
+    model, info = initial_model(None, str(path), [f"c{i}" for i in range(5)], 64)
+    assert info.spec.nc == 5 and model.spec.nc == 5
+    for k in ("model.0.conv.weight", "model.23.cv3.conv.weight"):
+        torch.testing.assert_close(model.state_dict()[k], src.state_dict()[k])
+    assert model.state_dict()["model.24.m.0.weight"].shape[0] == 3 * (5 + 5)
+
+
+def test_pruned_checkpoint_is_trained_as_it_is(tiny_data, tmp_path):
+    spec = model_spec("yolov5n", nc=8)
+    spec.channels["model.4.m.0.cv1.conv"] = 5
+    spec.channels["model.8.cv2.conv"] = 24
+    src = build_model(spec)
+    names = yaml.safe_load(tiny_data.read_text())["names"]
+    info = ModelInfo(spec, names, 64).with_event("pruned", method="slim")
+    path = save_model(tmp_path / "pruned.safetensors", src, info)
+    res = train(_cfg(tiny_data, tmp_path / "run", model=None, weights=str(path), epochs=1))
+    model, out_info = load_model(res.last)
+    assert out_info.spec.channels == spec.channels
+    assert [e["action"] for e in out_info.history] == ["pruned", "fine-tuned"]
+    assert out_info.history[-1]["epochs"] == 1
+    assert (res.run_dir / "results.csv").is_file() and (res.run_dir / "yoloslim.log").is_file()
+    assert res.best.is_file()
+
+
+# ---- resume, divergence ------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_data, tmp_path, monkeypatch):
+    straight = train(_cfg(tiny_data, tmp_path / "a"))
+
+    original = engine_train.train_one_epoch
+
+    def killed_in_second_epoch(parts, loader, epoch, *args, **kw):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return original(parts, loader, epoch, *args, **kw)
+
+    monkeypatch.setattr(engine_train, "train_one_epoch", killed_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(tiny_data, tmp_path / "b"))
+    assert load_state(tmp_path / "b" / "weights" / "last_state.pt")["epoch"] == 1
+    monkeypatch.setattr(engine_train, "train_one_epoch", original)
+    resumed = train(TrainConfig(resume=str(tmp_path / "b"), workers=0))
+
+    assert resumed.run_dir == tmp_path / "b"
+    for name in ("last.safetensors", "best.safetensors"):
+        a, b = load_file(straight.run_dir / "weights" / name), load_file(resumed.run_dir / "weights" / name)
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    sa = load_state(straight.run_dir / "weights" / "last_state.pt")
+    sb = load_state(resumed.run_dir / "weights" / "last_state.pt")
+    assert all(torch.equal(sa["model"][k], sb["model"][k]) for k in sa["model"])
+    assert _rows(straight.run_dir / "results.csv") == _rows(resumed.run_dir / "results.csv")
+    assert [r["epoch"] for r in _rows(resumed.run_dir / "results.csv")] == ["1", "2"]
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path, monkeypatch):
+    original = engine_train.train_one_epoch
+
+    def nan_in_second_epoch(parts, loader, epoch, *args, **kw):
+        if epoch == 1:
+            loss_fn = parts.loss_fn
+
+            def poisoned(raw, targets):
+                loss, items = loss_fn(raw, targets)
+                return loss * float("nan"), items
+
+            parts.loss_fn = poisoned
+        return original(parts, loader, epoch, *args, **kw)
+
+    monkeypatch.setattr(engine_train, "train_one_epoch", nan_in_second_epoch)
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 2, batch 1.*last good checkpoint"):
+        train(_cfg(tiny_data, tmp_path / "run", val_every_epoch=False))
+    weights = tmp_path / "run" / "weights"
+    model, info = load_model(weights / "last.safetensors")
+    assert info.history[-1]["epochs"] == 1
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point())
+    assert load_state(weights / "last_state.pt")["epoch"] == 1
+
+
+def test_absurd_learning_rate_stops_before_any_checkpoint(tiny_data, tmp_path):
+    hyp = tmp_path / "hyp.yaml"
+    hyp.write_text("lr0: 1.0e+38\nwarmup_epochs: 0\n")
+    with pytest.raises(TrainingDiverged) as err:
+        train(_cfg(tiny_data, tmp_path / "run", hyp=str(hyp), nominal_batch=4, epochs=1))
+    msg = str(err.value)
+    assert "\n" not in msg and "at epoch 1, batch" in msg and "no checkpoint was written" in msg
+    assert not (tmp_path / "run" / "weights" / "last.safetensors").exists()
+
+
+# ---- bad input ---------------------------------------------------------------------------------
+
+def test_bad_checkpoint_path_gets_one_line(tiny_data, tmp_path, capsys):
+    code = main(["train", "--data", str(tiny_data), "--weights", str(tmp_path / "nope.safetensors"),
+                 "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "nope.safetensors: no such file" in err[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_data_without_labels_gets_one_line(tiny_data, tmp_path, capsys):
+    root = tmp_path / "nolabels"
+    cfg = yaml.safe_load(tiny_data.read_text())
+    src = tiny_data.parent
+    for split in ("train", "val"):
+        (root / "images" / split).mkdir(parents=True)
+        for img in (src / cfg[split]).iterdir():
+            (root / "images" / split / img.name).write_bytes(img.read_bytes())
+    cfg.update(path=str(root))
+    (root / "data.yaml").write_text(yaml.safe_dump(cfg))
+    code = main(["train", "--data", str(root / "data.yaml"), "--model", "yolov5n", "--imgsz", "64",
+                 "--out", str(tmp_path / "run")])
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert code == 2 and len(err) == 1 and "has a label" in err[0]
+
+
+def test_resume_of_nothing_and_missing_flags_are_refused(tmp_path, capsys):
+    assert main(["train", "--resume", str(tmp_path / "none")]) == 2
+    assert main(["train", "--data", "x.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "no such run folder" in err and "exactly one of --model" in err
