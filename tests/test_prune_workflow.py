@@ -98,3 +98,45 @@ def test_prune_with_data_reports_map(tmp_path, tiny_data):
     for side in ("before", "after"):
         assert 0.0 <= report[side]["map50"] <= 1.0 and 0.0 <= report[side]["map"] <= report[side]["map50"]
         assert report[side]["latency_ms"] is None
+
+
+def test_iterative_steps_compound_to_the_ratio(tmp_path, weights):
+    js, out = tmp_path / "r.json", tmp_path / "it.safetensors"
+    assert main(["prune", "--weights", str(weights), "--method", "l1", "--ratio", "0.5", "--steps", "2",
+                 "--latency-runs", "0", "--out", str(out), "--json", str(js)]) == 0
+    report = json.loads(js.read_text())
+    assert [s["step"] for s in report["steps"]] == [1, 2]
+    assert report["steps"][0]["amount"] == "--ratio 0.2929"
+    assert abs(report["ratio"] - 0.5) < 0.03  # (1 - 0.293)^2 = 0.5 of the channels left
+    assert (tmp_path / "it-steps" / "step2.safetensors").is_file()
+    assert [e["action"] for e in read_info(out).history] == ["trained", "pruned", "pruned", "pruned"]
+
+
+def test_iterative_layer_steps_name_blocks_of_the_original(tmp_path, weights):
+    js = tmp_path / "r.json"
+    assert main(["prune", "--weights", str(weights), "--method", "layer", "--blocks", "3", "--steps", "3",
+                 "--latency-runs", "0", "--out", str(tmp_path / "l.safetensors"), "--json", str(js)]) == 0
+    report = json.loads(js.read_text())
+    assert len(report["removed_blocks"]) == 3
+    gone = [r["name"] for r in report["layers"] if r["c_out_after"] == 0]
+    assert len(gone) == 6 and all(any(n.startswith(b + ".") for b in report["removed_blocks"]) for n in gone)
+
+
+@pytest.mark.slow
+def test_iterative_pruning_with_finetuning(tmp_path, tiny_data):
+    from yoloslim.data.dataset import load_data
+
+    names = load_data(tiny_data).names
+    model = randomize_bn(create_model("yolov5n", nc=len(names)))
+    weights = tmp_path / "base.safetensors"
+    save_model(weights, model, ModelInfo(model.spec, names, 64))
+    js, out = tmp_path / "r.json", tmp_path / "it.safetensors"
+    assert main(["prune", "--weights", str(weights), "--method", "slim", "--target-flops", "0.5",
+                 "--steps", "2", "--finetune-epochs", "1", "--data", str(tiny_data), "--imgsz", "64",
+                 "--batch", "8", "--workers", "0", "--latency-runs", "0", "--out", str(out),
+                 "--json", str(js)]) == 0
+    report = json.loads(js.read_text())
+    assert report["steps"][0]["finetuned"] and report["steps"][1]["finetuned"] is None
+    assert abs(report["after"]["gflops"] / report["before"]["gflops"] - 0.5) <= 0.02 * 0.5
+    actions = [e["action"] for e in read_info(out).history]
+    assert actions == ["pruned", "fine-tuned", "pruned", "pruned"]

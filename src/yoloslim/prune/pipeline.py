@@ -16,7 +16,7 @@ from yoloslim.log import logger
 from yoloslim.prune.allocate import plan_channels
 from yoloslim.prune.graph import ChannelGraph
 from yoloslim.prune.importance import importance_for
-from yoloslim.prune.layers import LayerPlan, apply_layer_plan, plan_layers
+from yoloslim.prune.layers import LayerPlan, _rename, _renames, apply_layer_plan, plan_layers
 from yoloslim.prune.surgery import ChannelPlan, apply_plan, fold_bias
 
 METHODS = ("slim", "l1", "l2", "layer")
@@ -77,10 +77,8 @@ class PruneResult:
     ratio: float
     held: list[str] = field(default_factory=list)
     unfolded: list[str] = field(default_factory=list)  # consumers --fold-bias could not adjust
-
-    @property
-    def removed_blocks(self) -> list[str]:
-        return [b.name for b in self.plan.blocks] if isinstance(self.plan, LayerPlan) else []
+    renamed: dict[str, str | None] = field(default_factory=dict)  # old module name -> new (None: removed)
+    removed_blocks: list[str] = field(default_factory=list)  # layer pruning, by their names before
 
 
 def prune_model(model: nn.Module, opts: PruneOptions, graph: ChannelGraph | None = None) -> PruneResult:
@@ -100,7 +98,10 @@ def prune_model(model: nn.Module, opts: PruneOptions, graph: ChannelGraph | None
                            target_params=opts.target_params, include=include)
         names = ", ".join(b.name for b in plan.blocks) or "-"
         logger.info(f"layer pruning removes {plan.count} block(s): {names}")
-        return PruneResult(apply_layer_plan(model, plan), plan, plan.ratio)
+        renames = _renames(model.spec, plan)
+        renamed = {n: _rename(n, renames) for n, _ in model.named_modules() if n}
+        return PruneResult(apply_layer_plan(model, plan), plan, plan.ratio, renamed={
+            k: v for k, v in renamed.items() if k != v}, removed_blocks=[b.name for b in plan.blocks])
     global_rank = opts.method == "slim" if opts.global_rank is None else opts.global_rank
     plan = plan_channels(model, graph, importance_for(opts.method), ratio=opts.ratio,
                          target_flops=opts.target_flops, target_params=opts.target_params,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from yoloslim.engine.checkpoint import ModelInfo, load_model, save_model
 from yoloslim.engine.profile import count_params, profile, total_gflops
 from yoloslim.errors import UserError
 from yoloslim.log import logger
-from yoloslim.prune.layers import LayerPlan
+from yoloslim.prune.iterative import prune_in_steps
 from yoloslim.prune.pipeline import PruneOptions, PruneResult, prune_model
 from yoloslim.workflows.report import table, write_json
 
@@ -54,22 +55,37 @@ def prune(weights: str, method: str, ratio: float | None = None, target_flops: f
                         blocks=blocks, global_rank=global_rank or None, include=list(include or []),
                         round_to=round_to, min_channels=min_channels, fold_bias=fold_bias)
     opts.check()
-    if steps != 1 or finetune_epochs:
-        raise UserError("--steps / --finetune-epochs (iterative pruning) need the training engine, which "
-                        "this yoloslim does not have yet; prune in one step, then "
-                        "`yoloslim train --weights PRUNED`")
+    if steps < 1:
+        raise UserError(f"--steps must be at least 1, got {steps}")
+    if finetune_epochs < 0:
+        raise UserError(f"--finetune-epochs must be at least 0, got {finetune_epochs}")
+    if finetune_epochs and not data:
+        raise UserError("--finetune-epochs needs --data (the data set to fine-tune on between steps)")
+    if finetune_epochs and steps == 1:
+        raise UserError("--finetune-epochs fine-tunes between --steps; with one step, prune and then run "
+                        "`yoloslim train --weights PRUNED --data DATA`")
     model, info = load_model(weights)
     model.eval()
     imgsz = int(imgsz or info.imgsz)
     stride = max(model.spec.strides)
     if imgsz <= 0 or imgsz % stride:
         raise UserError(f"--imgsz must be a positive multiple of {stride}, got {imgsz}")
+    out_path = Path(out) if out else Path(weights).with_name(f"{Path(weights).stem}-{method}.safetensors")
     t0 = time.perf_counter()
-    result = prune_model(model, opts)
+    step_log: list[dict[str, Any]] = []
+    if steps == 1:
+        result = prune_model(model, opts)
+    else:
+        finetune = _finetuner(data, finetune_epochs, imgsz, batch, workers) if finetune_epochs else None
+        step_dir = out_path.with_name(f"{out_path.stem}-steps")
+        result, info, records = prune_in_steps(model, info, opts, steps, step_dir, source=str(weights),
+                                               finetune=finetune)
+        step_log = [dataclasses.asdict(r) for r in records]
     seconds = time.perf_counter() - t0
     pruned = result.model.eval()
-    out_path = Path(out) if out else Path(weights).with_name(f"{Path(weights).stem}-{method}.safetensors")
     event = {"method": method, "ratio": round(result.ratio, 6), "source": str(weights)}
+    if steps > 1:
+        event.update(steps=steps, finetune_epochs=finetune_epochs)
     for key, value in (("target_flops", target_flops), ("target_params", target_params), ("blocks", blocks),
                        ("include", include), ("round_to", round_to if round_to != 1 else None),
                        ("min_channels", min_channels or None), ("held", result.held or None),
@@ -94,11 +110,24 @@ def prune(weights: str, method: str, ratio: float | None = None, target_flops: f
     layers = _layer_rows(model, pruned, result)
     summary = {"weights": str(weights), "out": str(out_path), "method": method, "ratio": result.ratio,
                "imgsz": imgsz, "seconds": round(seconds, 3), "held": result.held,
-               "removed_blocks": result.removed_blocks, "before": before, "after": after, "layers": layers}
+               "removed_blocks": result.removed_blocks, "steps": step_log, "before": before, "after": after,
+               "layers": layers}
     _print_report(summary)
     if json_file:
         write_json(json_file, summary)
     return summary
+
+
+def _finetuner(data: str | None, epochs: int, imgsz: int, batch: int, workers: int):
+    """``fn(model_file, run_dir) -> best model file``: fine-tuning between pruning steps."""
+    from yoloslim.engine.train import TrainConfig, train
+
+    def finetune(model_file: Path, run_dir: Path) -> tuple[Path, dict[str, Any]]:
+        run = train(TrainConfig(data=str(data), weights=str(model_file), epochs=epochs, batch=batch,
+                                imgsz=imgsz, workers=workers, out=str(run_dir)))
+        return run.best, {k: v for k, v in run.metrics.items() if isinstance(v, (int, float))}
+
+    return finetune
 
 
 def _figures(model: nn.Module, imgsz: int) -> dict[str, Any]:
@@ -128,15 +157,10 @@ def _layer_rows(model: nn.Module, pruned: nn.Module, result: PruneResult) -> lis
     """Per conv: channels in and out before and after (layer pruning: removed blocks' convs show 0)."""
     before = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
     after = {n: m for n, m in pruned.named_modules() if isinstance(m, nn.Conv2d)}
-    rename: dict[str, str | None] = {n: n for n in before}
-    if isinstance(result.plan, LayerPlan):
-        from yoloslim.prune.layers import _rename, _renames
-
-        renames = _renames(model.spec, result.plan)
-        rename = {n: _rename(n, renames) for n in before}
     rows = []
     for name, m in before.items():
-        new = after.get(rename[name]) if rename[name] else None
+        now = result.renamed.get(name, name)
+        new = after.get(now) if now else None
         rows.append({"name": name, "c_in_before": m.in_channels, "c_out_before": m.out_channels,
                      "c_in_after": new.in_channels if new else 0,
                      "c_out_after": new.out_channels if new else 0})

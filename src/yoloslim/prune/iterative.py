@@ -1,0 +1,162 @@
+"""Iterative pruning: K smaller steps instead of one, optionally fine-tuning between them.
+
+Each step re-scores the model it starts from (after fine-tuning, importance reflects the new
+network). A ``ratio`` r is split so that every step removes ``1 - (1 - r)^(1/K)`` of the channels
+left (K steps compound to r); a FLOPs / params target F is approached as ``F^(k/K)`` of the original
+after step k, so the last step lands on F itself; ``layer`` spreads its blocks over the steps.
+The fine-tuning is passed in as a function so that this module does not depend on the trainer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from yoloslim.engine.checkpoint import ModelInfo, load_model, save_model
+from yoloslim.engine.profile import count_params, profile, total_gflops
+from yoloslim.errors import UserError
+from yoloslim.log import logger
+from yoloslim.prune.graph import ChannelGraph, _under
+from yoloslim.prune.layers import find_blocks
+from yoloslim.prune.pipeline import PruneOptions, PruneResult, prune_model
+
+# fn(step model file, run folder) -> (fine-tuned model file, final metrics)
+Finetune = Callable[[Path, Path], tuple[Path, dict[str, Any]]]
+
+
+@dataclass
+class StepRecord:
+    """What one step did."""
+
+    step: int
+    amount: str  # the step's own flag, e.g. "--ratio 0.293"
+    ratio: float
+    file: str
+    fraction: float  # FLOPs (params with a params target) of the original, after this step
+    finetuned: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def prune_in_steps(model: nn.Module, info: ModelInfo, opts: PruneOptions, steps: int, step_dir: Path,
+                   source: str = "", finetune: Finetune | None = None,
+                   ) -> tuple[PruneResult, ModelInfo, list[StepRecord]]:
+    """Prune ``model`` in ``steps`` steps; every step's model is written to ``step_dir``.
+
+    Args:
+        model: the model to prune (unchanged).
+        info: its model-file metadata (names, image size, history).
+        opts: the overall amount, as for one step.
+        steps: number of steps K (at least 2).
+        step_dir: folder for ``step{k}.safetensors`` and the fine-tuning runs ``finetune{k}``.
+        source: the original model file, recorded in the history.
+        finetune: fine-tunes a step's model file between steps (not after the last).
+
+    Returns:
+        The last step's result (``model`` is the final compact model, ``renamed`` and
+        ``removed_blocks`` relative to the original), its metadata, and one record per step.
+    """
+    opts.check()
+    if steps < 2:
+        raise UserError(f"iterative pruning needs at least 2 steps, got {steps}")
+    measure = _measure(opts)
+    original = measure(model)
+    total_blocks = _layer_total(model, opts) if opts.method == "layer" else 0
+    names = {n: n for n, _ in model.named_modules() if n}  # original name -> current name
+    current, current_info = model, info
+    records: list[StepRecord] = []
+    result: PruneResult | None = None
+    for k in range(1, steps + 1):
+        step = _step_options(opts, k, steps, total_blocks, original, measure(current))
+        logger.info(f"pruning step {k}/{steps}: {_amount(step)}")
+        result = prune_model(current, step)
+        names = {o: (result.renamed.get(n, n) if n is not None else None) for o, n in names.items()}
+        current_info = ModelInfo(result.model.spec, info.names, info.imgsz, current_info.history).with_event(
+            "pruned", method=opts.method, ratio=round(result.ratio, 6), step=f"{k}/{steps}", source=source)
+        step_file = save_model(Path(step_dir) / f"step{k}.safetensors", result.model, current_info)
+        current = result.model
+        rec = StepRecord(k, _amount(step), round(result.ratio, 6), str(step_file),
+                         round(measure(current) / original, 4))
+        if finetune is not None and k < steps:
+            best, metrics = finetune(step_file, Path(step_dir) / f"finetune{k}")
+            current, current_info = load_model(best)
+            rec.finetuned, rec.metrics = str(best), metrics
+        records.append(rec)
+    assert result is not None
+    removed = _removed_blocks(model, names) if opts.method == "layer" else []
+    ratio = _overall_ratio(opts, total_blocks, model, current)
+    final = dataclasses.replace(result, model=current, renamed={o: n for o, n in names.items() if o != n},
+                                removed_blocks=removed, ratio=ratio)
+    return final, current_info, records
+
+
+def _measure(opts: PruneOptions) -> Callable[[nn.Module], float]:
+    if opts.target_params is not None:
+        return lambda m: float(count_params(m))
+    return lambda m: total_gflops(profile(m, 2 * max(m.spec.strides)))
+
+
+def _step_options(opts: PruneOptions, k: int, steps: int, total_blocks: int, original: float,
+                  current: float) -> PruneOptions:
+    step = dataclasses.replace(opts, include=list(opts.include))
+    if opts.method == "layer":
+        step.ratio, step.blocks = None, total_blocks * k // steps - total_blocks * (k - 1) // steps
+    elif opts.ratio is not None:
+        step.ratio = 1 - (1 - opts.ratio) ** (1 / steps)
+    else:
+        target = opts.target_flops if opts.target_flops is not None else opts.target_params
+        frac = min(1.0, target ** (k / steps) * original / current)
+        if opts.target_flops is not None:
+            step.target_flops = frac
+        else:
+            step.target_params = frac
+    return step
+
+
+def _layer_blocks(model: nn.Module, opts: PruneOptions) -> list[str]:
+    blocks = [b.name for b in find_blocks(model, ChannelGraph.trace(model))]
+    if opts.include:
+        blocks = [b for b in blocks if any(_under(b, p) or _under(p, b) for p in opts.include)]
+    return blocks
+
+
+def _layer_total(model: nn.Module, opts: PruneOptions) -> int:
+    """How many blocks ``layer`` removes over all steps."""
+    if opts.blocks is not None:
+        return opts.blocks
+    if opts.ratio is not None:
+        return int(round(opts.ratio * len(_layer_blocks(model, opts))))
+    raise UserError("--steps with --method layer takes --ratio or --blocks")
+
+
+def _overall_ratio(opts: PruneOptions, total_blocks: int, model: nn.Module, final: nn.Module) -> float:
+    """Fraction of the selected blocks / prunable channels that the steps removed together."""
+    if opts.method == "layer":
+        return total_blocks / max(1, len(_layer_blocks(model, opts)))
+    groups = ChannelGraph.trace(model).select(list(opts.include) or None)
+    before = sum(g.size for g in groups)
+    after = sum(final.get_submodule(g.producers[0]).out_channels for g in groups)
+    return 1 - after / max(1, before)
+
+
+def _removed_blocks(model: nn.Module, names: dict[str, str | None]) -> list[str]:
+    """Blocks ``D.m.i`` of the original model whose modules are gone."""
+    out = []
+    for stage, depth in model.spec.depths.items():
+        for i in range(depth):
+            block = f"{stage}.m.{i}"
+            if names.get(block, block) is None:
+                out.append(block)
+    return out
+
+
+def _amount(o: PruneOptions) -> str:
+    for key in ("ratio", "blocks", "target_flops", "target_params"):
+        v = getattr(o, key)
+        if v is not None:
+            return f"--{key.replace('_', '-')} {v:.4g}"
+    return ""
