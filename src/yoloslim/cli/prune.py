@@ -36,9 +36,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--latency-runs", type=int, default=20,
                    help="timed batch-1 runs per model, alternating before/after (0: skip; default 20)")
     p.add_argument("--steps", type=int, default=1,
-                   help="iterative pruning in K steps (needs --finetune-epochs)")
+                   help="prune in K steps (fine-tuned between them with --finetune-epochs)")
     p.add_argument("--finetune-epochs", type=int, default=0,
-                   help="fine-tune epochs between steps (with --data)")
+                   help="fine-tune epochs between --steps (needs --data)")
     p.add_argument("--out", help="output model file (default: <weights>-<method>.safetensors)")
     p.add_argument("--json", dest="json_file",
                    help="also write before/after figures and per-layer widths as JSON")

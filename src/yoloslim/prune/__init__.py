@@ -8,8 +8,9 @@ The API the rest of yoloslim uses::
 """
 
 from yoloslim.prune.graph import ChannelGraph, Group
+from yoloslim.prune.iterative import prune_in_steps
 from yoloslim.prune.pipeline import METHODS, PruneOptions, PruneResult, prune_model
 from yoloslim.prune.sparsity import BNSparsity, GammaStats, gamma_stats
 
 __all__ = ["METHODS", "BNSparsity", "ChannelGraph", "GammaStats", "Group", "PruneOptions", "PruneResult",
-           "gamma_stats", "prune_model"]
+           "gamma_stats", "prune_in_steps", "prune_model"]
