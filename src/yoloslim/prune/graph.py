@@ -165,7 +165,6 @@ class ChannelGraph:
         self.calls: dict[str, ModuleCall] = {}
         self.bn_after: dict[str, str] = {}
         self.fx_graph: fx.Graph | None = None
-        self.spec_names: set[str] = set()
 
     # ------------------------------------------------------------------ queries
     @property
@@ -183,11 +182,11 @@ class ChannelGraph:
         """Prunable groups with a producer named by one of the ``include`` prefixes (all when None)."""
         if not include:
             return self.prunable
-        unknown = [p for p in include if not any(_under(m, p) for m in self.calls)]
+        unknown = [p for p in include if not any(is_under(m, p) for m in self.calls)]
         if unknown:
             raise UserError(f"--include {' '.join(unknown)}: no conv or batch norm of the model has that "
                             f"name (names look like {next(iter(self.calls), 'model.0.conv')!r})")
-        chosen = [g for g in self.prunable if any(_under(p, pre) for p in g.producers for pre in include)]
+        chosen = [g for g in self.prunable if any(is_under(p, pre) for p in g.producers for pre in include)]
         if not chosen:
             raise UserError(f"--include {' '.join(include)}: nothing prunable there (its channels are fixed "
                             "by the head, the input or an op the graph cannot follow)")
@@ -215,7 +214,7 @@ class ChannelGraph:
         return _Tracer(model, graph).run()
 
 
-def _under(name: str, prefix: str) -> bool:
+def is_under(name: str, prefix: str) -> bool:
     """True when ``name`` is ``prefix`` or inside it (dotted boundary)."""
     return name == prefix or name.startswith(prefix + ".")
 
@@ -403,7 +402,6 @@ class _Tracer:
         cg.fx_graph = self.graph
         spec = getattr(self.model, "spec", None)
         widths = set(spec.channels) if spec is not None else set()
-        cg.spec_names = widths
         for s, p in enumerate(self.producer):
             if p is not None and p not in widths and s not in self.fixed:
                 self.fixed[s] = f"width of {p} is not in the spec"

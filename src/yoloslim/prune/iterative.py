@@ -21,7 +21,7 @@ from yoloslim.engine.checkpoint import ModelInfo, load_model, save_model
 from yoloslim.engine.profile import count_params, profile, total_gflops
 from yoloslim.errors import UserError
 from yoloslim.log import logger
-from yoloslim.prune.graph import ChannelGraph, _under
+from yoloslim.prune.graph import ChannelGraph, is_under
 from yoloslim.prune.layers import find_blocks
 from yoloslim.prune.pipeline import PruneOptions, PruneResult, prune_model
 
@@ -120,7 +120,7 @@ def _step_options(opts: PruneOptions, k: int, steps: int, total_blocks: int, ori
 def _layer_blocks(model: nn.Module, opts: PruneOptions) -> list[str]:
     blocks = [b.name for b in find_blocks(model, ChannelGraph.trace(model))]
     if opts.include:
-        blocks = [b for b in blocks if any(_under(b, p) or _under(p, b) for p in opts.include)]
+        blocks = [b for b in blocks if any(is_under(b, p) or is_under(p, b) for p in opts.include)]
     return blocks
 
 

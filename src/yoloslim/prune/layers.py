@@ -23,7 +23,7 @@ from yoloslim.errors import UserError
 from yoloslim.models import build_model
 from yoloslim.models.spec import ArchSpec
 from yoloslim.prune.allocate import TARGET_TOLERANCE, CostModel
-from yoloslim.prune.graph import PASSTHROUGH_MODULES, ChannelGraph, _under
+from yoloslim.prune.graph import PASSTHROUGH_MODULES, ChannelGraph, is_under
 
 ADDS = {operator.add, operator.iadd, torch.add, "add", "add_"}
 
@@ -133,7 +133,7 @@ def plan_layers(model: nn.Module, graph: ChannelGraph, *, ratio: float | None = 
     model = unwrap(model)
     cands = find_blocks(model, graph)
     if include:
-        cands = [b for b in cands if any(_under(b.name, p) or _under(p, b.name) for p in include)]
+        cands = [b for b in cands if any(is_under(b.name, p) or is_under(p, b.name) for p in include)]
     if not cands:
         raise UserError("no removable residual block" + (f" under {' '.join(include)}" if include else "")
                         + " in this model; use a channel method (slim, l1, l2) instead")
@@ -179,7 +179,7 @@ def _blocks_for_target(model: nn.Module, graph: ChannelGraph, chosen: list[Block
     skip: set[str] = set()
     fracs = [1.0]
     for b in chosen:
-        skip |= {m for m in graph.calls if _under(m, b.name)}
+        skip |= {m for m in graph.calls if is_under(m, b.name)}
         fracs.append(cost.fraction({}, what, skip))
     n = min(range(len(fracs)), key=lambda i: abs(fracs[i] - target))
     if abs(fracs[n] - target) > TARGET_TOLERANCE * target:
@@ -190,7 +190,7 @@ def _blocks_for_target(model: nn.Module, graph: ChannelGraph, chosen: list[Block
     return n
 
 
-def _renames(spec: ArchSpec, plan: LayerPlan) -> dict[str, str | None]:
+def block_renames(spec: ArchSpec, plan: LayerPlan) -> dict[str, str | None]:
     """Old block prefix -> new prefix (None = removed), for every block of the stages that change."""
     out: dict[str, str | None] = {}
     for stage, gone in plan.removed.items():
@@ -204,7 +204,7 @@ def _renames(spec: ArchSpec, plan: LayerPlan) -> dict[str, str | None]:
     return out
 
 
-def _rename(key: str, renames: dict[str, str | None]) -> str | None:
+def rename_key(key: str, renames: dict[str, str | None]) -> str | None:
     """A state-dict or spec key after the renumbering; None when its block is removed."""
     for old, new in renames.items():
         if (key + ".").startswith(old):
@@ -215,9 +215,9 @@ def _rename(key: str, renames: dict[str, str | None]) -> str | None:
 def layer_pruned_spec(spec: ArchSpec, plan: LayerPlan) -> ArchSpec:
     """A copy of ``spec`` with the stages' depths reduced and the later blocks renumbered."""
     new = spec.copy()
-    renames = _renames(spec, plan)
-    new.channels = {k2: v for k, v in spec.channels.items() if (k2 := _rename(k, renames)) is not None}
-    new.depths = {k2: v for k, v in spec.depths.items() if (k2 := _rename(k, renames)) is not None}
+    renames = block_renames(spec, plan)
+    new.channels = {k2: v for k, v in spec.channels.items() if (k2 := rename_key(k, renames)) is not None}
+    new.depths = {k2: v for k, v in spec.depths.items() if (k2 := rename_key(k, renames)) is not None}
     for stage, gone in plan.removed.items():
         new.depths[stage] = spec.depths[stage] - len(gone)
     return new
@@ -227,12 +227,12 @@ def apply_layer_plan(model: nn.Module, plan: LayerPlan,
                      build: Callable[[ArchSpec], nn.Module] = build_model) -> nn.Module:
     """A new model without the plan's blocks: smaller depths, later blocks renumbered, loaded strictly."""
     src = unwrap(model)
-    renames = _renames(src.spec, plan)
+    renames = block_renames(src.spec, plan)
     new = build(layer_pruned_spec(src.spec, plan))
     p = next(src.parameters())
     new = new.to(device=p.device, dtype=p.dtype)
     state = {k2: v.detach().clone() for k, v in src.state_dict().items()
-             if (k2 := _rename(k, renames)) is not None}
+             if (k2 := rename_key(k, renames)) is not None}
     load_state_strict(new, state, source="layer-pruned model")
     return new.train(src.training)
 

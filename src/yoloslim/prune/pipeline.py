@@ -16,7 +16,7 @@ from yoloslim.log import logger
 from yoloslim.prune.allocate import plan_channels
 from yoloslim.prune.graph import ChannelGraph
 from yoloslim.prune.importance import importance_for
-from yoloslim.prune.layers import LayerPlan, _rename, _renames, apply_layer_plan, plan_layers
+from yoloslim.prune.layers import LayerPlan, apply_layer_plan, block_renames, plan_layers, rename_key
 from yoloslim.prune.surgery import ChannelPlan, apply_plan, fold_bias
 
 METHODS = ("slim", "l1", "l2", "layer")
@@ -98,8 +98,8 @@ def prune_model(model: nn.Module, opts: PruneOptions, graph: ChannelGraph | None
                            target_params=opts.target_params, include=include)
         names = ", ".join(b.name for b in plan.blocks) or "-"
         logger.info(f"layer pruning removes {plan.count} block(s): {names}")
-        renames = _renames(model.spec, plan)
-        renamed = {n: _rename(n, renames) for n, _ in model.named_modules() if n}
+        renames = block_renames(model.spec, plan)
+        renamed = {n: rename_key(n, renames) for n, _ in model.named_modules() if n}
         return PruneResult(apply_layer_plan(model, plan), plan, plan.ratio, renamed={
             k: v for k, v in renamed.items() if k != v}, removed_blocks=[b.name for b in plan.blocks])
     global_rank = opts.method == "slim" if opts.global_rank is None else opts.global_rank
