@@ -133,6 +133,31 @@ def test_pruned_checkpoint_is_trained_as_it_is(tiny_data, tmp_path):
     assert res.best.is_file()
 
 
+def test_sparsity_training_drives_gamma_toward_zero_and_logs_it(tiny_data, tmp_path):
+    from yoloslim.prune.sparsity import gamma_stats
+
+    src = create_model("yolov5n", nc=8)
+    with torch.no_grad():  # γ of a trained-looking model: small, spread over 0..0.1
+        for m in src.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.0, 0.1)
+    before = gamma_stats(src).fraction_below
+    names = yaml.safe_load(tiny_data.read_text())["names"]
+    path = save_model(tmp_path / "m.safetensors", src, ModelInfo(src.spec, names, 64))
+    hyp = tmp_path / "hyp.yaml"
+    hyp.write_text("warmup_epochs: 0\n")
+    res = train(_cfg(tiny_data, tmp_path / "run", model=None, weights=str(path), sparsity=0.1, hyp=str(hyp),
+                     nominal_batch=4, val_every_epoch=False))
+    fractions = [float(r["sparsity/gamma_below_1e-2"]) for r in _rows(res.run_dir / "results.csv")]
+    assert before + 0.05 < fractions[0] < fractions[1]
+    assert res.metrics["gamma_below_1e-2"] == pytest.approx(fractions[1], abs=1e-5)
+    for epoch in (1, 2):
+        png = res.run_dir / "gamma" / f"epoch{epoch:03d}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    _, info = load_model(res.last)
+    assert info.history[-1]["action"] == "sparse-trained" and info.history[-1]["sparsity"] == 0.1
+
+
 # ---- resume, divergence ------------------------------------------------------------------------
 
 @pytest.mark.slow
