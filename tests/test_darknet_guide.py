@@ -23,8 +23,8 @@ WORKERS = ("train", "val", "prune")  # commands that take --workers (0: no loade
 
 
 def guide_commands() -> list[list[str]]:
-    """The guide's command lines (``yoloslim ...`` lines of its bash blocks), as argument lists."""
-    blocks = re.findall(r"```bash\n(.*?)```", GUIDE.read_text(), re.S)
+    """The guide's command lines (``yoloslim ...`` lines of its console blocks), as argument lists."""
+    blocks = re.findall(r"```console\n(.*?)```", GUIDE.read_text(), re.S)
     return [shlex.split(line)[1:] for b in blocks for line in b.splitlines() if line.startswith("yoloslim ")]
 
 
