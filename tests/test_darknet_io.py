@@ -339,8 +339,9 @@ def compare_with_opencv(model: nn.Module, tmp_path: Path, imgsz: int = 64) -> tu
     return box_diff, cls_diff, compared
 
 
-def test_opencv_reads_our_tiny_cfg_the_same(tmp_path):
-    (tmp_path / "t.cfg").write_text(TINY_CFG)
+@pytest.mark.parametrize("act", ["leaky", "relu", "swish"])  # relu6 is not in OpenCV's reader
+def test_opencv_reads_our_tiny_cfg_the_same(tmp_path, act):
+    (tmp_path / "t.cfg").write_text(TINY_CFG.replace("activation=leaky", f"activation={act}"))
     darknet_file(tmp_path / "t.weights", seed=5)
     model, _ = load_darknet(tmp_path / "t.weights", cfg=tmp_path / "t.cfg")
     box, cls, compared = compare_with_opencv(model, tmp_path)

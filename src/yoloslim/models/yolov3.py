@@ -45,6 +45,11 @@ BN_EPS = 1e-5
 BN_MOMENTUM = 0.03
 
 
+def darknet_act(name: str) -> nn.Module:
+    """A darknet activation by its cfg name (``swish`` is PyTorch's SiLU)."""
+    return make_act({"swish": "silu"}.get(name, name))
+
+
 class DarknetConv(nn.Module):
     """A ``[convolutional]`` layer: ``conv`` (with a bias when there is no batch norm), ``bn``, ``act``."""
 
@@ -54,7 +59,7 @@ class DarknetConv(nn.Module):
         self.has_bn = bn
         if bn:
             self.bn = nn.BatchNorm2d(c2, eps=BN_EPS, momentum=BN_MOMENTUM)
-        self.act = make_act(act)
+        self.act = darknet_act(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv(x)
@@ -73,7 +78,7 @@ class ResidualUnit(nn.Module):
             self.add_module(name, conv)
         self.linear = act == "linear"  # then the unit ends in the add, which layer pruning looks for
         if not self.linear:
-            self.act = make_act(act)
+            self.act = darknet_act(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = x
@@ -105,7 +110,7 @@ class Shortcut(nn.Module):
 
     def __init__(self, act: str) -> None:
         super().__init__()
-        self.act = make_act(act)
+        self.act = darknet_act(act)
 
     def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
         return self.act(xs[0] + xs[1])
