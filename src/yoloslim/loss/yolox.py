@@ -32,6 +32,7 @@ TOPK_IOU = 10  # candidates whose IoUs sum to dynamic k
 COST_IOU = 3.0
 COST_OUTSIDE = 1e5
 REG_WEIGHT = 5.0
+LR_BATCH = 64  # the official learning rate is "0.01 per 64 images" on the batch loss
 
 
 @dataclass
@@ -132,11 +133,18 @@ def priors(shapes: list[tuple[int, int]], strides: list[int], device: torch.devi
 
 
 class YOLOXLoss:
-    """``loss(raw_maps, targets) -> (loss × batch size, {"iou", "obj", "cls", "l1"})``.
+    """``loss(raw_maps, targets) -> (official loss × batch size / 64, {"iou", "obj", "cls", "l1"})``.
 
     The weights are the official ones (IoU 5, objectness 1, classes 1, L1 1); the YOLOv5 gains of
-    ``hyp`` do not apply. ``use_l1`` switches the L1 term on (the official recipe does it for the
-    final no-augmentation epochs).
+    ``hyp`` do not apply. The items are the official per-batch values (each normalised by the
+    number of matched priors). ``use_l1`` switches the L1 term on (the official recipe does it for
+    the final no-augmentation epochs).
+
+    Scale: the shared loop sums ``loss`` over a nominal batch (the registry's "loss × batch size")
+    at ``lr0``; the official recipe steps ``0.01 · batch / 64`` on the batch loss. Returning the
+    batch loss × batch / 64 makes the default ``lr0 = 0.01`` take the official step for any batch
+    size, so YOLOX trains with the default hyp. (Without the 1/64 the gradients are ~64 times the
+    official ones and the loop's gradient clipping at norm 10 is always on.)
 
     Args:
         model: the detector (or its DDP wrapper); ``model.spec`` gives classes and strides.
@@ -148,6 +156,10 @@ class YOLOXLoss:
         self.nc = spec.nc
         self.strides = [int(s) for s in spec.strides]
         self.use_l1 = False
+
+    def set_no_aug(self, on: bool = True) -> None:
+        """Enter (or leave) the final no-augmentation phase: the L1 term is on during it."""
+        self.use_l1 = bool(on)
 
     def __call__(self, raw: list[torch.Tensor],
                  targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -186,7 +198,7 @@ class YOLOXLoss:
 
         fg = torch.stack(fg_masks)  # (b, A)
         num_fg = max(int(fg.sum()), 1)
-        zero = pred.sum() * 0.0
+        zero = pred.new_zeros(())
         bce = F.binary_cross_entropy_with_logits
         loss_obj = bce(pred[..., 4], torch.stack(obj_t), reduction="sum") / num_fg
         if fg.any():
@@ -199,4 +211,4 @@ class YOLOXLoss:
         total = loss_iou + loss_obj + loss_cls + loss_l1
         items = {"iou": loss_iou, "obj": loss_obj, "cls": loss_cls, "l1": loss_l1}
         items = {k: v.detach() for k, v in items.items()}
-        return total * bs, items
+        return total * (bs / LR_BATCH), items
