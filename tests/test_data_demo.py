@@ -13,14 +13,17 @@ from yoloslim.workflows.demo import QUICK
 
 def test_demo_quick(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "run"
-    assert main(["demo", "--out", str(out), "--quick", "--json", str(tmp_path / "demo.json")]) == 0
+    quick = ["demo", "--out", str(out), "--quick", "--epochs", "1", "--workers", "0"]
+    assert main([*quick, "--json", str(tmp_path / "demo.json")]) == 0
     text = capsys.readouterr().out
-    assert "[1/3]" in text and "[3/3]" in text and "no problems found" in text
+    assert "[1/6]" in text and "[3/6]" in text and "no problems found" in text
     summary = json.loads((tmp_path / "demo.json").read_text())
     assert Path(summary["data_yaml"]).is_file() and (out / "yoloslim.log").is_file()
     assert sum(summary["data"]["images"].values()) == QUICK.images and summary["data"]["problems"] == 0
+    assert Path(summary["train"]["weights"]).is_file() and summary["predict"]["images"] == 4
+    assert 0 <= summary["val"]["map50"] <= 1 and len(list((out / "predict").glob("*.jpg"))) == 4
     stamp = (out / "data" / "settings.json").read_text()
-    assert main(["demo", "--out", str(out), "--quick"]) == 0
+    assert main(quick) == 0
     assert "(reused)" in capsys.readouterr().out
     assert (out / "data" / "settings.json").read_text() == stamp
 

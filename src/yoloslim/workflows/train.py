@@ -15,8 +15,8 @@ def train(data: str | None = None, model: str | None = None, weights: str | None
           batch: int = 16, imgsz: int = 640, sparsity: float = 0.0, sparsity_schedule: str = "constant",
           sparsity_bias: bool = False, hyp: str | None = None, cos_lr: bool = False, workers: int = 2,
           seed: int = 0, out: str | None = None, resume: str | None = None, device: str | None = None,
-          patience: int = 100, cache: bool = False, no_augment: bool = False,
-          json_file: str | None = None) -> TrainResult:
+          patience: int = 100, cache: bool = False, no_augment: bool = False, nominal_batch: int = 64,
+          val_every_epoch: bool = True, save_every: int = 1, json_file: str | None = None) -> TrainResult:
     """Run one training (see :class:`yoloslim.engine.train.TrainConfig` for the arguments).
 
     ``resume`` continues an interrupted run (its folder or state file; "" for the latest) with the
@@ -30,7 +30,8 @@ def train(data: str | None = None, model: str | None = None, weights: str | None
     cfg = TrainConfig(data=data or "", model=model, weights=weights, epochs=epochs, batch=batch, imgsz=imgsz,
                       device=device or _default_device(), workers=workers, out=out, resume=resume, seed=seed,
                       hyp=hyp, cos_lr=cos_lr, sparsity=sparsity, sparsity_schedule=sparsity_schedule,
-                      sparsity_bias=sparsity_bias, patience=patience, augment=not no_augment, cache=cache)
+                      sparsity_bias=sparsity_bias, patience=patience, augment=not no_augment, cache=cache,
+                      nominal_batch=nominal_batch, val_every_epoch=val_every_epoch, save_every=save_every)
     result = run_training(cfg)
     if int(os.environ.get("RANK", 0)) == 0:
         print(summary_table(result))
