@@ -26,22 +26,35 @@ def new_run_dir(project: str | Path = "runs/train", name: str = "exp") -> Path:
 
 
 class ResultsCSV:
-    """``results.csv``: one row per epoch; the file is rewritten atomically after every row."""
+    """``results.csv``: one row per epoch, appended (the whole file is rewritten, atomically, only
+    when a row brings new columns, or when resuming drops the rows of unfinished epochs)."""
 
     def __init__(self, path: Path, keep_epochs_below: int | None = None) -> None:
         self.path = Path(path)
         self.rows: list[dict[str, Any]] = []
+        self.fields: list[str] = []
         if keep_epochs_below is not None and self.path.is_file():  # resuming: drop rows of unfinished epochs
             with self.path.open(newline="") as f:
                 self.rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < keep_epochs_below]
+            self._rewrite()
+        elif self.path.is_file():
+            self.path.unlink()  # a new run in an old folder
 
     def add(self, row: dict[str, Any]) -> None:
-        self.rows.append({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-        fields = list(dict.fromkeys(k for r in self.rows for k in r))
+        row = {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
+        self.rows.append(row)
+        if self.path.is_file() and list(dict.fromkeys([*self.fields, *row])) == self.fields:
+            with self.path.open("a", newline="") as f:
+                csv.DictWriter(f, fieldnames=self.fields).writerow(row)
+        else:
+            self._rewrite()
+
+    def _rewrite(self) -> None:
+        self.fields = list(dict.fromkeys(k for r in self.rows for k in r))
 
         def write(tmp: str) -> None:
             with open(tmp, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=fields)
+                w = csv.DictWriter(f, fieldnames=self.fields)
                 w.writeheader()
                 w.writerows(self.rows)
 

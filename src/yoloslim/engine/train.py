@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from yoloslim.config import from_dict
 from yoloslim.engine import ddp
 from yoloslim.engine.checkpoint import ModelInfo, unwrap
 from yoloslim.engine.ema import ModelEMA
@@ -211,8 +212,8 @@ def _resume_config(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None
         return cfg, None
     state_path = find_resume_state(cfg.resume, cfg.project)
     state = read_resume_state(state_path)
-    saved = dataclasses.replace(TrainConfig(**state["config"]), resume=None, device=cfg.device,
-                                workers=cfg.workers, out=str(state_path.parent.parent))
+    saved = dataclasses.replace(from_dict(TrainConfig, state["config"], source=str(state_path)), resume=None,
+                                device=cfg.device, workers=cfg.workers, out=str(state_path.parent.parent))
     if state["epoch"] >= saved.epochs:
         raise UserError(f"{state_path}: that run already finished its {saved.epochs} epochs; "
                         "start a new one with --weights")

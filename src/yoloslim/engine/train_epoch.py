@@ -119,10 +119,14 @@ def end_of_epoch(parts: Parts, val_loader, names: list[str], epoch: int, cfg: Tr
                  train_losses: dict[str, float], validate: bool, device: torch.device, csv: ResultsCSV,
                  scalars: Scalars, run_dir: Path, seconds: float) -> dict[str, Any]:
     """Rank 0: validate the EMA model, check the weights, log, write results.csv and the γ histogram."""
-    tensors = [*parts.model.state_dict().values(), *parts.ema.ema.state_dict().values()]
-    if not all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point()):
+    # NaN or inf weights reach the EMA too: one check of all its values
+    values = [t.flatten() for t in parts.ema.ema.state_dict().values() if t.is_floating_point()]
+    if not bool(torch.isfinite(torch.cat(values)).all()):
         raise _diverged("the weights became NaN or infinite", epoch, None, run_dir)
     row: dict[str, Any] = {"epoch": epoch + 1, **{f"train/{k}": v for k, v in train_losses.items()}}
+    # the same columns every epoch (blank when not validated), so that results.csv is appended to
+    row.update(dict.fromkeys(["metrics/precision", "metrics/recall", "metrics/mAP50", "metrics/mAP50-95",
+                              *(f"val/{k}" for k in train_losses)], ""))
     metrics: dict[str, Any] = {}
     if validate:
         from yoloslim.engine.evaluate import evaluate
@@ -142,7 +146,7 @@ def end_of_epoch(parts: Parts, val_loader, names: list[str], epoch: int, cfg: Tr
         gamma_histogram(stats.values, run_dir / "gamma" / f"epoch{epoch + 1:03d}.png", epoch + 1)
         scalars.histogram("sparsity/gamma", stats.values, epoch + 1)
     csv.add(row)
-    scalars.add({k: v for k, v in row.items() if k != "epoch"}, epoch + 1)
+    scalars.add({k: v for k, v in row.items() if k != "epoch" and v != ""}, epoch + 1)
     parts_txt = [" ".join(f"{k} {v:.4f}" for k, v in train_losses.items())]
     if validate:
         parts_txt.append(f"P {metrics['precision']:.3f} R {metrics['recall']:.3f} "

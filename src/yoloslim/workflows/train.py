@@ -8,6 +8,7 @@ from typing import Any
 from yoloslim.engine.train import TrainConfig, TrainResult
 from yoloslim.engine.train import train as run_training
 from yoloslim.errors import UserError
+from yoloslim.log import logger
 from yoloslim.workflows.report import table, write_json
 
 
@@ -22,6 +23,9 @@ def train(data: str | None = None, model: str | None = None, weights: str | None
     ``resume`` continues an interrupted run (its folder or state file; "" for the latest) with the
     settings it was started with. ``device`` None picks CUDA when available.
     """
+    if resume is not None and (data or model or weights or hyp):
+        logger.warning("--resume continues the run with the settings it was started with; "
+                       "--data, --model, --weights and --hyp are ignored")
     if resume is None:
         if not data:
             raise UserError("give the data set with --data (a data.yaml or a VOC root)")
