@@ -158,6 +158,27 @@ def test_sparsity_training_drives_gamma_toward_zero_and_logs_it(tiny_data, tmp_p
     assert info.history[-1]["action"] == "sparse-trained" and info.history[-1]["sparsity"] == 0.1
 
 
+def test_run_folders_are_numbered_and_resume_finds_the_latest(tmp_path):
+    import os
+
+    from yoloslim.engine.run_files import new_run_dir
+    from yoloslim.engine.train_setup import find_resume_state
+
+    project = tmp_path / "runs" / "train"
+    assert [new_run_dir(project).name for _ in range(3)] == ["exp1", "exp2", "exp3"]
+    for i, name in enumerate(("exp1", "exp3")):
+        state = project / name / "weights" / "last_state.pt"
+        state.parent.mkdir(parents=True)
+        state.write_bytes(b"")
+        os.utime(state, (1000 + i, 1000 + i))
+    assert find_resume_state("", project) == project / "exp3" / "weights" / "last_state.pt"
+    assert find_resume_state(str(project / "exp1"), project) == project / "exp1" / "weights" / "last_state.pt"
+    with pytest.raises(UserError, match="no weights/last_state.pt"):
+        find_resume_state(str(project / "exp2"), project)
+    with pytest.raises(UserError, match="no interrupted run"):
+        find_resume_state("", tmp_path / "elsewhere")
+
+
 # ---- resume, divergence ------------------------------------------------------------------------
 
 @pytest.mark.slow

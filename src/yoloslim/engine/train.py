@@ -132,6 +132,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     """Train a detector as ``cfg`` says; under ``torchrun`` every process calls this."""
     d = ddp.from_env()
     device = ddp.setup(d, cfg.device)
+    if not d.main:
+        logger.remove()  # rank 0 speaks for the job; the others' errors still raise
     try:
         return _train(cfg, d, device)
     finally:
