@@ -142,3 +142,11 @@ def test_forward_is_fx_traceable():
     gm = torch.fx.symbolic_trace(model)
     x = torch.rand(1, 3, 96, 64) * 255
     assert all(torch.equal(a, b) for a, b in zip(model(x), gm(x), strict=True))
+
+
+def test_info_prints_the_official_parameter_count(capsys):
+    from yoloslim.cli import main
+
+    assert main(["info", "--model", "yolox-nano", "--imgsz", "416"]) == 0
+    out = capsys.readouterr().out
+    assert "yolox-nano (yolox, 80 classes)" in out and "912,159 parameters, 1.1 GFLOPs at 416x416" in out
