@@ -29,12 +29,8 @@ def test_parameter_counts_match_official_large():
 @pytest.mark.parametrize("name,imgsz,readme", [("yolox-nano", 416, 1.08), ("yolox-tiny", 416, 6.45),
                                                ("yolox-s", 640, 26.8)])
 def test_gflops_and_the_official_readme_figures(name, imgsz, readme):
-    rows = profile(create_model(name), imgsz)
-    ours = total_gflops(rows)  # conv 2·MACs + BN 2 per element
-    assert {"yolox-nano": 1.062, "yolox-tiny": 6.431, "yolox-s": 26.745}[name] == round(ours, 3)
-    # the README counts BN at 4 FLOPs per element (the thop version YOLOX used, times 2)
-    bn = sum(r.flops for r in rows if r.kind == "BatchNorm2d") / 1e9
-    assert round(ours + bn, 2 if readme < 10 else 1) == readme
+    ours = total_gflops(profile(create_model(name), imgsz))  # conv 2·MACs + BN 4 per element, as thop x 2
+    assert round(ours, 2 if readme < 10 else 1) == readme
 
 
 @pytest.mark.parametrize("name", ["yolox-nano", "yolox-s"])

@@ -26,7 +26,7 @@ def count_params(model: nn.Module) -> int:
 
 @torch.no_grad()
 def profile(model: nn.Module, imgsz: int = 640) -> list[LayerRow]:
-    """FLOPs (2 x multiply-adds) of every conv, linear and batch norm for one ``imgsz`` image."""
+    """FLOPs (2 x multiply-adds; 4 per element for batch norm) of every conv, linear and BN for one ``imgsz`` image."""
     rows: list[LayerRow] = []
     hooks = []
 
@@ -36,8 +36,9 @@ def profile(model: nn.Module, imgsz: int = 640) -> list[LayerRow]:
                 macs = out.numel() // out.shape[0] * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
                 rows.append(LayerRow(name, "Conv2d", m.in_channels, m.out_channels, count_params(m), 2 * macs))
             elif isinstance(m, nn.BatchNorm2d):
+                # normalise (2) and scale-and-shift (2) per element: thop's count, times 2 as the repos report
                 rows.append(LayerRow(name, "BatchNorm2d", m.num_features, m.num_features, count_params(m),
-                                     2 * out.numel() // out.shape[0]))
+                                     4 * out.numel() // out.shape[0]))
             elif isinstance(m, nn.Linear):
                 rows.append(LayerRow(name, "Linear", m.in_features, m.out_features, count_params(m),
                                      2 * m.in_features * m.out_features))

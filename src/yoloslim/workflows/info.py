@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from yoloslim.engine.checkpoint import load_model
-from yoloslim.engine.profile import count_params, profile, total_gflops
+from yoloslim.engine.profile import conv_gflops, count_params, profile, total_gflops
 from yoloslim.errors import UserError
 from yoloslim.models import build_model, model_spec
 from yoloslim.workflows.report import table, write_json
@@ -29,7 +29,7 @@ def info(weights: str | None = None, model: str | None = None, nc: int = 80, img
     gflops = total_gflops(rows)
     summary = {
         "model": spec.name, "family": spec.family, "nc": spec.nc, "params": params,
-        "gflops": round(gflops, 3), "imgsz": imgsz, "history": history,
+        "gflops": round(gflops, 3), "conv_gflops": round(conv_gflops(rows), 3), "imgsz": imgsz, "history": history,
         "layers": [{"name": r.name.removesuffix(".conv") if r.name.endswith(".conv") else r.name, "c_in": r.c_in,
                     "c_out": r.c_out, "params": r.params, "gflops": round(r.flops / 1e9, 4)}
                    for r in rows if r.kind == "Conv2d"],
@@ -39,7 +39,8 @@ def info(weights: str | None = None, model: str | None = None, nc: int = 80, img
                     [[lr["name"], lr["c_in"], lr["c_out"], lr["params"], lr["gflops"]] for lr in summary["layers"]]))
         print()
     print(f"{spec.name} ({spec.family}, {spec.nc} classes): {len(summary['layers'])} convs, "
-          f"{params:,} parameters, {gflops:.1f} GFLOPs at {imgsz}x{imgsz}")
+          f"{params:,} parameters, {gflops:.1f} GFLOPs at {imgsz}x{imgsz} "
+          f"({summary['conv_gflops']:.2f} in convolutions)")
     for event in history:
         details = ", ".join(f"{k}={v}" for k, v in event.items() if k not in ("action", "time"))
         print(f"  {event.get('time', '')} {event['action']}" + (f": {details}" if details else ""))
