@@ -11,9 +11,10 @@ size and reused when present), for one model (``--model``, any preset):
 1. ``baseline``: train from scratch for ``--epochs`` E;
 2. ``sparse``: from the baseline, ``--sparse-epochs`` S with the L1 penalty ``--sr`` on the prunable BN γ
    (linear schedule, network slimming);
-3. ``prune``: slim the sparse model (one global γ threshold) at every ``--ratios`` value; a ratio that
-   would empty a channel group is refused by the pruner, and is then retried keeping the 8 strongest
-   channels of such groups (``--min-channels 8``; the JSON and the table say so);
+3. ``prune``: slim the sparse model (one global γ threshold; or another ``--method``) at every
+   ``--ratios`` value; a ratio that would empty a channel group is refused by the pruner, and is then
+   retried keeping the 8 strongest channels of such groups (``--min-channels 8``; the JSON and the
+   table say so);
 4. ``finetune``: train each pruned model for ``--finetune-epochs`` F, as it is;
 5. ``plus``: the fair reference "baseline+": the baseline trained S + F more epochs without sparsity,
    so it has seen as many epochs (E + S + F) as every fine-tuned model;
@@ -30,17 +31,30 @@ epoch. ``--stages`` runs only some stages (the others' saved outputs are used), 
 measure`` re-measures saved models. The results go to ``--json`` (default ``<work>/compress.json``) and
 a Markdown table for docs/BENCHMARKS.md is printed with the command line above it.
 
-Sizing (defaults: 800 images = 640 train + 160 val at 256 px, E = 24, S = 10, F = 6, batch 16 without
-gradient accumulation): the budget is one hour on the project's 2-core CPU. Training YOLOv5s there
-costs about TODO s per image-epoch at 256 px (measured with this script's stage timers: CPU seconds of a
-short run divided by 2 cores), so a full-size epoch of 640 images takes about TODO s; the run trains
-E + S + (S + F) = 50 full-model epochs plus 3 x F epochs of pruned models (cheaper in proportion to
-their FLOPs), evaluates 9 models and times 4. 256 px keeps the synthetic set's smallest objects
-(6 % of the side) at 15 px, above the stride-8 cells; at 320 px the same epochs take 1.5x as long.
-``--nominal-batch`` equals the batch so that every batch is an optimizer step: in a compute-bound
-hour, 4x more steps than YOLOv5's accumulation to 64 matter more than its batch-size invariance.
-``--sr`` is far above the forks' 1e-4 .. 1e-3 because their penalty acts over ~100k steps and ours
-over ~400: the γ shrink per step is about lr·sr/(1 − momentum).
+Sizing. Defaults: 800 images (600 train + 200 val) at 256 px, E = 20, S = 8, F = 6, batch 16 with no
+gradient accumulation, to finish in under an hour on the project's 2-core CPU when it is idle:
+
+- Measured with a short run of this pipeline on a loaded machine (so in CPU seconds of one thread, not
+  wall time): training YOLOv5s costs 0.14 CPU-s per image-epoch at 256 px (0.175 at 320: the
+  per-batch costs do not shrink with the image). On two idle cores that is 0.08-0.105 s (a 1.7x
+  two-thread speed-up; or DESIGN.md's 8.2 img/s at 320 px scaled to 256), 50-63 s per 600-image epoch.
+- The run trains E + S + (S + F) = 42 full-model epochs, plus 3 x F epochs of pruned models whose
+  forward + backward costs 0.44 / 0.26 / 0.17 of the unpruned model's at ratios 0.5 / 0.7 / 0.8
+  (about 5 more full epochs): 39-50 min. 15 evaluations of 200 images (2-3 min), the ONNX exports and
+  the latency loop (1-2 min) and the data set (0.5 min) bring the estimate to 45-55 min.
+- 256 px keeps the set's smallest objects (6 % of the side) at 15 px.
+- ``--nominal-batch`` equals the batch, so every batch is an optimizer step: in a compute-bound hour,
+  4x more steps than YOLOv5's accumulation to 64 matter more than its batch-size invariance.
+
+What this budget can and cannot show (measured on YOLOv5n at 256 px, 300 train images): after 30
+epochs (570 steps) from scratch the model reaches only mAP@.5 0.094 / mAP@.5:.95 0.042 and its BN γ
+are still 1.000 +- 0.004 (median |dL/dγ| is 3e-4 per step). Any ``--sr`` strong enough to move γ in a
+few hundred steps shrinks them all alike (sr 0.05 over 150 steps: every γ 0.87 +- 0.004; sr 0.2: every
+γ 0.51, and the sparse model's mAP collapses), so the slimming threshold ranks channels by little more
+than noise; the network-slimming forks train ~100k steps with sr 1e-4 .. 1e-3. The default ``--sr
+0.01`` costs the sparse model little; expect the pruned models to depend on fine-tuning, and compare
+them with baseline+ only. ``--method l1`` / ``l2`` prune the same sparse model by filter norms instead
+(their files are named by method, so they can share a work folder with the slim run).
 """
 
 from __future__ import annotations
@@ -60,6 +74,7 @@ from yoloslim.engine.train import TrainConfig, train
 from yoloslim.errors import UserError
 from yoloslim.log import logger, setup_logging
 from yoloslim.models import MODELS
+from yoloslim.prune import METHODS
 from yoloslim.workflows.report import write_json
 
 STAGES = ("baseline", "sparse", "prune", "finetune", "plus", "measure")
@@ -72,6 +87,7 @@ class Settings:
 
     model: str
     images: int
+    val_ratio: float
     imgsz: int
     epochs: int
     sparse_epochs: int
@@ -89,13 +105,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="yolov5s", help="model preset (default yolov5s)")
-    ap.add_argument("--images", type=int, default=800, help="synthetic images, 20 %% of them val")
+    ap.add_argument("--images", type=int, default=800, help="synthetic images (train + val)")
+    ap.add_argument("--val-ratio", type=float, default=0.25, help="fraction of the images held out for val")
     ap.add_argument("--imgsz", type=int, default=256, help="training / evaluation size")
     ap.add_argument("--epochs", type=int, default=24, help="baseline epochs E")
     ap.add_argument("--sparse-epochs", type=int, default=10, help="sparsity-training epochs S")
     ap.add_argument("--finetune-epochs", type=int, default=6, help="fine-tune epochs F")
-    ap.add_argument("--sr", type=float, default=0.02, help="L1 strength on BN γ (linear schedule)")
-    ap.add_argument("--ratios", default="0.5,0.7,0.8", help="slimming ratios, comma-separated")
+    ap.add_argument("--sr", type=float, default=0.01, help="L1 strength on BN γ (linear schedule)")
+    ap.add_argument("--ratios", default="0.5,0.7,0.8", help="pruning ratios, comma-separated")
+    ap.add_argument("--method", default="slim", choices=METHODS,
+                    help="pruning method applied to the sparse model (default slim)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--nominal-batch", type=int, default=None, help="accumulate to this (default: --batch)")
     ap.add_argument("--workers", type=int, default=1, help="data-loader workers")
@@ -132,9 +151,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def label(ratio: float) -> str:
-    """``0.5`` -> ``slim50`` (the pruned model's name; ``slim50-ft`` after fine-tuning)."""
-    return f"slim{round(ratio * 100):02d}"
+def label(method: str, ratio: float) -> str:
+    """``slim``, ``0.5`` -> ``slim-50`` (the pruned model's name; ``slim-50-ft`` after fine-tuning)."""
+    return f"{method}-{round(ratio * 100):02d}"
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -169,17 +188,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         _need(base, "baseline")
         timed("sparse", train_stage, sparse, work / "runs" / "sparse", weights=str(base), epochs=s,
               sparsity=args.sr, sparsity_schedule="linear", **common)
-    for r in args.ratios:
-        pruned = models / f"{label(r)}.safetensors"
+    names = {r: label(args.method, r) for r in args.ratios}
+    for r, name in names.items():
+        pruned = models / f"{name}.safetensors"
         if "prune" in args.stages and not pruned.is_file():
             _need(sparse, "sparse")
-            timed(f"prune {label(r)}", prune_stage, sparse, pruned, r, args)
-    for r in args.ratios:
-        pruned, tuned = models / f"{label(r)}.safetensors", models / f"{label(r)}-ft.safetensors"
+            timed(f"prune {name}", prune_stage, sparse, pruned, r, args)
+    for name in names.values():
+        pruned, tuned = models / f"{name}.safetensors", models / f"{name}-ft.safetensors"
         if "finetune" in args.stages and not tuned.is_file():
             _need(pruned, "prune")
-            timed(f"finetune {label(r)}", train_stage, tuned, work / "runs" / f"{label(r)}-ft",
-                  weights=str(pruned), epochs=f, **common)
+            timed(f"finetune {name}", train_stage, tuned, work / "runs" / f"{name}-ft", weights=str(pruned),
+                  epochs=f, **common)
     if "plus" in args.stages and not plus.is_file():
         _need(base, "baseline")
         timed("plus", train_stage, plus, work / "runs" / "baseline-plus", weights=str(base), epochs=s + f,
@@ -199,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def check_settings(work: Path, args: argparse.Namespace) -> Settings:
     """Refuse a work folder whose saved models were made with other settings."""
-    settings = Settings(args.model, args.images, args.imgsz, args.epochs, args.sparse_epochs,
+    settings = Settings(args.model, args.images, args.val_ratio, args.imgsz, args.epochs, args.sparse_epochs,
                         args.finetune_epochs, args.sr, args.batch, args.nominal_batch, args.seed,
                         args.round_to, args.min_channels, args.fold_bias)
     path = work / "settings.json"
@@ -224,7 +244,8 @@ def data_set(folder: Path, args: argparse.Namespace) -> Path:
     if folder.exists():
         shutil.rmtree(folder)  # an interrupted synthesis (no data.yaml yet)
     logger.info(f"synthesizing {args.images} images of {args.imgsz} px into {folder}")
-    return synthesize(folder, fmt="yolo", images=args.images, imgsz=args.imgsz, seed=args.seed)
+    return synthesize(folder, fmt="yolo", images=args.images, imgsz=args.imgsz, seed=args.seed,
+                      val_ratio=args.val_ratio)
 
 
 def train_stage(out: Path, run: Path, **cfg: Any) -> Path:
@@ -245,16 +266,16 @@ def train_stage(out: Path, run: Path, **cfg: Any) -> Path:
 
 
 def prune_stage(sparse: Path, out: Path, ratio: float, args: argparse.Namespace) -> Path:
-    """Slim ``sparse`` at ``ratio`` into ``out`` (through the ``yoloslim prune`` workflow)."""
+    """Prune ``sparse`` at ``ratio`` into ``out`` with ``--method`` (the ``yoloslim prune`` workflow)."""
     from yoloslim.workflows.prune import prune
 
-    kw = {"weights": str(sparse), "method": "slim", "ratio": ratio, "round_to": args.round_to,
+    kw = {"weights": str(sparse), "method": args.method, "ratio": ratio, "round_to": args.round_to,
           "fold_bias": args.fold_bias, "imgsz": args.imgsz, "out": str(out), "latency_runs": 0,
           "json_file": str(out.with_suffix(".json"))}
     try:
         prune(min_channels=args.min_channels, **kw)
     except UserError as err:
-        if args.min_channels:
+        if args.min_channels or args.method == "layer":
             raise
         logger.warning(f"{err}; pruning again, keeping the {FALLBACK_MIN_CHANNELS} strongest channels "
                        "of such groups")
@@ -282,9 +303,10 @@ def entries(work: Path, args: argparse.Namespace) -> list[Entry]:
            Entry("baseline+", "baseline+", m / "baseline-plus.safetensors", e + s + f, "baseline"),
            Entry("sparse", "sparse", m / "sparse.safetensors", e + s, "baseline")]
     for r in args.ratios:
-        out += [Entry(label(r), f"slim {r:g}, pruned", m / f"{label(r)}.safetensors", e + s, label(r)),
-                Entry(f"{label(r)}-ft", f"slim {r:g} + fine-tune", m / f"{label(r)}-ft.safetensors",
-                      e + s + f, label(r), timed=True)]
+        name = label(args.method, r)
+        out += [Entry(name, f"{args.method} {r:g}, pruned", m / f"{name}.safetensors", e + s, name),
+                Entry(f"{name}-ft", f"{args.method} {r:g} + fine-tune", m / f"{name}-ft.safetensors",
+                      e + s + f, name, timed=True)]
     return out
 
 
@@ -392,10 +414,10 @@ def print_report(s: dict[str, Any]) -> None:
     print(f"\nmAP on the {s['val_images']} val images at {s['eval_imgsz']} px (EMA weights of each run's "
           "last epoch); Δ in points against baseline+ (the baseline trained as many epochs as the "
           f"fine-tuned models). GFLOPs (conv + BN) and latency at {s['latency_imgsz']} px, batch 1, "
-          f"median of up to {lat['runs']} "
-          f"alternating rounds, {env['cpu']} ({env['cpus']} CPUs, {lat['threads'] or env['torch_threads']} "
-          f"threads), torch {env['torch']} (Conv+BN fused), onnxruntime {env['onnxruntime']}; speed-ups are "
-          "baseline / model from the same loop; baseline, baseline+ and sparse share one architecture. "
+          f"median of up to {lat['runs']} alternating rounds, {env['cpu']} (CPUs: {env['cpus']}, "
+          f"threads: {lat['threads'] or env['torch_threads']}), torch {env['torch']} (Conv+BN fused), "
+          f"onnxruntime {env['onnxruntime']}; speed-ups are baseline / model from the same loop; "
+          "baseline, baseline+ and sparse share one architecture. "
           f"Whole run: {s['total_wall_s'] / 60:.0f} min.")
     for r in held:
         p = r["prune"]

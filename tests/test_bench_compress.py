@@ -39,22 +39,22 @@ def test_compress_toy_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 
     # every stage left its model; the JSON holds every row
     models = work / "models"
-    for name in ("baseline", "sparse", "slim50", "slim50-ft", "baseline-plus"):
+    for name in ("baseline", "sparse", "slim-50", "slim-50-ft", "baseline-plus"):
         assert (models / f"{name}.safetensors").is_file(), name
     saved = json.loads((work / "compress.json").read_text())
     rows = {r["name"]: r for r in saved["models"]}
-    assert list(rows) == ["baseline", "baseline+", "sparse", "slim50", "slim50-ft"]
+    assert list(rows) == ["baseline", "baseline+", "sparse", "slim-50", "slim-50-ft"]
     assert [rows[n]["epochs"] for n in rows] == [1, 3, 2, 2, 3]
     assert saved["command"].startswith("python bench/compress.py --model yolov5n")
 
     # one architecture for the unpruned three, a smaller one for the pruned pair
     base = rows["baseline"]
     assert rows["baseline+"]["params"] == rows["sparse"]["params"] == base["params"]
-    assert rows["slim50"]["params"] == rows["slim50-ft"]["params"] < 0.6 * base["params"]
-    assert 0.3 < rows["slim50-ft"]["params_removed"] < 1 and 0 < rows["slim50-ft"]["flops_removed"] < 1
-    assert rows["slim50"]["prune"]["method"] == "slim"
-    assert rows["slim50"]["prune"]["ratio"] == pytest.approx(0.5, abs=0.01)
-    assert read_info(models / "slim50-ft.safetensors").history[-1]["action"] == "fine-tuned"
+    assert rows["slim-50"]["params"] == rows["slim-50-ft"]["params"] < 0.6 * base["params"]
+    assert 0.3 < rows["slim-50-ft"]["params_removed"] < 1 and 0 < rows["slim-50-ft"]["flops_removed"] < 1
+    assert rows["slim-50"]["prune"]["method"] == "slim"
+    assert rows["slim-50"]["prune"]["ratio"] == pytest.approx(0.5, abs=0.01)
+    assert read_info(models / "slim-50-ft.safetensors").history[-1]["action"] == "fine-tuned"
     assert read_info(models / "sparse.safetensors").history[-1]["sparsity"] == 0.01
 
     # figures: mAP in range, deltas against baseline+, speed-ups against the baseline from one loop
@@ -62,11 +62,11 @@ def test_compress_toy_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         assert 0 <= r["map"] <= r["map50"] <= 1
         assert r["torch_ms"] > 0 and r["onnxruntime_ms"] > 0
     assert rows["baseline+"]["delta_map_vs_plus"] == 0
-    assert rows["slim50-ft"]["delta_map_vs_plus"] == pytest.approx(
-        (rows["slim50-ft"]["map"] - rows["baseline+"]["map"]) * 100, abs=1e-3)
+    assert rows["slim-50-ft"]["delta_map_vs_plus"] == pytest.approx(
+        (rows["slim-50-ft"]["map"] - rows["baseline+"]["map"]) * 100, abs=1e-3)
     assert base["torch_speedup"] == base["onnxruntime_speedup"] == 1.0
-    assert rows["slim50"]["torch_ms"] == rows["slim50-ft"]["torch_ms"]  # timed once per architecture
-    assert set(rows["slim50-ft"]["targets"]) == set(compress.TARGETS)
+    assert rows["slim-50"]["torch_ms"] == rows["slim-50-ft"]["torch_ms"]  # timed once per architecture
+    assert set(rows["slim-50-ft"]["targets"]) == set(compress.TARGETS)
     assert summary["models"] == saved["models"]
 
     # the Markdown table
@@ -75,12 +75,18 @@ def test_compress_toy_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert out.count("| slim 0.5") == 3  # pruned, fine-tuned, and the targets row
 
     # a second run reuses every stage; a lost stage output is restored from its finished run
-    (models / "slim50-ft.safetensors").unlink()
+    (models / "slim-50-ft.safetensors").unlink()
     again = compress.main([*TOY, "--work", str(work), "--skip-latency"])
     timings = json.loads((work / "timings.json").read_text())
-    assert timings["finetune slim50"]["wall_s"] < 5  # copied from the finished run, not trained again
+    assert timings["finetune slim-50"]["wall_s"] < 5  # copied from the finished run, not trained again
     assert [r["map"] for r in again["models"]] == [r["map"] for r in saved["models"]]
     assert again["models"][0]["torch_ms"] is None
+
+    # another method shares the baseline and sparse models of the folder
+    l1 = compress.main([*TOY, "--work", str(work), "--method", "l1", "--stages", "prune,measure",
+                        "--skip-latency"])
+    assert [r["name"] for r in l1["models"]] == ["baseline", "baseline+", "sparse", "l1-50"]
+    assert l1["models"][3]["prune"]["method"] == "l1" and l1["models"][3]["params_removed"] > 0.3
 
     # other settings in the same folder are refused
     with pytest.raises(UserError, match="other settings"):
