@@ -7,9 +7,11 @@ Plain functions in a visible order, no callbacks::
       for each epoch:
         train_one_epoch: forward -> loss -> backward -> [every `accumulate` batches]
                          unscale -> sparsity.apply -> clip -> optimizer.step -> EMA update
-        end_of_epoch (rank 0): validate the EMA model -> results.csv, log, γ histogram -> save
+        end_of_epoch (rank 0): check the weights -> validate the EMA model -> results.csv, log, γ histogram
+        save_checkpoints (rank 0): best fitness -> last/best.safetensors (EMA) -> last_state.pt
 
-SGD (Nesterov) with three parameter groups, linear warm-up of learning rates and momentum, a
+SGD (Nesterov) with three parameter groups, linear warm-up of learning rates and momentum over
+``max(warmup_epochs · batches, 100)`` iterations (none when ``warmup_epochs`` is 0), a
 linear or cosine schedule, EMA of the weights, gradient accumulation to a nominal batch of 64, AMP
 on CUDA. An epoch never leaves gradients pending (a last partial accumulation is applied at its
 end), so ``--resume`` from the end of an epoch gives the same weights as an uninterrupted run.
