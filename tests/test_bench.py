@@ -44,7 +44,7 @@ def test_bench_json_with_vs_holds_figures_and_ratios(files, tmp_path, capsys):
     assert main(["bench", "--weights", str(small), "--vs", str(full), "--imgsz", "64", "--runs", "3",
                  "--warmup", "1", "--threads", "1", "--unfused", "--json", str(js)]) == 0
     out = capsys.readouterr().out
-    assert "full.safetensors / small.safetensors" in out and "fusion speed-up" in out
+    assert "small.safetensors is smaller / faster than full.safetensors" in out and "fusion speed-up" in out
     s = json.loads(js.read_text())
     for key in ("params", "gflops", "torch_ms", "onnxruntime_ms", "fps", "vs"):
         assert key in s

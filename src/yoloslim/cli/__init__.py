@@ -14,8 +14,7 @@ from yoloslim import __version__
 from yoloslim.errors import UserError
 
 # Subcommands in the order `--help` lists them; each is a module of this package.
-COMMANDS = ("demo", "data", "info", "export", "bench", "predict", "import_", "visualize", "val", "prune",
-            "train")
+COMMANDS = ("demo", "data", "train", "prune", "val", "predict", "export", "bench", "info", "visualize", "import_")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,7 +15,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cfg", help="the source's architecture file (a YOLOv5 model yaml for a bare state dict, "
                                  "a darknet .cfg)")
     p.add_argument("--model", help="the yoloslim preset the checkpoint is, when the file does not say "
-                                   "(e.g. yolox_s)")
+                                   "(e.g. yolox-s)")
     p.add_argument("--names", help="class names: a text file (one a line) or a data.yaml with names:")
     p.add_argument("--json", dest="json_file", help="also write the summary as JSON")
     p.set_defaults(func=lambda a: _run(a))

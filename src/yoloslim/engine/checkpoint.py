@@ -82,6 +82,11 @@ def read_info(path: str | Path) -> ModelInfo:
     path = _existing(path)
     from safetensors import safe_open
 
+    with open(path, "rb") as f:
+        zipped = f.read(2) == b"PK"  # a zip: torch.save's format
+    if zipped:
+        raise UserError(f"{path}: this is a training state (torch.save), not a model file; "
+                        "continue its run with `yoloslim train --resume`, or use its weights/*.safetensors")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}

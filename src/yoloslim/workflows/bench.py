@@ -72,8 +72,9 @@ def bench(weights: str, vs: str | None = None, imgsz: int | None = None, backend
             print(f"{name}: Conv+BN fusion speed-up in PyTorch {s['torch_unfused_ms'] / s['torch_ms']:.2f}x")
     if vs:
         r = summary["vs"]["ratios"]
-        print(f"{Path(vs).name} / {Path(weights).name}: " + ", ".join(f"{k} {v:.2f}x" for k, v in r.items())
-              + "  (above 1: the --weights model is smaller / faster)")
+        a, b = Path(weights).name, Path(vs).name
+        print(f"{a} is smaller / faster than {b} by (its figure divided into {b}'s; above 1 = {a} wins): "
+              + ", ".join(f"{k} {v:.2f}x" for k, v in r.items()))
     if json_file:
         write_json(json_file, summary)
     return summary
