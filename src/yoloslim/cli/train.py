@@ -25,6 +25,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--patience", type=int, default=100, help="stop after this many epochs without "
                                                              "improvement (default 100)")
     p.add_argument("--no-augment", action="store_true", help="train on plain letterboxed images")
+    p.add_argument("--no-aug-epochs", type=int, default=0, metavar="N",
+                   help="last N epochs without mosaic/mixup/affine (YOLOX recipe: 15; default 0)")
     p.add_argument("--cache", action="store_true", help="keep the images in RAM")
     p.add_argument("--workers", type=int, default=2, help="data loader processes (default 2)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
@@ -42,5 +44,6 @@ def _run(a: argparse.Namespace) -> int:
     train(data=a.data, model=a.model, weights=a.weights, epochs=a.epochs, batch=a.batch, imgsz=a.imgsz,
           sparsity=a.sparsity, sparsity_schedule=a.sparsity_schedule, sparsity_bias=a.sparsity_bias,
           hyp=a.hyp, cos_lr=a.cos_lr, workers=a.workers, seed=a.seed, out=a.out, resume=a.resume,
-          device=a.device, patience=a.patience, cache=a.cache, no_augment=a.no_augment, json_file=a.json_file)
+          device=a.device, patience=a.patience, cache=a.cache, no_augment=a.no_augment,
+          no_aug_epochs=a.no_aug_epochs, json_file=a.json_file)
     return 0

@@ -88,6 +88,9 @@ class TrainConfig:
         sparsity_bias: also penalise BN β.
         patience: stop after this many epochs without a better fitness.
         augment: use the hyp's augmentations (False: plain letterboxing).
+        no_aug_epochs: the last this many epochs train without mosaic, mixup and affine warps (flips
+            and HSV stay), and tell the loss (YOLOX switches its L1 term on); the official YOLOX
+            recipe uses 15.
         nominal_batch: gradients are accumulated to this many images per step.
         cache: keep the images in RAM.
         val_every_epoch: validate every epoch (else only after the last).
@@ -114,6 +117,7 @@ class TrainConfig:
     sparsity_bias: bool = False
     patience: int = 100
     augment: bool = True
+    no_aug_epochs: int = 0
     nominal_batch: int = 64
     cache: bool = False
     val_every_epoch: bool = True
@@ -187,6 +191,8 @@ def _train(cfg: TrainConfig, d: ddp.Dist, device: torch.device) -> TrainResult:
     metrics: dict[str, Any] = {}
     for epoch in range(progress.start_epoch, cfg.epochs):
         train_ds.set_epoch(epoch)
+        if cfg.no_aug_epochs and epoch >= cfg.epochs - cfg.no_aug_epochs:
+            stop_strong_augmentation(train_ds, parts.loss_fn, epoch, d.main)
         if sampler is not None:
             sampler.set_epoch(epoch)
         t0 = time.time()
@@ -263,3 +269,16 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+
+
+def stop_strong_augmentation(train_ds: Any, loss_fn: Any, epoch: int, log: bool) -> None:
+    """The final "no augmentation" epochs: no mosaic, mixup or affine warp; the loss is told (YOLOX: L1 on)."""
+    aug = train_ds.augment
+    if aug is not None and (aug.mosaic or aug.mixup or aug.degrees or aug.translate or aug.scale or aug.shear
+                            or aug.perspective):
+        train_ds.augment = dataclasses.replace(aug, mosaic=0.0, mixup=0.0, degrees=0.0, translate=0.0, scale=0.0,
+                                               shear=0.0, perspective=0.0)
+        if log:
+            logger.info(f"epoch {epoch + 1}: mosaic, mixup and affine augmentation off for the last epochs")
+    if hasattr(loss_fn, "set_no_aug"):
+        loss_fn.set_no_aug(True)

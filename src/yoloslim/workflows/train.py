@@ -16,7 +16,8 @@ def train(data: str | None = None, model: str | None = None, weights: str | None
           batch: int = 16, imgsz: int = 640, sparsity: float = 0.0, sparsity_schedule: str = "constant",
           sparsity_bias: bool = False, hyp: str | None = None, cos_lr: bool = False, workers: int = 2,
           seed: int = 0, out: str | None = None, resume: str | None = None, device: str | None = None,
-          patience: int = 100, cache: bool = False, no_augment: bool = False, nominal_batch: int = 64,
+          patience: int = 100, cache: bool = False, no_augment: bool = False, no_aug_epochs: int = 0,
+          nominal_batch: int = 64,
           val_every_epoch: bool = True, save_every: int = 1, json_file: str | None = None) -> TrainResult:
     """Run one training (see :class:`yoloslim.engine.train.TrainConfig` for the arguments).
 
@@ -35,6 +36,7 @@ def train(data: str | None = None, model: str | None = None, weights: str | None
                       device=device or _default_device(), workers=workers, out=out, resume=resume, seed=seed,
                       hyp=hyp, cos_lr=cos_lr, sparsity=sparsity, sparsity_schedule=sparsity_schedule,
                       sparsity_bias=sparsity_bias, patience=patience, augment=not no_augment, cache=cache,
+                      no_aug_epochs=no_aug_epochs,
                       nominal_batch=nominal_batch, val_every_epoch=val_every_epoch, save_every=save_every)
     result = run_training(cfg)
     if int(os.environ.get("RANK", 0)) == 0:
