@@ -1,4 +1,4 @@
-"""``yoloslim demo --quick``: data set generated, converted, checked; a second run reuses it."""
+"""``yoloslim demo --quick``: every step's files, the before/after table; a second run reuses them."""
 
 from __future__ import annotations
 
@@ -8,23 +8,55 @@ from pathlib import Path
 import pytest
 
 from yoloslim.cli import main
-from yoloslim.workflows.demo import QUICK
+from yoloslim.engine.checkpoint import read_info
+from yoloslim.workflows.demo import QUICK, STEPS
+
+FIGURES = {"map50", "map", "params", "gflops", "latency_ms"}
 
 
+@pytest.mark.slow
 def test_demo_quick(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "run"
-    quick = ["demo", "--out", str(out), "--quick", "--epochs", "1", "--workers", "0"]
+    quick = ["demo", "--out", str(out), "--quick", "--epochs", "1", "--sparse-epochs", "1",
+             "--finetune-epochs", "1", "--workers", "0"]
     assert main([*quick, "--json", str(tmp_path / "demo.json")]) == 0
     text = capsys.readouterr().out
-    assert "[1/6]" in text and "[3/6]" in text and "no problems found" in text
+    assert STEPS == 10 and all(f"[{i}/10]" in text for i in range(1, 11)) and "no problems found" in text
+    for row in ("| Metric", "Before (trained)", "After (pruned + fine-tuned)", "| mAP@.5 ", "| mAP@.5:.95",
+                "| params", "| GFLOPs @128", "| CPU latency ms (median, batch 1)", "| sparsity training",
+                "| pruning (slim)", "| fine-tuning"):
+        assert row in text, row
     summary = json.loads((tmp_path / "demo.json").read_text())
     assert Path(summary["data_yaml"]).is_file() and (out / "yoloslim.log").is_file()
     assert sum(summary["data"]["images"].values()) == QUICK.images and summary["data"]["problems"] == 0
     assert Path(summary["train"]["weights"]).is_file() and summary["predict"]["images"] == 4
     assert 0 <= summary["val"]["map50"] <= 1 and len(list((out / "predict").glob("*.jpg"))) == 4
+
+    # sparsity training -> prune (slim) -> fine-tune, each from the previous step's model file
+    sparse, pruned, tuned = (Path(summary[k]["weights"]) for k in ("sparse", "prune", "finetune"))
+    assert sparse == out / "sparse" / "weights" / "last.safetensors" and (out / "sparse" / "gamma").is_dir()
+    assert pruned == out / "prune" / "pruned.safetensors" and tuned == out / "finetune" / "weights" / "last.safetensors"
+    history = read_info(tuned).history
+    assert [e["action"] for e in history] == ["trained", "sparse-trained", "pruned", "fine-tuned"]
+    assert history[1]["sparsity"] > 0 and history[2]["method"] == "slim" and history[2]["source"] == str(sparse)
+    assert 0 <= summary["sparse"]["gamma"]["after"]["below_1e-2"] <= 1
+    report = json.loads((out / "prune" / "prune.json").read_text())
+    assert report["method"] == "slim" and report["after"]["map"] is not None
+    assert 0 <= summary["val_finetuned"]["map"] <= 1 and (out / "val_finetuned.json").is_file()
+
+    # the before/after table's numbers: trained vs pruned + fine-tuned
+    ba = summary["before_after"]
+    assert set(ba["before"]) == set(ba["after"]) == FIGURES and ba["imgsz"] == 128
+    assert ba["after"]["params"] == report["after"]["params"] < ba["before"]["params"]
+    assert ba["after"]["gflops"] < ba["before"]["gflops"] and ba["after"]["latency_ms"] > 0
+    assert ba["before"]["map"] == round(summary["val"]["map"], 5)
+
     stamp = (out / "data" / "settings.json").read_text()
-    assert main(quick) == 0
+    assert main([*quick, "--json", str(tmp_path / "again.json")]) == 0
     assert "(reused)" in capsys.readouterr().out
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert all(again[k]["reused"] for k in ("train", "sparse", "prune", "finetune"))
+    assert again["before_after"]["after"]["params"] == ba["after"]["params"]
     assert (out / "data" / "settings.json").read_text() == stamp
 
 
@@ -33,3 +65,28 @@ def test_demo_refuses_foreign_folder(tmp_path: Path) -> None:
     (tmp_path / "data" / "mine.txt").write_text("keep me")
     assert main(["demo", "--out", str(tmp_path), "--quick"]) == 2
     assert (tmp_path / "data" / "mine.txt").is_file()
+
+
+def test_demo_refuses_zero_epochs(tmp_path: Path) -> None:
+    assert main(["demo", "--out", str(tmp_path), "--quick", "--finetune-epochs", "0"]) == 2
+    assert not (tmp_path / "data").exists()
+
+
+def test_demo_prune_keeps_min_channels_when_the_ratio_would_empty_a_group(tiny_data: Path, tmp_path: Path) -> None:
+    import torch
+    import yaml
+
+    from yoloslim.engine.checkpoint import ModelInfo, save_model
+    from yoloslim.models import create_model
+    from yoloslim.workflows.demo import DemoSlim, DemoTrain, step_prune
+
+    model = create_model("yolov5n", nc=8)
+    with torch.no_grad():  # the weakest channel group by far: a global threshold empties it first
+        model.get_submodule("model.2.cv2.bn").weight.fill_(1e-3)
+    names = yaml.safe_load(tiny_data.read_text())["names"]
+    sparse = save_model(tmp_path / "sparse.safetensors", model, ModelInfo(model.spec, names, 64))
+    res = step_prune(str(sparse), tmp_path / "prune", DemoSlim(1, 1, ratio=0.5), tiny_data,
+                     DemoTrain(epochs=1, imgsz=64, batch=8), workers=0, input_reused=False)
+    assert res["held"] and not res["reused"] and res["after"]["params"] < res["before"]["params"]
+    event = read_info(res["weights"]).history[-1]
+    assert event["action"] == "pruned" and event["min_channels"] == 8 and event["held"] == res["held"]

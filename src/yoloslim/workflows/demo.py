@@ -1,12 +1,15 @@
 """``yoloslim demo``: the main job on the built-in data set, one step after the other.
 
-Steps so far: (1) generate the synthetic data set in VOC format, (2) convert it to YOLO txt,
-(3) check it and print its statistics, (4) train YOLOv5n on it, (5) validate the trained model,
-(6) predict on a few val images; then a summary table. Sparsity training, pruning and the
-before/after table are further steps of this same function, each a call to its workflow.
+Steps: (1) generate the synthetic data set in VOC format, (2) convert it to YOLO txt, (3) check it
+and print its statistics, (4) train YOLOv5n on it, (5) validate the trained model, (6) sparsity-train
+it (L1 on the prunable BN γ, linear schedule), (7) prune the sparse model by network slimming into a
+compact model file and its JSON report, (8) fine-tune the pruned model as it is, (9) validate it,
+(10) predict on a few val images with it; then a summary table and the Metric / Before / After table
+of the trained model against the pruned and fine-tuned one (mAP@.5, mAP@.5:.95, params, GFLOPs and
+batch-1 CPU latency, both models timed alternately). Every step is a call to its workflow.
 
-A second run in the same folder reuses what the first finished (data set, trained model) and
-resumes an interrupted training.
+A second run in the same folder reuses what the first finished (data set, trained, sparse, pruned and
+fine-tuned models) and resumes an interrupted training.
 """
 
 from __future__ import annotations
@@ -60,28 +63,67 @@ class DemoTrain:
 # spend the whole run in the 100-iteration warm-up, so it has none
 FULL_TRAIN = DemoTrain(epochs=40, imgsz=256)
 QUICK_TRAIN = DemoTrain(epochs=30, imgsz=128, hyp=(("warmup_epochs", 0.0),))
-STEPS = 6
+
+
+@dataclass(frozen=True)
+class DemoSlim:
+    """The compression steps: sparsity training, network slimming, fine-tuning (same batch, size, hyp).
+
+    ``ratio`` is the fraction of the prunable channels one global γ threshold removes. A ratio that
+    would empty a channel group is refused by the pruner; the demo then prunes again keeping the
+    ``min_channels`` strongest channels of such groups (as bench/compress.py does), so any ratio
+    below 1 goes through.
+    """
+
+    sparse_epochs: int
+    finetune_epochs: int
+    sr: float = 0.01
+    ratio: float = 0.5
+    min_channels: int = 8
+    latency_runs: int = 20
+
+
+# full: 4 sparse epochs cost as much as 4 training epochs (~1 min); the half-width pruned model
+# trains at about 60 % of that cost (its forward and backward much cheaper, loading and augmentation
+# unchanged), so 8 fine-tune epochs take ~1.2 min; with pruning, three more evaluations and the
+# latency loop the steps add ~2.5 min to the ~10.5 of the data set and the training: about 13
+# minutes. sr 0.01 (bench/compress.py's default) costs the sparse model little; at this budget it
+# moves γ only a little (bench/compress.py says why), and the slimming threshold ranks channels by
+# what it finds. quick: a few epochs each, and no data-loader processes (two of them beside two torch
+# threads made each 3-batch epoch 10x slower here); measured ~30 CPU-seconds in all, on one thread.
+FULL_SLIM = DemoSlim(sparse_epochs=4, finetune_epochs=8)
+QUICK_SLIM = DemoSlim(sparse_epochs=3, finetune_epochs=5, latency_runs=10)
+STEPS = 10
 
 
 def demo(out: str | Path = "runs/demo", quick: bool = False, json_file: str | None = None,
-         epochs: int | None = None, workers: int = 2) -> dict[str, Any]:
+         epochs: int | None = None, sparse_epochs: int | None = None, finetune_epochs: int | None = None,
+         workers: int | None = None) -> dict[str, Any]:
     """Run the demo into ``out`` and return its summary.
 
     Args:
         out: the run folder (log file, data set, weights, predictions and reports).
-        quick: a small data set and a short training, for a smoke test.
+        quick: a small data set and short trainings, for a smoke test.
         json_file: also write the summary as JSON.
         epochs: train this many epochs instead of the preset's.
-        workers: data loader processes.
+        sparse_epochs: sparsity-train this many epochs instead of the preset's.
+        finetune_epochs: fine-tune this many epochs instead of the preset's.
+        workers: data loader processes (default: 0 for ``quick``, whose 3 batches an epoch cost less
+            than starting the processes, 2 otherwise).
     """
     out = Path(out)
     setup_logging(out)
     settings = QUICK if quick else FULL
-    train_settings = QUICK_TRAIN if quick else FULL_TRAIN
-    if epochs is not None:
-        if epochs < 1:
-            raise UserError(f"--epochs must be at least 1, got {epochs}")
-        train_settings = replace(train_settings, epochs=epochs)
+    ts = QUICK_TRAIN if quick else FULL_TRAIN
+    ss = QUICK_SLIM if quick else FULL_SLIM
+    workers = (0 if quick else 2) if workers is None else workers
+    for flag, value in (("--epochs", epochs), ("--sparse-epochs", sparse_epochs),
+                        ("--finetune-epochs", finetune_epochs)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be at least 1, got {value}")
+    ts = replace(ts, epochs=epochs or ts.epochs)
+    ss = replace(ss, sparse_epochs=sparse_epochs or ss.sparse_epochs,
+                 finetune_epochs=finetune_epochs or ss.finetune_epochs)
     print(f"[1/{STEPS}] synthetic data set: {settings.images} images of {settings.imgsz} px, VOC format")
     voc_root, reused = step_synth(out / "data", settings)
     print(f"[2/{STEPS}] VOC -> YOLO txt{' (reused)' if reused else ''}")
@@ -89,17 +131,34 @@ def demo(out: str | Path = "runs/demo", quick: bool = False, json_file: str | No
     print(f"[3/{STEPS}] check")
     check = step_check(data_yaml)
     data = {"images": check["images"], "boxes": check["boxes"], "problems": len(check["problems"])}
-    ts = train_settings
     print(f"[4/{STEPS}] train {ts.model}: {ts.epochs} epochs at {ts.imgsz} px, batch {ts.batch}")
     trained = step_train(data_yaml, out / "train", ts, workers, reused)
-    print(f"[5/{STEPS}] validate")
+    print(f"[5/{STEPS}] validate the trained model")
     scores = step_val(trained["weights"], data_yaml, ts, workers, out / "val.json")
-    print(f"[6/{STEPS}] predict")
-    predicted = step_predict(trained["weights"], data_yaml, ts, out)
+    print(f"[6/{STEPS}] sparsity-train: {ss.sparse_epochs} epochs, L1 {ss.sr:g}·sign(γ) on the prunable "
+          "batch norms (linear schedule)")
+    sparse = step_train(data_yaml, out / "sparse", ts, workers, trained["reused"], weights=trained["weights"],
+                        epochs=ss.sparse_epochs, sparsity=ss.sr)
+    sparse["gamma"] = gamma_figures(trained["weights"], sparse["weights"])
+    print(f"[7/{STEPS}] prune (slim): remove {ss.ratio:.0%} of the prunable channels")
+    pruned = step_prune(sparse["weights"], out / "prune", ss, data_yaml, ts, workers, sparse["reused"])
+    print(f"[8/{STEPS}] fine-tune the pruned model as it is: {ss.finetune_epochs} epochs")
+    tuned = step_train(data_yaml, out / "finetune", ts, workers, pruned["reused"], weights=pruned["weights"],
+                       epochs=ss.finetune_epochs)
+    print(f"[9/{STEPS}] validate the pruned + fine-tuned model")
+    tuned_scores = step_val(tuned["weights"], data_yaml, ts, workers, out / "val_finetuned.json")
+    print(f"[10/{STEPS}] predict with the pruned + fine-tuned model")
+    predicted = step_predict(tuned["weights"], data_yaml, ts, out)
+    compare = before_after(trained["weights"], tuned["weights"], scores, tuned_scores, ts.imgsz,
+                           ss.latency_runs)
     summary = {"out": str(out), "voc_root": str(voc_root), "data_yaml": str(data_yaml), "quick": quick,
-               "data": data, "train": trained, "val": scores, "predict": predicted}
+               "data": data, "train": trained, "val": scores, "sparse": sparse, "prune": pruned,
+               "finetune": tuned, "val_finetuned": tuned_scores, "predict": predicted,
+               "before_after": compare}
     print()
     print(summary_table(summary))
+    print()
+    print(before_after_table(compare))
     if json_file:
         write_json(json_file, summary)
     return summary
@@ -147,42 +206,107 @@ def step_check(data_yaml: Path) -> dict[str, Any]:
     return report.summary()
 
 
-def step_train(data_yaml: Path, run: Path, ts: DemoTrain, workers: int, data_reused: bool) -> dict[str, Any]:
-    """Train ``ts.model`` into ``run``; reuse a finished run of the same settings, resume an interrupted one.
+def step_train(data_yaml: Path, run: Path, ts: DemoTrain, workers: int, input_reused: bool,
+               weights: str | None = None, epochs: int | None = None, sparsity: float = 0.0) -> dict[str, Any]:
+    """Train into ``run`` (the ``yoloslim train`` workflow); reuse or resume a run of the same settings.
+
+    ``ts.model`` is trained from scratch for ``ts.epochs``, or, with ``weights``, that model file is
+    trained as it is for ``epochs`` (sparsity training with ``sparsity`` > 0, linear schedule; a pruned
+    model's fine-tune). A finished run of the same settings is reused, and an interrupted one resumed,
+    only when ``input_reused`` (the data set and the input model are the ones it was made from).
 
     Returns:
-        ``{"weights", "epochs", "imgsz", "seconds", "reused"}`` (``weights``: the last EMA weights).
+        ``{"weights", "model", "epochs", "imgsz", "seconds", "reused"}`` (``weights``: the last EMA weights).
     """
     from yoloslim.engine.checkpoint import load_state
     from yoloslim.workflows.train import train
 
+    epochs = epochs or ts.epochs
     stamp = run / "demo_settings.json"
     state_file = run / "weights" / "last_state.pt"
-    wanted = json.dumps(asdict(ts))
+    wanted = json.dumps({**asdict(ts), "epochs": epochs, "weights": weights, "sparsity": sparsity})
     last = run / "weights" / "last.safetensors"
     t0 = time.perf_counter()
-    same = data_reused and stamp.is_file() and stamp.read_text() == wanted and state_file.is_file()
-    done = same and int(load_state(state_file)["epoch"]) >= ts.epochs
+    same = input_reused and stamp.is_file() and stamp.read_text() == wanted and state_file.is_file()
+    done = same and int(load_state(state_file)["epoch"]) >= epochs
     if done:
-        logger.info(f"reusing the trained model {last} (same settings)")
+        logger.info(f"reusing {last} (same settings)")
     elif same:
         train(resume=str(run), workers=workers)
     else:
         if run.exists():
-            shutil.rmtree(run)  # ours, from other settings or an older data set
+            shutil.rmtree(run)  # ours, from other settings or an older input
         run.mkdir(parents=True)
         stamp.write_text(wanted)
         hyp = run.parent / "demo_hyp.yaml"
         hyp.write_text("".join(f"{k}: {v}\n" for k, v in ts.hyp))
-        train(data=str(data_yaml), model=ts.model, epochs=ts.epochs, batch=ts.batch, imgsz=ts.imgsz,
-              hyp=str(hyp), workers=workers, out=str(run), device="cpu", cache=True, nominal_batch=ts.batch,
-              val_every_epoch=False)
-    return {"weights": str(last), "model": ts.model, "epochs": ts.epochs, "imgsz": ts.imgsz,
+        source = {"weights": weights} if weights else {"model": ts.model}
+        train(data=str(data_yaml), **source, epochs=epochs, batch=ts.batch, imgsz=ts.imgsz, sparsity=sparsity,
+              sparsity_schedule="linear", hyp=str(hyp), workers=workers, out=str(run), device="cpu", cache=True,
+              nominal_batch=ts.batch, val_every_epoch=False)
+    if not done:
+        setup_logging(run.parent)  # training logs into its run folder; back to the demo's log
+    return {"weights": str(last), "model": ts.model, "epochs": epochs, "imgsz": ts.imgsz,
             "seconds": round(time.perf_counter() - t0, 1), "reused": bool(done)}
 
 
+def gamma_figures(trained: str, sparse: str) -> dict[str, Any]:
+    """Median |γ| and the fraction below 1e-2 of the prunable batch norms, before and after sparsity training."""
+    from yoloslim.engine.checkpoint import load_model
+    from yoloslim.prune.sparsity import gamma_stats
+
+    out = {}
+    for key, path in (("before", trained), ("after", sparse)):
+        stats = gamma_stats(load_model(path)[0])
+        out[key] = {"median": round(float(stats.values.median()), 5),
+                    "below_1e-2": round(stats.fraction_below, 5)}
+    return out
+
+
+def step_prune(sparse: str, folder: Path, ss: DemoSlim, data_yaml: Path, ts: DemoTrain, workers: int,
+               input_reused: bool) -> dict[str, Any]:
+    """Slim the sparse model into ``folder/pruned.safetensors`` and ``folder/prune.json`` (``yoloslim prune``).
+
+    The pruner's report (printed) compares the sparse model with the pruned one before fine-tuning,
+    mAP included. A ratio that would empty a channel group is pruned again with ``--min-channels``.
+    The files of a previous run are reused when the sparse model was and the settings are the same.
+
+    Returns:
+        ``{"weights", "report", "ratio", "held", "before", "after", "reused"}``.
+    """
+    from yoloslim.workflows.prune import prune
+
+    model_file, report = folder / "pruned.safetensors", folder / "prune.json"
+    stamp = folder / "demo_settings.json"
+    wanted = json.dumps({"ratio": ss.ratio, "min_channels": ss.min_channels, "imgsz": ts.imgsz})
+    reused = (input_reused and stamp.is_file() and stamp.read_text() == wanted and model_file.is_file()
+              and report.is_file())
+    if reused:
+        logger.info(f"reusing {model_file} (same settings)")
+        summary = json.loads(report.read_text())
+    else:
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        kw = {"weights": sparse, "method": "slim", "ratio": ss.ratio, "data": str(data_yaml), "imgsz": ts.imgsz,
+              "batch": ts.batch, "workers": workers, "out": str(model_file), "json_file": str(report),
+              "latency_runs": 0}  # the latency is measured once, trained vs fine-tuned, at the end
+        try:
+            summary = prune(**kw)
+        except UserError as err:
+            if not ss.min_channels:
+                raise
+            logger.warning(f"{err}; pruning again, keeping the {ss.min_channels} strongest channels of such "
+                           "groups")
+            summary = prune(min_channels=ss.min_channels, **kw)
+        stamp.write_text(wanted)
+    return {"weights": str(model_file), "report": str(report), "ratio": summary["ratio"],
+            "held": summary["held"], "before": summary["before"], "after": summary["after"],
+            "reused": reused}
+
+
 def step_val(weights: str, data_yaml: Path, ts: DemoTrain, workers: int, json_file: Path) -> dict[str, Any]:
-    """Score the trained model on the val split (the ``yoloslim val`` workflow)."""
+    """Score a model file on the val split (the ``yoloslim val`` workflow)."""
     from yoloslim.workflows.val import val
 
     res = val(weights=weights, data=str(data_yaml), imgsz=ts.imgsz, workers=workers, json_file=str(json_file))
@@ -207,25 +331,68 @@ def step_predict(weights: str, data_yaml: Path, ts: DemoTrain, out: Path, images
     return {"images": res["frames"], "detections": res["detections"], "out": res["out"]}
 
 
-def summary_table(summary: dict[str, Any]) -> str:
-    """What the demo did and reached, as one table."""
+def before_after(before: str, after: str, scores_before: dict[str, Any], scores_after: dict[str, Any],
+                 imgsz: int, latency_runs: int) -> dict[str, Any]:
+    """mAP (from the validations), params, GFLOPs and batch-1 CPU latency of two model files.
+
+    Both models are timed alternately in one loop (``deploy.bench.compare_latency``, as ``prune`` does).
+
+    Returns:
+        ``{"imgsz", "before": {"map50", "map", "params", "gflops", "latency_ms"}, "after": {...}}``.
+    """
+    from yoloslim.deploy.bench import compare_latency
     from yoloslim.engine.checkpoint import load_model
     from yoloslim.engine.profile import count_params, profile, total_gflops
 
-    tr, va, pr = summary["train"], summary["val"], summary["predict"]
-    model, _ = load_model(tr["weights"])
+    models = {"before": load_model(before)[0].eval(), "after": load_model(after)[0].eval()}
+    logger.info(f"timing both models at {imgsz} px, batch 1, alternately")
+    lat = compare_latency(models, imgsz, runs=latency_runs, warmup=3)
+    out: dict[str, Any] = {"imgsz": imgsz}
+    for key, scores in (("before", scores_before), ("after", scores_after)):
+        m = models[key]
+        out[key] = {"map50": round(float(scores["map50"]), 5), "map": round(float(scores["map"]), 5),
+                    "params": count_params(m), "gflops": round(total_gflops(profile(m, imgsz)), 4),
+                    "latency_ms": lat[key]["median_ms"]}
+    return out
+
+
+def before_after_table(ba: dict[str, Any]) -> str:
+    """Metric / Before / After / Change: the trained model against the pruned and fine-tuned one."""
+    b, a = ba["before"], ba["after"]
+    rows = []
+    for key, label, fmt in (("map50", "mAP@.5", "{:.3f}"), ("map", "mAP@.5:.95", "{:.3f}"),
+                            ("params", "params", "{:,}"), ("gflops", f"GFLOPs @{ba['imgsz']}", "{:.3f}"),
+                            ("latency_ms", "CPU latency ms (median, batch 1)", "{:.2f}")):
+        if key in ("map50", "map"):
+            change = f"{(a[key] - b[key]) * 100:+.1f} pt"
+        else:
+            change = f"{(a[key] - b[key]) / b[key] * 100:+.1f} %" if b[key] else "-"
+        rows.append([label, fmt.format(b[key]), fmt.format(a[key]), change])
+    return table(["Metric", "Before (trained)", "After (pruned + fine-tuned)", "Change"], rows)
+
+
+def summary_table(summary: dict[str, Any]) -> str:
+    """What the demo did, step by step, as one table."""
+    tr, sp, pr, ft, pd = (summary[k] for k in ("train", "sparse", "prune", "finetune", "predict"))
     images, boxes = summary["data"]["images"], summary["data"]["boxes"]
     n_boxes = sum(sum(per_class.values()) for per_class in boxes.values())  # split -> class -> count
-    trained = " (reused)" if tr["reused"] else f" in {tr['seconds']:.0f} s"
+
+    def took(step: dict[str, Any]) -> str:
+        n = step["epochs"]
+        return f"{n} epoch{'s' if n != 1 else ''}" + (" (reused)" if step["reused"] else f" in {step['seconds']:.0f} s")
+
+    g = sp["gamma"]
+    held = f", {len(pr['held'])} group(s) held at their strongest channels" if pr["held"] else ""
     rows = [
         ["data set", f"{images.get('train', 0)} train / {images.get('val', 0)} val images, {n_boxes} boxes"],
-        ["model", f"{tr['model']}: {count_params(model):,} params, "
-                  f"{total_gflops(profile(model, tr['imgsz'])):.2f} GFLOPs at {tr['imgsz']} px"],
-        ["training", f"{tr['epochs']} epochs{trained}"],
-        ["mAP@.5", f"{va['map50']:.3f}"],
-        ["mAP@.5:.95", f"{va['map']:.3f}"],
-        ["precision / recall", f"{va['precision']:.3f} / {va['recall']:.3f}"],
-        ["predictions", f"{pr['detections']} boxes on {pr['images']} images in {pr['out']}"],
-        ["weights", tr["weights"]],
+        ["training", f"{tr['model']} at {tr['imgsz']} px, {took(tr)}"],
+        ["sparsity training", f"{took(sp)}: median BN γ {g['before']['median']:.3f} -> "
+                              f"{g['after']['median']:.3f}, {g['after']['below_1e-2']:.1%} below 1e-2"],
+        ["pruning (slim)", f"{pr['ratio']:.0%} of the prunable channels{held}; mAP@.5:.95 "
+                           f"{pr['before']['map']:.3f} -> {pr['after']['map']:.3f} before fine-tuning"],
+        ["fine-tuning", took(ft)],
+        ["predictions", f"{pd['detections']} boxes on {pd['images']} images in {pd['out']}"],
+        ["trained model", tr["weights"]],
+        ["pruned + fine-tuned", ft["weights"]],
     ]
     return table(["demo", ""], rows)
