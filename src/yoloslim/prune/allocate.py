@@ -174,7 +174,7 @@ class CostModel:
             if call.kind == "bn":
                 c = _width(call.outputs, keep, m.num_features)
                 params += 2 * c
-                flops += 2 * area * c
+                flops += 4 * area * c  # as engine.profile counts a batch norm
                 continue
             cout = _width(call.outputs, keep, m.out_channels)
             kk = m.kernel_size[0] * m.kernel_size[1]
