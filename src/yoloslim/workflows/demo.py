@@ -86,14 +86,14 @@ class DemoSlim:
     latency_runs: int = 20
 
 
-# full: 4 sparse epochs cost as much as 4 training epochs (~1 min); the half-width pruned model
-# trains at about 60 % of that cost (its forward and backward much cheaper, loading and augmentation
-# unchanged), so 8 fine-tune epochs take ~1.2 min; with pruning, three more evaluations and the
-# latency loop the steps add ~2.5 min to the ~10.5 of the data set and the training: about 13
-# minutes. sr 0.01 (bench/compress.py's default) costs the sparse model little; at this budget it
-# moves γ only a little (bench/compress.py says why), and the slimming threshold ranks channels by
-# what it finds. quick: a few epochs each, and no data-loader processes (two of them beside two torch
-# threads made each 3-batch epoch 10x slower here); measured ~30 CPU-seconds in all, on one thread.
+# full: measured on one thread, loading included, an epoch of the full model costs ~20 CPU-s and one
+# of the half-width pruned model ~11 (its forward and backward shrink, the loading does not): with two
+# threads about the 15 s above and ~8 s. So 4 sparse epochs add ~1 min, 8 fine-tune epochs ~1.1 min,
+# pruning, three more evaluations and the latency loop ~0.5 min: about 13 minutes in all. sr 0.01
+# (bench/compress.py's default) costs the sparse model little; at this budget it moves γ only a
+# little (bench/compress.py says why), and the slimming threshold ranks channels by what it finds.
+# quick: a few epochs each, and no data-loader processes (two of them beside two torch threads made
+# each 3-batch epoch 10x slower here); measured ~30 CPU-seconds in all, on one thread.
 FULL_SLIM = DemoSlim(sparse_epochs=4, finetune_epochs=8)
 QUICK_SLIM = DemoSlim(sparse_epochs=3, finetune_epochs=5, latency_runs=10)
 STEPS = 10
