@@ -38,20 +38,25 @@ def from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
 
 def load_yaml_config(cls: type[T], path: str | Path | None, overrides: dict[str, Any] | None = None) -> T:
     """Defaults of ``cls``, updated from a YAML file, then from ``overrides``."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"{p}: no such config file")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise UserError(f"{p}: not valid YAML ({e})") from None
-        if not isinstance(loaded, dict):
-            raise UserError(f"{p}: expected a mapping of key: value")
-        data.update(loaded)
+    data = read_yaml_mapping(path, "config")
     data.update(overrides or {})
     return from_dict(cls, data, source=str(path) if path else "config")
+
+
+def read_yaml_mapping(path: str | Path | None, what: str) -> dict[str, Any]:
+    """The ``key: value`` mapping of a YAML file (empty for no file); ``what`` names it in errors."""
+    if path is None:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: no such {what} file")
+    try:
+        loaded = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{p}: not valid YAML ({e})") from None
+    if not isinstance(loaded, dict):
+        raise UserError(f"{p}: expected a mapping of key: value")
+    return loaded
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

@@ -13,9 +13,7 @@ from difflib import get_close_matches
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
-from yoloslim.config import from_dict
+from yoloslim.config import from_dict, read_yaml_mapping
 from yoloslim.errors import UserError
 
 if TYPE_CHECKING:
@@ -95,17 +93,6 @@ def hyp_from_dict(data: dict[str, Any], source: str = "hyp") -> Hyp:
 
 def load_hyp(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Hyp:
     """Defaults, updated from a flat YAML file, then from ``overrides``; unknown keys are refused."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"{p}: no such hyp file")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise UserError(f"{p}: not valid YAML ({e})") from None
-        if not isinstance(loaded, dict):
-            raise UserError(f"{p}: expected a mapping of key: value")
-        data.update(loaded)
+    data = read_yaml_mapping(path, "hyp")
     data.update(overrides or {})
     return hyp_from_dict(data, source=str(path) if path else "hyp")
