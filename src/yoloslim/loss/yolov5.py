@@ -71,6 +71,8 @@ class YOLOv5Loss:
             ``anchor_t``, ``fl_gamma`` and ``label_smoothing``.
     """
 
+    neighbours = True  # a target is also assigned to the two nearest neighbouring cells
+
     def __init__(self, model: nn.Module, hyp) -> None:
         spec = unwrap(model).spec
         self.nc = spec.nc
@@ -118,9 +120,7 @@ class YOLOv5Loss:
             n = t.img.shape[0]
             if n:
                 ps = p[t.img, t.anchor, t.gj, t.gi]  # (n, no)
-                pxy = ps[:, :2].sigmoid() * 2 - 0.5
-                pwh = (ps[:, 2:4].sigmoid() * 2) ** 2 * t.anchor_wh
-                iou = paired_iou(torch.cat((pxy, pwh), 1), t.box, kind="ciou")  # (n,)
+                iou = paired_iou(self.decode_box(ps[:, :4], t.anchor_wh), t.box, kind="ciou")  # (n,)
                 lbox = lbox + (1.0 - iou).mean()
                 tobj[t.img, t.anchor, t.gj, t.gi] = iou.detach().clamp(0)
                 if self.nc > 1:
@@ -133,6 +133,10 @@ class YOLOv5Loss:
         lcls = lcls * self.gains["cls"]
         total = (lbox + lobj + lcls) * bs
         return total, {"box": lbox.detach(), "obj": lobj.detach(), "cls": lcls.detach()}
+
+    def decode_box(self, t: torch.Tensor, anchor_wh: torch.Tensor) -> torch.Tensor:
+        """Raw (n, 4) box outputs -> (n, 4) ``x, y`` in the cell and ``w, h`` in grid units (YOLOv5 decode)."""
+        return torch.cat((t[:, :2].sigmoid() * 2 - 0.5, (t[:, 2:4].sigmoid() * 2) ** 2 * anchor_wh), 1)
 
     def build_targets(self, shapes: list[torch.Size], targets: torch.Tensor) -> list[LevelTargets]:
         """Assign every target to anchors and cells, level by level.
@@ -162,6 +166,8 @@ class YOLOv5Loss:
             right_down = (gxy_inv % 1 < 0.5) & (gxy_inv > 1)  # neighbour at x+1 / y+1
             use = torch.stack((torch.ones_like(left_up[:, 0]), left_up[:, 0], left_up[:, 1],
                                right_down[:, 0], right_down[:, 1]))  # (5, M)
+            if not self.neighbours:
+                use = use[:1]  # the centre cell only
             which, m = use.nonzero(as_tuple=True)  # (P,), (P,)
             a, k = a[m], k[m]
             gxy = gxy[m]
