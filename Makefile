@@ -20,6 +20,7 @@ demo: $(STAMP)
 	$(BIN)/yoloslim demo
 
 test: $(STAMP)
+	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest -q -n 2 --durations=10
 
 lint: $(STAMP)

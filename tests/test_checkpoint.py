@@ -30,7 +30,7 @@ def test_save_load_round_trip_in_fresh_process(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "['a', 'b'] trained" in out
     got = torch.load(tmp_path / "y.pt")
-    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(ref, got))
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(ref, got, strict=True))
 
 
 def test_pruned_width_survives_save_load(tmp_path):

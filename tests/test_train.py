@@ -276,3 +276,9 @@ def test_resume_of_nothing_and_missing_flags_are_refused(tmp_path, capsys):
     assert main(["train", "--data", "x.yaml"]) == 2
     err = capsys.readouterr().err
     assert "no such run folder" in err and "exactly one of --model" in err
+
+
+def test_resume_with_a_new_setting_is_refused_not_ignored(tiny_data, tmp_path, capsys):
+    code = main(["train", "--resume", str(tmp_path / "run"), "--epochs", "200", "--imgsz", "320"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--epochs, --imgsz cannot change" in err and "--weights" in err

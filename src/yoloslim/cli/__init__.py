@@ -20,7 +20,8 @@ COMMANDS = ("demo", "data", "train", "prune", "val", "predict", "export", "bench
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="yoloslim",
-        description="Make YOLO detectors smaller and faster: train, sparsity-train, prune, fine-tune, evaluate, export.",
+        description="Make YOLO detectors smaller and faster: train, sparsity-train, prune, fine-tune, evaluate, "
+                    "export.",
     )
     parser.add_argument("--version", action="version", version=f"yoloslim {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

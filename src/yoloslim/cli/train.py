@@ -12,9 +12,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", help="a preset to train from scratch, e.g. yolov5s")
     src.add_argument("--weights", help="a model file to start from (a pruned one is trained as it is)")
-    p.add_argument("--epochs", type=int, default=100, help="epochs (default 100)")
-    p.add_argument("--batch", type=int, default=16, help="batch size over all processes (default 16)")
-    p.add_argument("--imgsz", type=int, default=640, help="image size (default 640)")
+    p.add_argument("--epochs", type=int, help="epochs (default 100)")
+    p.add_argument("--batch", type=int, help="batch size over all processes (default 16)")
+    p.add_argument("--imgsz", type=int, help="image size (default 640)")
     p.add_argument("--sparsity", type=float, default=0.0, metavar="SR",
                    help="L1 strength on the prunable BN γ (network slimming; e.g. 1e-3; default off)")
     p.add_argument("--sparsity-schedule", choices=["constant", "linear"], default="constant",

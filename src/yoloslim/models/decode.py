@@ -19,11 +19,13 @@ class Decoder(nn.Module):
 
     def __init__(self, spec: ArchSpec) -> None:
         super().__init__()
-        self.style = spec.options.get("decode", {"yolov5": "yolov5", "yolov3": "darknet", "yolox": "anchor_free"}[spec.family])
+        default_style = {"yolov5": "yolov5", "yolov3": "darknet", "yolox": "anchor_free"}[spec.family]
+        self.style = spec.options.get("decode", default_style)
         self.nc = spec.nc
         self.na = spec.num_anchors if spec.anchors else 1
         self.strides = [float(s) for s in spec.strides]
-        anchors = torch.tensor(spec.anchors, dtype=torch.float32).view(len(spec.anchors), -1, 2) if spec.anchors else torch.zeros(0)
+        anchors = (torch.tensor(spec.anchors, dtype=torch.float32).view(len(spec.anchors), -1, 2) if spec.anchors
+                   else torch.zeros(0))
         self.register_buffer("anchors", anchors, persistent=False)  # (nl, na, 2) in pixels
 
     def forward(self, raw: list[torch.Tensor]) -> torch.Tensor:

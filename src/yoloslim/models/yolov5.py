@@ -113,11 +113,12 @@ class Detect(nn.Module):
         self.na = len(anchors[0]) // 2
         stride = torch.tensor(strides, dtype=torch.float32)
         # anchors in grid units per level, as the reference stores them: (nl, na, 2)
-        self.register_buffer("anchors", torch.tensor(anchors, dtype=torch.float32).view(self.nl, -1, 2) / stride.view(-1, 1, 1))
+        grid_anchors = torch.tensor(anchors, dtype=torch.float32).view(self.nl, -1, 2) / stride.view(-1, 1, 1)
+        self.register_buffer("anchors", grid_anchors)
         self.m = nn.ModuleList(nn.Conv2d(c, self.no * self.na, 1) for c in ch)
 
     def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [conv(x) for conv, x in zip(self.m, xs)]  # each (b, na*no, h, w)
+        return [conv(x) for conv, x in zip(self.m, xs, strict=True)]  # each (b, na*no, h, w)
 
 
 class YOLOv5(nn.Module):
@@ -183,7 +184,7 @@ class YOLOv5(nn.Module):
     def _initialize(self) -> None:
         """Reference initialisation: objectness and class priors in the head biases."""
         det = self.model[-1]
-        for conv, s in zip(det.m, self.spec.strides):
+        for conv, s in zip(det.m, self.spec.strides, strict=True):
             b = conv.bias.view(det.na, -1)  # (na, no)
             with torch.no_grad():
                 b[:, 4] += math.log(8 / (640 / s) ** 2)

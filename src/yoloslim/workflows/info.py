@@ -32,7 +32,8 @@ def info(weights: str | None = None, model: str | None = None, nc: int = 80, img
         "model": spec.name, "family": spec.family, "nc": spec.nc, "params": params,
         "gflops": round(gflops, 3), "conv_gflops": round(conv_gflops(rows), 3), "imgsz": imgsz, "history": history,
         "layers": [{"name": r.name.removesuffix(".conv") if r.name.endswith(".conv") else r.name, "c_in": r.c_in,
-                    "c_out": r.c_out, "params": r.params + bn_params.get(r.name.removesuffix(".conv"), 0),  # conv + its BN
+                    "c_out": r.c_out,
+                    "params": r.params + bn_params.get(r.name.removesuffix(".conv"), 0),  # conv + its BN
                     "gflops": round(r.flops / 1e9, 4)}
                    for r in rows if r.kind == "Conv2d"],
     }

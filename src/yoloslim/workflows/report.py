@@ -13,9 +13,9 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
     """A plain-text table with right-aligned numbers."""
     cells = [[_fmt(c) for c in r] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=False))]
     for r in cells:
-        lines.append("  ".join(c.rjust(w) if _is_num(c) else c.ljust(w) for c, w in zip(r, widths)))
+        lines.append("  ".join(c.rjust(w) if _is_num(c) else c.ljust(w) for c, w in zip(r, widths, strict=False)))
     return "\n".join(lines)
 
 

@@ -8,31 +8,33 @@ from typing import Any
 from yoloslim.engine.train import TrainConfig, TrainResult
 from yoloslim.engine.train import train as run_training
 from yoloslim.errors import UserError
-from yoloslim.log import logger
 from yoloslim.workflows.report import table, write_json
 
 
-def train(data: str | None = None, model: str | None = None, weights: str | None = None, epochs: int = 100,
-          batch: int = 16, imgsz: int = 640, sparsity: float = 0.0, sparsity_schedule: str = "constant",
-          sparsity_bias: bool = False, hyp: str | None = None, cos_lr: bool = False, workers: int = 2,
-          seed: int = 0, out: str | None = None, resume: str | None = None, device: str | None = None,
-          patience: int = 100, cache: bool = False, no_augment: bool = False, no_aug_epochs: int = 0,
-          nominal_batch: int = 64,
-          val_every_epoch: bool = True, save_every: int = 1, json_file: str | None = None) -> TrainResult:
+def train(data: str | None = None, model: str | None = None, weights: str | None = None,
+          epochs: int | None = None, batch: int | None = None, imgsz: int | None = None,
+          sparsity: float = 0.0, sparsity_schedule: str = "constant", sparsity_bias: bool = False,
+          hyp: str | None = None, cos_lr: bool = False, workers: int = 2, seed: int = 0, out: str | None = None,
+          resume: str | None = None, device: str | None = None, patience: int = 100, cache: bool = False,
+          no_augment: bool = False, no_aug_epochs: int = 0, nominal_batch: int = 64, val_every_epoch: bool = True,
+          save_every: int = 1, json_file: str | None = None) -> TrainResult:
     """Run one training (see :class:`yoloslim.engine.train.TrainConfig` for the arguments).
 
     ``resume`` continues an interrupted run (its folder or state file; "" for the latest) with the
-    settings it was started with. ``device`` None picks CUDA when available.
+    settings it was started with; giving one of those settings too is refused rather than ignored.
+    ``epochs``, ``batch`` and ``imgsz`` None mean 100, 16 and 640. ``device`` None picks CUDA when
+    available.
     """
-    if resume is not None and (data or model or weights or hyp):
-        logger.warning("--resume continues the run with the settings it was started with; "
-                       "--data, --model, --weights and --hyp are ignored")
-    if resume is None:
+    if resume is not None:
+        _refuse_new_settings(data=data, model=model, weights=weights, hyp=hyp, epochs=epochs, batch=batch,
+                             imgsz=imgsz)
+    else:
         if not data:
             raise UserError("give the data set with --data (a data.yaml or a VOC root)")
         if (model is None) == (weights is None):
             raise UserError("give exactly one of --model NAME (from scratch) or --weights CKPT")
-    cfg = TrainConfig(data=data or "", model=model, weights=weights, epochs=epochs, batch=batch, imgsz=imgsz,
+    cfg = TrainConfig(data=data or "", model=model, weights=weights, epochs=100 if epochs is None else epochs,
+                      batch=16 if batch is None else batch, imgsz=640 if imgsz is None else imgsz,
                       device=device or _default_device(), workers=workers, out=out, resume=resume, seed=seed,
                       hyp=hyp, cos_lr=cos_lr, sparsity=sparsity, sparsity_schedule=sparsity_schedule,
                       sparsity_bias=sparsity_bias, patience=patience, augment=not no_augment, cache=cache,
@@ -44,6 +46,15 @@ def train(data: str | None = None, model: str | None = None, weights: str | None
         if json_file:
             write_json(json_file, summary_dict(result))
     return result
+
+
+def _refuse_new_settings(**given: Any) -> None:
+    """``--resume`` with a setting of the run (``--epochs 200``, ...): refuse, saying what to do instead."""
+    named = [f"--{k}" for k, v in given.items() if v is not None]
+    if named:
+        raise UserError(f"--resume continues a run with the settings it was started with, so {', '.join(named)} "
+                        "cannot change; to train on with other settings, start a new run from its weights: "
+                        "--weights RUN/weights/last.safetensors")
 
 
 def summary_table(result: TrainResult) -> str:
