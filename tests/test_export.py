@@ -87,6 +87,7 @@ def test_dynamic_export_with_nms(weights, tmp_path):
     session = OnnxModel(out)
     assert json.loads(session.meta["nms"]) == {"conf": 0.5, "iou": 0.45, "max_det": 1000}
     assert [o.name for o in session.session.get_outputs()] == ["detections", "output"]
+    assert session.session.get_outputs()[1].shape == ["batch", "anchors", 8]  # 5 + nc stays a number
     for b, h, w in [(1, 64, 64), (3, 96, 128)]:
         x = check_input(model.spec, b, h, w, seed=b)
         det, raw = session.run(x.numpy())

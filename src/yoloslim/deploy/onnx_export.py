@@ -268,7 +268,12 @@ def _trace(decoded: nn.Module, imgsz: int, dynamic: bool, opset: int) -> onnx.Mo
         warnings.simplefilter("ignore")  # tracer/deprecation warnings: the parity check is the proof
         torch.onnx.export(decoded, (x,), buf, dynamo=False, opset_version=opset, input_names=[INPUT],
                           output_names=[OUTPUT], dynamic_axes=axes, do_constant_folding=True)
-    return onnx.load_from_string(buf.getvalue())
+    proto = onnx.load_from_string(buf.getvalue())
+    # the tracer leaves the row length symbolic in dynamic files; it is always 5 + nc
+    row = proto.graph.output[0].type.tensor_type.shape.dim[2]
+    row.Clear()
+    row.dim_value = 5 + decoded.model.spec.nc
+    return proto
 
 
 def _append_nms(proto: onnx.ModelProto, conf: float, iou: float, max_det: int) -> None:
