@@ -13,8 +13,11 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
-def _seed() -> None:
+def _seed_and_one_thread() -> None:
+    """Every test starts from seed 0 on one intra-op thread: tiny models run faster on one thread than on
+    two busy cores (pytest-xdist uses the cores), and a test that changes the count cannot leak it."""
     torch.manual_seed(0)
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import max_diff, randomize_bn
 from yoloslim.deploy.darknet_io import darknet_layers, import_darknet, load_darknet, write_darknet
 from yoloslim.engine.checkpoint import load_model
 from yoloslim.errors import UserError
@@ -134,12 +135,6 @@ TINY_CONVS = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def darknet_file(path: Path, major: int = 0, minor: int = 2, seed: int = 0, extra: int = 0,
@@ -169,20 +164,12 @@ def darknet_file(path: Path, major: int = 0, minor: int = 2, seed: int = 0, extr
     return {k: torch.tensor(v, dtype=torch.float32) for k, v in state.items()}
 
 
-def max_diff(a, b) -> float:
-    return max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))
 
 
 def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
     """Random batch-norm statistics and head biases, so that any mix-up shows in the outputs."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.weight.data = torch.rand(n, generator=g) * 0.95 + 0.05
-            m.bias.data = torch.rand(n, generator=g) * 0.6 - 0.3
-            m.running_mean = torch.rand(n, generator=g) * 0.4 - 0.2
-            m.running_var = torch.rand(n, generator=g) + 0.5
+    randomize_bn(model, seed)
+    g = torch.Generator().manual_seed(seed + 1)
     for c in model.head_convs:
         c.bias.data = torch.rand(c.bias.shape, generator=g) * 4 - 2
     return model.eval()

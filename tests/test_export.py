@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from test_fuse import randomize_bn, smallest_preset_per_family
+from helpers import randomize_bn
+from test_fuse import smallest_preset_per_family
 from yoloslim.cli import main
 from yoloslim.deploy import onnx_export
 from yoloslim.deploy.onnx_export import OnnxModel, check_input, export_onnx, read_metadata, relative_diff

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import randomize_bn
 from yoloslim.deploy.fuse import count_batchnorms, fuse_conv_bn, fuse_model
 from yoloslim.engine.profile import count_params
 from yoloslim.models import MODELS, build_model
@@ -37,18 +38,6 @@ def smallest_preset_per_family() -> list[str]:
     return sorted(name for _, name in best.values())  # cached: test_export uses it too
 
 
-def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Give every BatchNorm random statistics and affine terms (fresh ones are identities)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.5)
-                m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
-    return model.eval()
 
 
 @pytest.mark.parametrize("name", smallest_preset_per_family())

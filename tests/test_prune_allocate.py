@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from test_prune_surgery import randomize_bn
+from helpers import randomize_bn
 from yoloslim.engine.profile import count_params, profile, total_gflops
 from yoloslim.errors import UserError
 from yoloslim.models import create_model
@@ -11,14 +11,6 @@ from yoloslim.prune.allocate import CostModel, plan_channels
 from yoloslim.prune.graph import ChannelGraph
 from yoloslim.prune.importance import BNScale, FilterNorm
 from yoloslim.prune.surgery import apply_plan
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """The channel graph on a hand-made model: depthwise convs, concat, residual add, grouped conv, reshape."""
 
-import pytest
 import torch
 from torch import nn
 
@@ -11,15 +10,6 @@ from yoloslim.prune.allocate import CostModel, plan_channels
 from yoloslim.prune.graph import ChannelGraph
 from yoloslim.prune.importance import BNScale, FilterNorm
 from yoloslim.prune.surgery import apply_plan, mask_model
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run faster on one thread than on two busy cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 class Toy(nn.Module):

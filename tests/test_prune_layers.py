@@ -3,19 +3,11 @@
 import pytest
 import torch
 
-from test_prune_surgery import randomize_bn
+from helpers import randomize_bn
 from yoloslim.errors import UserError
 from yoloslim.models import create_model
 from yoloslim.prune.graph import ChannelGraph
 from yoloslim.prune.layers import apply_layer_plan, find_blocks, mask_layers, plan_layers
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

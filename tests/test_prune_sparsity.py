@@ -10,14 +10,6 @@ from yoloslim.prune.graph import ChannelGraph
 from yoloslim.prune.sparsity import BNSparsity, gamma_stats, save_gamma_histogram
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def grads_after(model, sparsity=None, epoch=0, epochs=10):
     model.zero_grad()
     out = model(torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)))

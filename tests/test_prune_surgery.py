@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from torch import nn
 
+from helpers import max_diff, randomize_bn
 from yoloslim.errors import UserError
 from yoloslim.models import create_model
 from yoloslim.prune.allocate import plan_channels
@@ -14,26 +14,8 @@ from yoloslim.prune.surgery import apply_plan, mask_model
 METHODS = {"slim": (BNScale(), True), "l1": (FilterNorm(1), False), "l2": (FilterNorm(2), False)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run faster on one thread than on two busy cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
-def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random γ, β and running stats, so that a wrong slice shows in the outputs."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.weight.data = torch.rand(n, generator=g) * 0.95 + 0.05
-            m.bias.data = torch.rand(n, generator=g) * 0.6 - 0.3
-            m.running_mean = torch.rand(n, generator=g) * 0.4 - 0.2
-            m.running_var = torch.rand(n, generator=g) + 0.5
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +25,6 @@ def v5n():
     return model, ChannelGraph.trace(model)
 
 
-def max_diff(a, b):
-    return max((x - y).abs().max().item() for x, y in zip(a, b, strict=True))
 
 
 @pytest.mark.parametrize("method", list(METHODS))

@@ -8,18 +8,10 @@ import sys
 import pytest
 import torch
 
-from test_prune_surgery import randomize_bn
+from helpers import randomize_bn
 from yoloslim.cli import main
 from yoloslim.engine.checkpoint import ModelInfo, load_model, read_info, save_model
 from yoloslim.models import create_model
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture()

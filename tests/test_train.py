@@ -18,15 +18,6 @@ from yoloslim.errors import UserError
 from yoloslim.models import build_model, create_model, model_spec
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared, loaded machine two spinning threads are many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _cfg(data, out, **kw):
     base = dict(data=str(data), model="yolov5n", epochs=2, batch=4, imgsz=64, workers=0, seed=3,
                 nominal_batch=8, device="cpu", out=str(out))

@@ -13,13 +13,6 @@ from yoloslim.models.yolov3 import PRESETS
 ALL = list(PRESETS)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run faster on one thread than on two busy cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def meta_model(name: str, nc: int = 80):

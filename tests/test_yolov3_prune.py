@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import count_params, max_diff, randomize_bn
 from yoloslim.deploy.darknet_io import load_darknet, write_darknet
 from yoloslim.models import build_model, model_spec
 from yoloslim.models.darknet_cfg import parse_cfg
@@ -18,12 +19,6 @@ from yoloslim.prune.surgery import apply_plan, mask_model
 BIG = ("yolov3", "yolov3-spp", "yolov3-mobilenet", "yolov3-mobilenetv2")  # narrowed to keep tests cheap
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def small_model(name: str, nc: int = 2, seed: int = 0) -> nn.Module:
@@ -32,24 +27,11 @@ def small_model(name: str, nc: int = 2, seed: int = 0) -> nn.Module:
     if name in BIG:
         spec.channels = {k: max(2, v // 8) for k, v in spec.channels.items()}
     torch.manual_seed(seed)
-    model = build_model(spec)
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.weight.data = torch.rand(n, generator=g) * 0.95 + 0.05
-            m.bias.data = torch.rand(n, generator=g) * 0.6 - 0.3
-            m.running_mean = torch.rand(n, generator=g) * 0.4 - 0.2
-            m.running_var = torch.rand(n, generator=g) + 0.5
-    return model.eval()
+    return randomize_bn(build_model(spec), seed)
 
 
-def max_diff(a, b) -> float:
-    return max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))
 
 
-def params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -64,7 +46,7 @@ def test_channel_pruning_masked_equals_compact(name):
             a, b, ref = masked(x), compact(x), model(x)
         assert max_diff(a, b) < 1e-4
         assert max_diff(a, ref) > 1e-3
-        assert params(compact) < 0.6 * params(model)
+        assert count_params(compact) < 0.6 * count_params(model)
         assert [o.shape for o in b] == [o.shape for o in ref]
 
 
@@ -121,7 +103,7 @@ def test_pruned_model_exports_to_darknet_and_reimports(tmp_path, name):
     convs = [s for s in sections if s["type"] == "convolutional"]
     widths = [m.out_channels for n, m in pruned.named_modules() if isinstance(m, nn.Conv2d)]
     assert [s["filters"] for s in convs] == widths  # the pruned widths, in darknet order
-    assert info.spec.nc == 3 and params(again) == params(pruned) < params(model)
+    assert info.spec.nc == 3 and count_params(again) == count_params(pruned) < count_params(model)
     if name == "yolov3":  # half the residual units are gone; the routes were renumbered to match
         assert len(sections) - 1 == 107 - 3 * (23 - sum(pruned.spec.depths.values()))
         routes = [s["layers"] for s in sections if s["type"] == "route"]
@@ -136,7 +118,7 @@ def test_exported_spec_is_the_pruned_one_after_reimport(tmp_path):
     # the re-imported cfg is the new template: its stages hold exactly the remaining units
     assert sorted(again.spec.depths.values()) == sorted(v for v in model.spec.depths.values() if v)
     rebuilt = build_model(ArchSpec.from_json(again.spec.to_json()))
-    assert params(rebuilt) == params(model)
+    assert count_params(rebuilt) == count_params(model)
 
 
 def test_pruned_model_file_round_trips(tmp_path):

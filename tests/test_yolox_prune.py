@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import max_diff, randomize_bn
 from yoloslim.engine.checkpoint import ModelInfo, load_model, save_model
 from yoloslim.models import create_model
 from yoloslim.prune import ChannelGraph, PruneOptions, prune_model
@@ -11,28 +12,10 @@ from yoloslim.prune.layers import mask_layers
 from yoloslim.prune.surgery import mask_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run faster on one thread than on two busy cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _randomized(name: str) -> nn.Module:
     """A model with random γ, β and BN statistics, so that a wrong slice shows in the outputs."""
     torch.manual_seed(0)
-    model = create_model(name, nc=2)
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.weight.data = torch.rand(n, generator=g) * 0.95 + 0.05
-            m.bias.data = torch.rand(n, generator=g) * 0.6 - 0.3
-            m.running_mean = torch.rand(n, generator=g) * 0.4 - 0.2
-            m.running_var = torch.rand(n, generator=g) + 0.5
-    return model.eval()
+    return randomize_bn(create_model(name, nc=2), seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +32,6 @@ def _outputs(model, x):
         return model.eval()(x)
 
 
-def _max_diff(a, b):
-    return max((p - q).abs().max().item() for p, q in zip(a, b, strict=True))
 
 
 X = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2)) * 255
@@ -63,7 +44,7 @@ def test_masked_equals_compact(models, name, method):
     result = prune_model(model, PruneOptions(method=method, ratio=0.5), graph)
     compact = result.model
     masked = mask_layers(model, result.plan) if method == "layer" else mask_model(model, result.plan)
-    assert _max_diff(_outputs(masked, X), _outputs(compact, X)) < 1e-4
+    assert max_diff(_outputs(masked, X), _outputs(compact, X)) < 1e-4
     assert sum(p.numel() for p in compact.parameters()) < sum(p.numel() for p in model.parameters())
     # the head's prediction convs keep their outputs; layer pruning removes CSP bottlenecks
     assert [c.out_channels for c in compact.head_convs] == [4, 4, 4, 1, 1, 1, 2, 2, 2]
@@ -99,7 +80,7 @@ def test_single_conv_pruning_changes_only_that_conv_and_its_consumers(models):
     full = model.state_dict()
     assert all(torch.equal(v, full[k]) for k, v in same.items())
     masked = mask_model(model, result.plan)
-    assert _max_diff(_outputs(masked, X), _outputs(compact, X)) < 1e-4
+    assert max_diff(_outputs(masked, X), _outputs(compact, X)) < 1e-4
 
 
 def test_depthwise_single_conv_pruning_carries_the_depthwise_conv(models):
@@ -121,7 +102,7 @@ def test_stage_pruning_changes_only_the_stage_and_what_reads_it(models):
     outside = {k for k in _changed(model, compact) if not k.startswith(stage + ".")}
     assert outside <= {"backbone.backbone.dark3.0.conv.weight"}  # dark3's input conv reads dark2's output
     masked = mask_model(model, result.plan)
-    assert _max_diff(_outputs(masked, X), _outputs(compact, X)) < 1e-4
+    assert max_diff(_outputs(masked, X), _outputs(compact, X)) < 1e-4
 
 
 def test_layer_pruning_limited_to_a_stage(models):
@@ -139,7 +120,7 @@ def test_pruned_model_round_trips_and_trains(models, tmp_path):
     compact = prune_model(model, PruneOptions(method="slim", ratio=0.4), graph).model
     info = ModelInfo(compact.spec, ["a", "b"], 64).with_event("pruned", method="slim", ratio=0.4)
     loaded, _ = load_model(save_model(tmp_path / "p.safetensors", compact, info))
-    assert _max_diff(_outputs(loaded, X), _outputs(compact, X)) == 0
+    assert max_diff(_outputs(loaded, X), _outputs(compact, X)) == 0
     from yoloslim.loss.yolox import YOLOXLoss
 
     loaded.train()

@@ -51,14 +51,30 @@ def dw_separable_head(c: CfgWriter, mid: int, taps: list[tuple[int, int]], masks
             c.conv(mid)
             c.upsample(2)
             c.route(-1, taps[level - 1])
-        c.conv(mid)
-        dw_separable(c, mid, mid * 2, act=act)
-        c.conv(mid)
-        dw_separable(c, mid, mid * 2, act=act)
-        c.conv(mid)
-        dw_separable(c, mid, mid * 2, act=act)
+        for _ in range(3):
+            c.conv(mid)
+            dw_separable(c, mid, mid * 2, act=act)
         c.head(mask)
         mid //= 2
+
+
+def two_scale_head(c: CfgWriter, mid: int, tap: int, tap_channels: int) -> None:
+    """YOLOv3-tiny's two-scale head with depthwise-separable 3x3 convs.
+
+    Args:
+        c: the cfg being written; its last layer is the stride-32 feature.
+        mid: the 1x1 width at stride 32 (half of it at stride 16).
+        tap: darknet index of the stride-16 backbone feature, of ``tap_channels`` channels.
+    """
+    c.conv(mid)
+    dw_separable(c, mid, mid * 2)
+    c.head([3, 4, 5])
+    c.route(-5)  # the 1x1 of width mid (before dw, pw, head conv, yolo)
+    c.conv(mid // 2)
+    c.upsample(2)
+    c.route(-1, tap)
+    dw_separable(c, mid // 2 + tap_channels, mid)
+    c.head([0, 1, 2])
 
 
 def yolov3_mobilenet_cfg(nc: int = 80) -> list[Section]:
@@ -112,15 +128,7 @@ def yolov3_tiny_mobilenet_cfg(nc: int = 80) -> list[Section]:
     dw_separable(c, 256, 512)
     c.maxpool(2, 1)
     dw_separable(c, 512, 1024)
-    c.conv(256)
-    dw_separable(c, 256, 512)
-    c.head([3, 4, 5])
-    c.route(-5)  # the 256-wide 1x1
-    c.conv(128)
-    c.upsample(2)
-    c.route(-1, p4)
-    dw_separable(c, 128 + 256, 256)
-    c.head([0, 1, 2])
+    two_scale_head(c, 256, p4, 256)
     return c.sections
 
 
@@ -135,13 +143,5 @@ def yolov3_lite_cfg(nc: int = 80) -> list[Section]:
     p4 = dw_separable(c, 128, 128)
     dw_separable(c, 128, 256, 2)
     dw_separable(c, 256, 256)
-    c.conv(128)
-    dw_separable(c, 128, 256)
-    c.head([3, 4, 5])
-    c.route(-5)  # the 128-wide 1x1
-    c.conv(64)
-    c.upsample(2)
-    c.route(-1, p4)
-    dw_separable(c, 64 + 128, 128)
-    c.head([0, 1, 2])
+    two_scale_head(c, 128, p4, 128)
     return c.sections

@@ -1,0 +1,32 @@
+"""Helpers shared by the test modules (imported as ``from helpers import ...``; pytest puts tests/ on the path)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+
+def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random γ, β and running statistics in every BatchNorm (fresh ones are identities, which would hide a
+    wrong slice or a wrong fold); returns the model in eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.weight.copy_(torch.rand(n, generator=g) * 0.95 + 0.05)
+                m.bias.copy_(torch.rand(n, generator=g) * 0.6 - 0.3)
+                m.running_mean.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+    return model.eval()
+
+
+def max_diff(a: Iterable[torch.Tensor], b: Iterable[torch.Tensor]) -> float:
+    """The largest absolute difference between two equally long sequences of tensors."""
+    return max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
