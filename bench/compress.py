@@ -10,7 +10,8 @@ size and reused when present), for one model (``--model``, any preset):
 
 1. ``baseline``: train from scratch for ``--epochs`` E;
 2. ``sparse``: from the baseline, ``--sparse-epochs`` S with the L1 penalty ``--sr`` on the prunable BN γ
-   (linear schedule, network slimming);
+   (linear schedule, network slimming); with ``--sparse-epochs 0`` there is no such stage and the baseline
+   itself is pruned;
 3. ``prune``: slim the sparse model (one global γ threshold; or another ``--method``) at every
    ``--ratios`` value; a ratio that would empty a channel group is refused by the pruner, and is then
    retried keeping the 8 strongest channels of such groups (``--min-channels 8``; the JSON and the
@@ -145,7 +146,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise UserError(f"unknown stage {unknown[0]!r}; stages: {', '.join(STAGES)} or all")
     args.stages = stages
     args.nominal_batch = args.nominal_batch or args.batch
-    for key in ("images", "imgsz", "epochs", "sparse_epochs", "finetune_epochs", "batch"):
+    if args.sparse_epochs < 0:
+        raise UserError(f"--sparse-epochs must be at least 0 (0: prune the baseline), got {args.sparse_epochs}")
+    for key in ("images", "imgsz", "epochs", "finetune_epochs", "batch"):
         if getattr(args, key) < 1:
             raise UserError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(args, key)}")
     return args
@@ -177,7 +180,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return out
 
     data = data_set(work / "data", args)
-    base, sparse = models / "baseline.safetensors", models / "sparse.safetensors"
+    base = models / "baseline.safetensors"
+    sparse = models / "sparse.safetensors" if args.sparse_epochs else base  # what is pruned
     plus = models / "baseline-plus.safetensors"
     e, s, f = args.epochs, args.sparse_epochs, args.finetune_epochs
     common = {"data": str(data), "batch": args.batch, "imgsz": args.imgsz, "workers": args.workers,
@@ -192,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for r, name in names.items():
         pruned = models / f"{name}.safetensors"
         if "prune" in args.stages and not pruned.is_file():
-            _need(sparse, "sparse")
+            _need(sparse, "sparse" if args.sparse_epochs else "baseline")
             timed(f"prune {name}", prune_stage, sparse, pruned, r, args)
     for name in names.values():
         pruned, tuned = models / f"{name}.safetensors", models / f"{name}-ft.safetensors"
@@ -300,8 +304,9 @@ def entries(work: Path, args: argparse.Namespace) -> list[Entry]:
     m = work / "models"
     e, s, f = args.epochs, args.sparse_epochs, args.finetune_epochs
     out = [Entry("baseline", "baseline", m / "baseline.safetensors", e, "baseline", timed=True),
-           Entry("baseline+", "baseline+", m / "baseline-plus.safetensors", e + s + f, "baseline"),
-           Entry("sparse", "sparse", m / "sparse.safetensors", e + s, "baseline")]
+           Entry("baseline+", "baseline+", m / "baseline-plus.safetensors", e + s + f, "baseline")]
+    if s:
+        out.append(Entry("sparse", "sparse", m / "sparse.safetensors", e + s, "baseline"))
     for r in args.ratios:
         name = label(args.method, r)
         out += [Entry(name, f"{args.method} {r:g}, pruned", m / f"{name}.safetensors", e + s, name),

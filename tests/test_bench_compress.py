@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -88,6 +89,20 @@ def test_compress_toy_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert [r["name"] for r in l1["models"]] == ["baseline", "baseline+", "sparse", "l1-50"]
     assert l1["models"][3]["prune"]["method"] == "l1" and l1["models"][3]["params_removed"] > 0.3
 
+    # --sparse-epochs 0 prunes the baseline itself (given here by copying this folder's data and baseline)
+    direct = tmp_path / "direct"
+    shutil.copytree(work / "data", direct / "data")
+    (direct / "models").mkdir()
+    shutil.copy(models / "baseline.safetensors", direct / "models")
+    no_sparse = [*TOY[:8], "--sparse-epochs", "0", *TOY[10:]]
+    d = compress.main([*no_sparse, "--work", str(direct), "--skip-latency"])
+    assert [(r["name"], r["epochs"]) for r in d["models"]] == [("baseline", 1), ("baseline+", 2), ("slim-50", 1),
+                                                               ("slim-50-ft", 2)]
+    assert not (direct / "models" / "sparse.safetensors").exists()
+    history = read_info(direct / "models" / "slim-50.safetensors").history
+    assert [e["action"] for e in history] == ["trained", "pruned"]
+    assert history[-1]["source"] == str(direct / "models" / "baseline.safetensors")
+
     # other settings in the same folder are refused
     with pytest.raises(UserError, match="other settings"):
         compress.main([*TOY[:6], "--epochs", "2", *TOY[8:], "--work", str(work), "--stages", "measure"])
@@ -115,6 +130,7 @@ def test_prune_stage_holds_groups_a_ratio_would_empty(tmp_path: Path) -> None:
 def test_bad_arguments_are_refused() -> None:
     compress = _compress()
     for argv, msg in ((["--model", "yolov9"], "unknown --model"), (["--ratios", "0.5,1.2"], "--ratios"),
-                      (["--stages", "train"], "unknown stage"), (["--epochs", "0"], "--epochs")):
+                      (["--stages", "train"], "unknown stage"), (["--epochs", "0"], "--epochs"),
+                      (["--sparse-epochs", "-1"], "--sparse-epochs")):
         with pytest.raises(UserError, match=msg):
             compress.parse_args(argv)
