@@ -32,20 +32,18 @@ epoch. ``--stages`` runs only some stages (the others' saved outputs are used), 
 measure`` re-measures saved models. The results go to ``--json`` (default ``<work>/compress.json``) and
 a Markdown table for docs/BENCHMARKS.md is printed with the command line above it.
 
-Sizing. Defaults: 800 images (600 train + 200 val) at 256 px, E = 20, S = 8, F = 6, batch 16 with no
-gradient accumulation, to finish in under an hour on the project's 2-core CPU when it is idle:
+Sizing. Defaults: 400 images (300 train + 100 val) at 192 px, E = 40, S = 10, F = 10, batch 8 with no
+gradient accumulation, round-to 8; each model's run fits in about 40 minutes of one core, so two models
+run side by side on the project's 2-core CPU (``OMP_NUM_THREADS=1`` each), and the latency is measured
+afterwards on the idle machine with ``--stages measure`` (docs/BENCHMARKS.md has the commands):
 
-- Measured with a short run of this pipeline on a loaded machine (so in CPU seconds of one thread, not
-  wall time): training YOLOv5s costs 0.14 CPU-s per image-epoch at 256 px (0.175 at 320: the
-  per-batch costs do not shrink with the image). On two idle cores that is 0.08-0.105 s (a 1.7x
-  two-thread speed-up; or DESIGN.md's 8.2 img/s at 320 px scaled to 256), 50-63 s per 600-image epoch.
-- The run trains E + S + (S + F) = 42 full-model epochs, plus 3 x F epochs of pruned models whose
-  forward + backward costs 0.44 / 0.26 / 0.17 of the unpruned model's at ratios 0.5 / 0.7 / 0.8
-  (about 5 more full epochs): 39-50 min. 15 evaluations of 200 images (2-3 min), the ONNX exports and
-  the latency loop (1-2 min) and the data set (0.5 min) bring the estimate to 45-55 min.
-- 256 px keeps the set's smallest objects (6 % of the side) at 15 px.
-- ``--nominal-batch`` equals the batch, so every batch is an optimizer step: in a compute-bound hour,
-  4x more steps than YOLOv5's accumulation to 64 matter more than its batch-size invariance.
+- Measured (YOLOv5s, one thread, the other core busy): 24 s per 300-image epoch at 192 px; the run
+  trains E + S + (S + F) = 70 full-model epochs plus 3 x F epochs of pruned models (113 / 78 / 70 s for
+  10 epochs at ratios 0.5 / 0.7 / 0.8): 42 min with the 11 evaluations. YOLOv3-tiny: 34 min.
+- 192 px keeps the set's smallest objects (6 % of the side) at 11 px; batch 8 gives 38 optimizer steps
+  per epoch: in a compute-bound budget, more steps matter more than YOLOv5's accumulation to 64
+  (``--nominal-batch`` equals the batch). The demo's YOLOv5n reached mAP@.5 0.177 at batch 16 and
+  0.247 at batch 8 in the same epochs.
 
 What this budget can and cannot show (measured on YOLOv5n at 256 px, 300 train images): after 30
 epochs (570 steps) from scratch the model reaches only mAP@.5 0.094 / mAP@.5:.95 0.042 and its BN γ
@@ -106,21 +104,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="yolov5s", help="model preset (default yolov5s)")
-    ap.add_argument("--images", type=int, default=800, help="synthetic images (train + val)")
+    ap.add_argument("--images", type=int, default=400, help="synthetic images (train + val)")
     ap.add_argument("--val-ratio", type=float, default=0.25, help="fraction of the images held out for val")
-    ap.add_argument("--imgsz", type=int, default=256, help="training / evaluation size")
-    ap.add_argument("--epochs", type=int, default=24, help="baseline epochs E")
+    ap.add_argument("--imgsz", type=int, default=192, help="training / evaluation size")
+    ap.add_argument("--epochs", type=int, default=40, help="baseline epochs E")
     ap.add_argument("--sparse-epochs", type=int, default=10, help="sparsity-training epochs S")
-    ap.add_argument("--finetune-epochs", type=int, default=6, help="fine-tune epochs F")
+    ap.add_argument("--finetune-epochs", type=int, default=10, help="fine-tune epochs F")
     ap.add_argument("--sr", type=float, default=0.01, help="L1 strength on BN γ (linear schedule)")
     ap.add_argument("--ratios", default="0.5,0.7,0.8", help="pruning ratios, comma-separated")
     ap.add_argument("--method", default="slim", choices=METHODS,
                     help="pruning method applied to the sparse model (default slim)")
-    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--nominal-batch", type=int, default=None, help="accumulate to this (default: --batch)")
     ap.add_argument("--workers", type=int, default=1, help="data-loader workers")
     ap.add_argument("--seed", type=int, default=0, help="seed of the data set and of training")
-    ap.add_argument("--round-to", type=int, default=1, help="pruned widths are multiples of this")
+    ap.add_argument("--round-to", type=int, default=8, help="pruned widths are multiples of this")
     ap.add_argument("--min-channels", type=int, default=0, help="floor per channel group (0: refuse, then 8)")
     ap.add_argument("--fold-bias", action="store_true", help="fold removed channels' act(β) into next biases")
     ap.add_argument("--work", default="runs/bench-compress", help="work folder (data, runs, models)")
