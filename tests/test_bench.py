@@ -96,6 +96,23 @@ def test_interleaved_alternates_and_respects_the_time_budget():
     assert interleaved(slow, runs=1000, warmup=0, max_seconds=0.0, progress=False)["x"].runs == MIN_RUNS
 
 
+def test_each_backend_has_its_own_loop(monkeypatch):
+    """ONNX Runtime's spinning threads must not sit in the loop that times PyTorch."""
+    from yoloslim.deploy import bench
+
+    loops: list[tuple[list[str], float]] = []
+
+    def record(runners, runs, warmup, max_seconds, progress=True):
+        loops.append((sorted(runners), max_seconds))
+        return interleaved(runners, runs=1, warmup=0, progress=False)
+
+    monkeypatch.setattr(bench, "interleaved", record)
+    models = {"full": build_model(model_spec("yolov5n", nc=2)), "small": build_model(_small_spec())}
+    out = bench.benchmark(models, 64, ("torch", "onnxruntime"), threads=1, runs=1, warmup=0, max_seconds=10)
+    assert loops == [(["full", "small"], 5.0), (["full", "small"], 5.0)]  # two loops, the budget shared
+    assert set(out) == {"full", "small"} and all(set(v) == {"torch", "onnxruntime"} for v in out.values())
+
+
 @pytest.mark.parametrize("args,message", [
     (["--imgsz", "70"], "multiple of 32"),
     (["--threads", "0"], "--runs and --threads must be at least 1"),
