@@ -3,11 +3,11 @@
 The machine a benchmark runs on is rarely quiet, so when several things are compared (two models,
 two backends, fused and unfused) they are measured *alternately*: each round runs every candidate
 once, in an order that rotates from round to round, so a burst of load hits all of them alike and
-their ratio stays meaningful even when the absolute times drift. Each backend has its own loop:
-ONNX Runtime's worker threads keep spinning for a while after a run, and inside a shared loop they
-slowed the PyTorch run after them (a pruned YOLOv5s at 640: 84 ms beside ONNX Runtime, 66 ms
-without). Timings are medians (and 90th percentiles) over the runs; the run count is capped by a
-time budget.
+their ratio stays meaningful even when the absolute times drift. ONNX Runtime's worker threads
+spin-wait after a run by default, which slowed whatever ran next on the same cores (a pruned YOLOv5s
+in PyTorch at 640: 84 ms after ONNX Runtime runs, 66 ms without; another session's run likewise), so
+the benchmark's sessions do not spin, and each backend has its own loop. Timings are medians (and
+90th percentiles) over the runs; the run count is capped by a time budget.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def onnx_runner(model: nn.Module, imgsz: int, workdir: str | Path, threads: int 
     spec = model.spec
     info = ModelInfo(spec, names or [str(i) for i in range(spec.nc)], imgsz)
     path = export_onnx(model, info, Path(workdir) / f"bench_{id(model)}.onnx", imgsz)
-    session = OnnxModel(path, threads=threads).session
+    session = OnnxModel(path, threads=threads, spinning=False).session
     feed = {INPUT: check_input(spec, 1, imgsz, imgsz).numpy()}
     return lambda: session.run([OUTPUT], feed)
 
