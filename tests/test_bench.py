@@ -96,6 +96,21 @@ def test_interleaved_alternates_and_respects_the_time_budget():
     assert interleaved(slow, runs=1000, warmup=0, max_seconds=0.0, progress=False)["x"].runs == MIN_RUNS
 
 
+def test_benchmark_sessions_do_not_spin(tmp_path, monkeypatch):
+    from yoloslim.deploy import bench, onnx_export
+
+    options = []
+    real = onnx_export.OnnxModel.__init__
+
+    def spy(self, path, threads=None, spinning=True):
+        real(self, path, threads, spinning)
+        options.append(self.session.get_session_options())
+
+    monkeypatch.setattr(onnx_export.OnnxModel, "__init__", spy)
+    bench.onnx_runner(build_model(_small_spec()), 64, tmp_path, threads=1)()
+    assert options[-1].get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
 def test_each_backend_has_its_own_loop(monkeypatch):
     """ONNX Runtime's spinning threads must not sit in the loop that times PyTorch."""
     from yoloslim.deploy import bench
