@@ -89,7 +89,7 @@ class DemoSlim:
 # full: measured on one thread, loading included, an epoch of the full model costs ~20 CPU-s and one
 # of the half-width pruned model ~11 (its forward and backward shrink, the loading does not): with two
 # threads about the 15 s above and ~8 s. So 4 sparse epochs add ~1 min, 8 fine-tune epochs ~1.1 min,
-# pruning, three more evaluations and the latency loop ~0.5 min: about 13 minutes in all. sr 0.01
+# pruning, three more evaluations and the latency loop ~0.5 min: about 13 minutes (14 min 9 s measured). sr 0.01
 # (bench/compress.py's default) costs the sparse model little; at this budget it moves γ only a
 # little (bench/compress.py says why), and the slimming threshold ranks channels by what it finds.
 # quick: a few epochs each, and no data-loader processes (two of them beside two torch threads made
