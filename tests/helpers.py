@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
+import yaml
 from torch import nn
 
 
@@ -30,3 +32,15 @@ def max_diff(a: Iterable[torch.Tensor], b: Iterable[torch.Tensor]) -> float:
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def self_scored_data(folder: Path, images: int, imgsz: int, seed: int, val_ratio: float) -> tuple[Path, list[str]]:
+    """A synthetic set whose val split is its train split (an overfitting test scores the images it
+    learned); the data.yaml path and the class names."""
+    from yoloslim.data.synth import synthesize
+
+    data = synthesize(folder, images=images, imgsz=imgsz, seed=seed, val_ratio=val_ratio, progress=False)
+    cfg = yaml.safe_load(data.read_text())
+    cfg["val"] = cfg["train"]
+    data.write_text(yaml.safe_dump(cfg))
+    return data, cfg["names"]

@@ -1,8 +1,6 @@
 import pytest
-import torch
-import yaml
 
-from yoloslim.data.synth import synthesize
+from helpers import self_scored_data
 from yoloslim.engine.train import TrainConfig, train
 
 
@@ -14,20 +12,11 @@ def test_tiny_model_overfits_eight_synthetic_images(tmp_path):
     linearly: 250 steps, about 40 s on an idle 2-core machine (the 100-iteration warm-up and the
     64-image accumulation of a real run would take far longer to get there).
     """
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        data = synthesize(tmp_path / "data", images=10, imgsz=96, seed=2, val_ratio=0.2, progress=False)
-        cfg = yaml.safe_load(data.read_text())
-        cfg["val"] = cfg["train"]  # score on the training images themselves
-        data.write_text(yaml.safe_dump(cfg))
-        hyp = tmp_path / "hyp.yaml"
-        hyp.write_text("lr0: 0.1\nwarmup_epochs: 0\n")
-        res = train(TrainConfig(data=str(data), model="yolov5n", epochs=250, batch=8, nominal_batch=8,
-                                imgsz=96, workers=0, seed=0, hyp=str(hyp), augment=False,
-                                val_every_epoch=False, save_every=1000, device="cpu",
-                                out=str(tmp_path / "run")))
-    finally:
-        torch.set_num_threads(n)
+    data, _ = self_scored_data(tmp_path / "data", images=10, imgsz=96, seed=2, val_ratio=0.2)
+    hyp = tmp_path / "hyp.yaml"
+    hyp.write_text("lr0: 0.1\nwarmup_epochs: 0\n")
+    res = train(TrainConfig(data=str(data), model="yolov5n", epochs=250, batch=8, nominal_batch=8,
+                            imgsz=96, workers=0, seed=0, hyp=str(hyp), augment=False,
+                            val_every_epoch=False, save_every=1000, device="cpu", out=str(tmp_path / "run")))
     assert res.metrics["map50"] > 0.8, res.metrics
     assert res.best.is_file() and res.last.is_file()

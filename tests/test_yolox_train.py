@@ -2,9 +2,8 @@
 
 import pytest
 import torch
-import yaml
 
-from yoloslim.data.synth import synthesize
+from helpers import self_scored_data
 from yoloslim.engine.checkpoint import ModelInfo, load_model, save_model
 from yoloslim.engine.train import TrainConfig, train
 from yoloslim.models.spec import ArchSpec
@@ -28,24 +27,16 @@ def test_tiny_yolox_overfits_eight_synthetic_images(tmp_path):
     1 %: 250 steps (the loss is the official one × batch / 64, so this lr is 20 times the official
     0.01 — an overfitting run, not a recipe). About 40–75 s on a 2-core machine.
     """
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        data = synthesize(tmp_path / "data", images=9, imgsz=128, seed=0, val_ratio=0.1, progress=False)
-        cfg = yaml.safe_load(data.read_text())
-        cfg["val"] = cfg["train"]  # score on the training images themselves
-        data.write_text(yaml.safe_dump(cfg))
-        torch.manual_seed(0)
-        spec = tiny_yolox_spec(len(cfg["names"]))
-        init = save_model(tmp_path / "init.safetensors", YOLOX(spec), ModelInfo(spec, cfg["names"], 128))
-        hyp = tmp_path / "hyp.yaml"
-        hyp.write_text("lr0: 0.2\nlrf: 0.05\nmomentum: 0.9\nwarmup_epochs: 0\n")
-        res = train(TrainConfig(data=str(data), weights=str(init), epochs=250, batch=8, nominal_batch=8,
-                                imgsz=128, workers=0, seed=0, hyp=str(hyp), augment=False, cos_lr=True,
-                                cache=True, val_every_epoch=False, save_every=1000, device="cpu",
-                                out=str(tmp_path / "run")))
-    finally:
-        torch.set_num_threads(n)
+    data, names = self_scored_data(tmp_path / "data", images=9, imgsz=128, seed=0, val_ratio=0.1)
+    torch.manual_seed(0)
+    spec = tiny_yolox_spec(len(names))
+    init = save_model(tmp_path / "init.safetensors", YOLOX(spec), ModelInfo(spec, names, 128))
+    hyp = tmp_path / "hyp.yaml"
+    hyp.write_text("lr0: 0.2\nlrf: 0.05\nmomentum: 0.9\nwarmup_epochs: 0\n")
+    res = train(TrainConfig(data=str(data), weights=str(init), epochs=250, batch=8, nominal_batch=8,
+                            imgsz=128, workers=0, seed=0, hyp=str(hyp), augment=False, cos_lr=True,
+                            cache=True, val_every_epoch=False, save_every=1000, device="cpu",
+                            out=str(tmp_path / "run")))
     assert res.metrics["map50"] > 0.8, res.metrics
     model, info = load_model(res.best)
     assert info.spec.family == "yolox" and info.history[-1]["action"] in ("trained", "fine-tuned")
