@@ -269,8 +269,6 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-
-
 def stop_strong_augmentation(train_ds: Any, loss_fn: Any, epoch: int, log: bool) -> None:
     """The final "no augmentation" epochs: no mosaic, mixup or affine warp; the loss is told (YOLOX: L1 on)."""
     aug = train_ds.augment

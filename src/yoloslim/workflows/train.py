@@ -22,8 +22,8 @@ def train(data: str | None = None, model: str | None = None, weights: str | None
 
     ``resume`` continues an interrupted run (its folder or state file; "" for the latest) with the
     settings it was started with; giving one of those settings too is refused rather than ignored.
-    ``epochs``, ``batch`` and ``imgsz`` None mean 100, 16 and 640. ``device`` None picks CUDA when
-    available.
+    ``epochs``, ``batch`` and ``imgsz`` None take TrainConfig's defaults. ``device`` None picks CUDA
+    when available.
     """
     if resume is not None:
         _refuse_new_settings(data=data, model=model, weights=weights, hyp=hyp, epochs=epochs, batch=batch,
@@ -33,8 +33,8 @@ def train(data: str | None = None, model: str | None = None, weights: str | None
             raise UserError("give the data set with --data (a data.yaml or a VOC root)")
         if (model is None) == (weights is None):
             raise UserError("give exactly one of --model NAME (from scratch) or --weights CKPT")
-    cfg = TrainConfig(data=data or "", model=model, weights=weights, epochs=100 if epochs is None else epochs,
-                      batch=16 if batch is None else batch, imgsz=640 if imgsz is None else imgsz,
+    sizes = {k: v for k, v in {"epochs": epochs, "batch": batch, "imgsz": imgsz}.items() if v is not None}
+    cfg = TrainConfig(data=data or "", model=model, weights=weights, **sizes,
                       device=device or _default_device(), workers=workers, out=out, resume=resume, seed=seed,
                       hyp=hyp, cos_lr=cos_lr, sparsity=sparsity, sparsity_schedule=sparsity_schedule,
                       sparsity_bias=sparsity_bias, patience=patience, augment=not no_augment, cache=cache,
