@@ -17,28 +17,32 @@ def train(data: str | None = None, model: str | None = None, weights: str | None
           hyp: str | None = None, cos_lr: bool = False, workers: int = 2, seed: int = 0, out: str | None = None,
           resume: str | None = None, device: str | None = None, patience: int = 100, cache: bool = False,
           no_augment: bool = False, no_aug_epochs: int = 0, nominal_batch: int = 64, val_every_epoch: bool = True,
-          save_every: int = 1, json_file: str | None = None) -> TrainResult:
+          save_every: int = 1, json_file: str | None = None, teacher: str | None = None,
+          distill_weight: float | None = None) -> TrainResult:
     """Run one training (see :class:`yoloslim.engine.train.TrainConfig` for the arguments).
 
     ``resume`` continues an interrupted run (its folder or state file; "" for the latest) with the
     settings it was started with; giving one of those settings too is refused rather than ignored.
     ``epochs``, ``batch`` and ``imgsz`` None take TrainConfig's defaults. ``device`` None picks CUDA
-    when available.
+    when available. ``distill_weight`` None takes TrainConfig's default; it needs ``teacher``.
     """
     if resume is not None:
         _refuse_new_settings(data=data, model=model, weights=weights, hyp=hyp, epochs=epochs, batch=batch,
-                             imgsz=imgsz)
+                             imgsz=imgsz, teacher=teacher, distill_weight=distill_weight)
     else:
         if not data:
             raise UserError("give the data set with --data (a data.yaml or a VOC root)")
         if (model is None) == (weights is None):
             raise UserError("give exactly one of --model NAME (from scratch) or --weights CKPT")
-    sizes = {k: v for k, v in {"epochs": epochs, "batch": batch, "imgsz": imgsz}.items() if v is not None}
+    if distill_weight is not None and not teacher and resume is None:
+        raise UserError("--distill-weight weighs the distillation from a teacher: give --teacher MODEL too")
+    sizes = {k: v for k, v in {"epochs": epochs, "batch": batch, "imgsz": imgsz,
+                               "distill_weight": distill_weight}.items() if v is not None}
     cfg = TrainConfig(data=data or "", model=model, weights=weights, **sizes,
                       device=device or _default_device(), workers=workers, out=out, resume=resume, seed=seed,
                       hyp=hyp, cos_lr=cos_lr, sparsity=sparsity, sparsity_schedule=sparsity_schedule,
                       sparsity_bias=sparsity_bias, patience=patience, augment=not no_augment, cache=cache,
-                      no_aug_epochs=no_aug_epochs,
+                      no_aug_epochs=no_aug_epochs, teacher=teacher,
                       nominal_batch=nominal_batch, val_every_epoch=val_every_epoch, save_every=save_every)
     result = run_training(cfg)
     if int(os.environ.get("RANK", 0)) == 0:
