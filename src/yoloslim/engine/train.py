@@ -212,10 +212,11 @@ def _train(cfg: TrainConfig, d: ddp.Dist, device: torch.device) -> TrainResult:
                     f"images, batch {cfg.batch}, {cfg.imgsz} px, {device}"
                     f"{f' x {d.world_size}' if d.enabled else ''}; run folder {run_dir}")
         if teacher is not None:
+            n_val = len(source.splits["val"])
             logger.info(f"distilling from {cfg.teacher} (weight {cfg.distill_weight})"
                         + (": label-free, the teacher's outputs are the only target; validation is agreement "
                            f"with the teacher: mAP against its detections (score >= {PSEUDO_CONF}) on "
-                           f"{len(source.splits['val'])} held-out images, not accuracy" if label_free else ""))
+                           f"{n_val} held-out image{'s' if n_val != 1 else ''}, not accuracy" if label_free else ""))
     nb = len(train_loader)
     n_warmup = max(round(hyp.warmup_epochs * nb), 100) if hyp.warmup_epochs > 0 else 0
     metrics: dict[str, Any] = {}
