@@ -8,16 +8,17 @@ On the built-in synthetic data set (``--images`` at ``--imgsz``, written to ``<w
 
 1. ``teacher``: ``--model`` trained from scratch for ``--epochs`` E;
 2. ``pruned``: the teacher pruned with ``--method`` l1 to ``--target-flops`` of its FLOPs;
-3. ``finetune``: the pruned model fine-tuned F (``--finetune-epochs``) epochs on the labels, without a
-   teacher (weight 0) and with the teacher at every ``--weights`` value; the same seed, data order and
-   schedule in every run;
-4. ``label-free``: the pruned model trained F epochs on the train images alone (a folder without
-   labels), by distillation alone at the default weight;
-5. every model's mAP on the labelled val split (the EMA weights of the last epoch).
+3. ``finetune``: the pruned model fine-tuned F (``--finetune-epochs``) epochs on the labels, at every
+   ``--weights`` value (0: without a teacher); the same seed, data order and schedule in every run;
+4. ``label-free`` (unless ``--no-label-free``): the pruned model trained F epochs on the train images
+   alone (a folder without labels), by distillation alone at the default weight;
+5. every finished run's mAP on the labelled val split (the EMA weights of the last epoch).
 
 Batches are not accumulated (``nominal_batch`` = ``--batch``) and warm-up is one epoch, so that the
 short runs take enough optimiser steps. Stages write into ``<work>`` and are skipped when their output
-exists. The Markdown table for docs/BENCHMARKS.md is printed with the command line above it.
+exists, so invocations with different ``--weights`` can run side by side on one work folder once the
+teacher and the pruned model exist; the table lists every finished run. The Markdown table for
+docs/BENCHMARKS.md is printed with the command line above it.
 """
 
 from __future__ import annotations
@@ -49,8 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--method", default="l1")
     ap.add_argument("--target-flops", type=float, default=0.4)
-    ap.add_argument("--weights", type=float, nargs="+", default=[0.5, 1.0, 2.0, 4.0],
-                    help="distillation weights to try (0, no teacher, always runs)")
+    ap.add_argument("--weights", type=float, nargs="*", default=[0.0, 0.5, 1.0, 2.0, 4.0],
+                    help="distillation weights to try (0: no teacher)")
+    ap.add_argument("--no-label-free", action="store_true", help="skip the label-free run")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     work = Path(args.work)
@@ -69,17 +71,24 @@ def main(argv: list[str] | None = None) -> int:
               latency_runs=0)
     rows = [["teacher", "", _score(teacher, data, args.imgsz)], ["pruned, no fine-tune", "", _score(pruned, data,
                                                                                                    args.imgsz)]]
-    for w in [0.0, *args.weights]:
+    for w in args.weights:
         kw = {"teacher": str(teacher), "distill_weight": w} if w else {}
-        last = _train(work / f"ft_w{w:g}", data=str(data), weights=str(pruned), **common, **kw)
-        rows.append([f"fine-tune {args.finetune_epochs} epochs", f"{w:g}" if w else "none", _score(last, data,
-                                                                                                args.imgsz)])
-    images = work / "images_only"
-    if not images.is_dir():
-        shutil.copytree(data.parent / "images" / "train", images)
-    last = _train(work / "label_free", data=str(images), weights=str(pruned), teacher=str(teacher), **common)
-    rows.append([f"label-free, {args.finetune_epochs} epochs on the train images", f"{DISTILL_WEIGHT:g}",
-                 _score(last, data, args.imgsz)])
+        _train(work / f"ft_w{w:g}", data=str(data), weights=str(pruned), **common, **kw)
+    if not args.no_label_free:
+        images = work / "images_only"
+        if not images.is_dir():
+            shutil.copytree(data.parent / "images" / "train", images)
+        _train(work / "label_free", data=str(images), weights=str(pruned), teacher=str(teacher), **common)
+    # every finished run in the work folder, also those of other invocations (runs may go side by side)
+    for run in sorted(work.glob("ft_w*"), key=lambda p: float(p.name[4:])):
+        if (run / "done").is_file():
+            w = float(run.name[4:])
+            rows.append([f"fine-tune {args.finetune_epochs} epochs", f"{w:g}" if w else "none (no teacher)",
+                         _score(run / "weights" / "last.safetensors", data, args.imgsz)])
+    if (work / "label_free" / "done").is_file():
+        rows.append([f"label-free: {args.finetune_epochs} epochs on the train images, no labels",
+                     f"{DISTILL_WEIGHT:g}", _score(work / "label_free" / "weights" / "last.safetensors", data,
+                                                   args.imgsz)])
     table = [[name, w, f"{s['map50']:.3f}", f"{s['map']:.3f}"] for name, w, s in rows]
     (work / "distill.json").write_text(json.dumps({"command": command_line(__file__, argv), "rows": [
         {"model": name, "distill_weight": w, "map50": s["map50"], "map": s["map"]} for name, w, s in rows]},

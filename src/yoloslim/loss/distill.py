@@ -6,7 +6,9 @@ YOLOX's decoupled head: one prior per cell, its ``reg``, ``obj`` and ``cls`` out
 
 - objectness, on every prior: the Bernoulli KL divergence ``KL(σ(t) ‖ σ(s))`` (a BCE against the
   teacher's probability minus the teacher's own entropy: the BCE's gradient, and exactly 0 when the
-  student agrees), averaged over all priors;
+  student agrees), averaged over all priors as YOLOv5's loss averages its objectness; YOLOX's
+  divides its sums by the number of matched priors, so there the sum is divided by the teacher's
+  objectness mass ``Σ σ(t_obj)`` instead, and one ``--distill-weight`` suits both;
 - classes, per prior the KL of each class averaged over the classes, and boxes, the squared error
   of the box outputs in the head's own units (summed over ``x, y, w, h``), both weighted by the
   teacher's objectness ``σ(t_obj)``, so that the many background priors whose boxes and classes mean
@@ -73,11 +75,21 @@ def bernoulli_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> 
     return (p * log_pos + (1 - p) * log_neg).clamp(min=0)
 
 
-def output_distance(student: HeadOutputs, teacher: HeadOutputs) -> dict[str, torch.Tensor]:
-    """The three distillation terms per image, averaged over the batch: ``{"obj", "box", "cls"}``."""
+def output_distance(student: HeadOutputs, teacher: HeadOutputs,
+                    obj_per_object: bool = False) -> dict[str, torch.Tensor]:
+    """The three distillation terms: ``{"obj", "box", "cls"}``.
+
+    Args:
+        student: the student's outputs.
+        teacher: the teacher's outputs on the same input.
+        obj_per_object: divide the objectness term's sum by the teacher's objectness mass ``Σ σ(t_obj)``
+            (YOLOX's loss divides by its number of matched priors) instead of averaging it over the
+            priors (YOLOv5's), so that the distillation keeps the detection loss's scale.
+    """
     w = teacher.obj.sigmoid()  # (b, A) the teacher's objectness weighs box and class terms
     norm = w.sum().clamp(min=1e-6)
-    obj = bernoulli_kl(teacher.obj, student.obj).mean()
+    kl_obj = bernoulli_kl(teacher.obj, student.obj)  # (b, A)
+    obj = kl_obj.sum() / norm.clamp(min=1.0) if obj_per_object else kl_obj.mean()
     box = (w * (student.box - teacher.box).pow(2).sum(-1)).sum() / norm
     cls = (w * bernoulli_kl(teacher.cls, student.cls).mean(-1)).sum() / norm if student.cls.shape[-1] else obj * 0
     return {"obj": obj, "box": box, "cls": cls}
@@ -113,7 +125,8 @@ class DistillLoss:
 
     def distance(self, student_raw: list[torch.Tensor], x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The distillation terms of the student's raw maps against the teacher's on ``x``."""
-        return output_distance(self.outputs(student_raw), self.teacher_outputs(x))
+        return output_distance(self.outputs(student_raw), self.teacher_outputs(x),
+                               obj_per_object=self.style == "anchor_free")
 
     def __call__(self, student_raw: list[torch.Tensor],
                  x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
