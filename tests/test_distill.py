@@ -11,6 +11,7 @@ import yoloslim.engine.train as engine_train
 from helpers import randomize_bn
 from yoloslim.cli import main
 from yoloslim.data.dataset import DetectionDataset, create_loader, load_data
+from yoloslim.data.synth import CLASSES
 from yoloslim.engine.checkpoint import ModelInfo, load_model, load_state, read_info, save_model
 from yoloslim.engine.train import TrainConfig, train
 from yoloslim.loss.distill import DistillLoss
@@ -47,10 +48,10 @@ def test_distill_loss_is_zero_against_itself_and_positive_against_another_model(
 
 
 def _save(tmp_path, name, nc, seed=0, model=None):
-    """A model file (random BN of ``seed``; of ``model`` when given); its path."""
+    """A model file with the synthetic set's class names (random BN of ``seed``; of ``model`` when given)."""
     model = randomize_bn(model or create_model(name, nc=nc), seed=seed)
     return str(save_model(tmp_path / f"{name}_{nc}_{seed}.safetensors", model,
-                          ModelInfo(model.spec, [f"c{i}" for i in range(nc)], 64)))
+                          ModelInfo(model.spec, list(CLASSES)[:nc], 64)))
 
 
 @pytest.mark.parametrize("teacher, what", [(("yolov5n", 3), "class count (3) differs from the student's (8)"),
