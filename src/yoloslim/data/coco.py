@@ -106,11 +106,11 @@ def load_coco(path: str | Path, images_dir: str | Path, names: list[str] | None 
     per_image: dict[Any, list[dict[str, Any]]] = {}
     ids = set()
     for im in data["images"]:
-        if isinstance(im, dict) and "id" in im:
+        if isinstance(im, dict) and isinstance(im.get("id"), (int, str)):
             ids.add(im["id"])
     stray = 0
     for a in data.get("annotations", []):
-        if not isinstance(a, dict) or a.get("image_id") not in ids:
+        if not isinstance(a, dict) or not isinstance(a.get("image_id"), (int, str)) or a["image_id"] not in ids:
             stray += 1
             continue
         per_image.setdefault(a["image_id"], []).append(a)
@@ -129,7 +129,8 @@ def load_coco(path: str | Path, images_dir: str | Path, names: list[str] | None 
 def _image_sample(im: Any, per_image: dict[Any, list[dict[str, Any]]], images_dir: Path, path: Path,
                   to_class: dict[int, int], seen: set[str]) -> tuple[Sample | None, list[Problem]]:
     """One ``images`` entry and its annotations: ``(sample or None when skipped, problems)``."""
-    if not isinstance(im, dict) or "id" not in im or not isinstance(im.get("file_name"), str):
+    if not isinstance(im, dict) or not isinstance(im.get("id"), (int, str)) \
+            or not isinstance(im.get("file_name"), str):
         return None, [Problem(path, f"an image entry without 'id' and 'file_name': {str(im)[:80]}")]
     img = images_dir / im["file_name"]
     if str(img) in seen:

@@ -52,6 +52,9 @@ def load_data(path: str | Path, names_file: str | Path | None = None, warn: bool
     if not p.exists():
         raise UserError(f"{p}: no such file or directory (expected a data.yaml or a VOC root)")
     if p.is_file():
+        if p.suffix.lower() == ".json":
+            raise UserError(f"{p}: a COCO json is named in a data.yaml (val: {{annotations: FILE, images: DIR}}) "
+                            "or converted with `yoloslim data convert --coco FILE --images DIR`")
         if p.suffix.lower() not in (".yaml", ".yml"):
             raise UserError(f"{p}: expected a data.yaml or a VOC root folder")
         source = load_yolo(p)
