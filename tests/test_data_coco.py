@@ -12,7 +12,7 @@ import yaml
 
 from yoloslim.cli import main
 from yoloslim.data.coco import load_coco
-from yoloslim.data.dataset import load_data
+from yoloslim.data.dataset import DetectionDataset, load_data
 from yoloslim.data.synth import CLASSES, render_image, synthesize
 from yoloslim.engine.checkpoint import ModelInfo, save_model
 from yoloslim.engine.metrics import DetectionMetrics
@@ -178,3 +178,15 @@ def test_val_on_its_own_ground_truth_json(tiny_data: Path, tmp_path: Path) -> No
     assert a["instances"] > 0 and a["images"] == b["images"]
     for key in ("map50", "map", "precision", "recall", "instances", "per_class"):
         assert a[key] == b[key], key
+
+
+def test_crowd_boxes_are_no_training_targets(coco_root: Path, tmp_path: Path) -> None:
+    root, data = _edit(coco_root, tmp_path)
+    first = data["annotations"][0]
+    first["iscrowd"] = 1
+    _save(root, data)
+    samples = load_data(root / "data.yaml").splits["val"]
+    s = next(s for s in samples if s.difficult.any())
+    ds = DetectionDataset([s], 80)
+    _, targets, _, _ = ds[0]
+    assert len(targets) == len(s.classes) - 1 == int((~s.difficult).sum())
