@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 from yoloslim.cli import main
+from yoloslim.cli.data import SYNTH_FORMATS
 from yoloslim.data.convert import convert_labelme, convert_oxford_hand
 from yoloslim.data.dataset import load_data
 from yoloslim.data.labelme import load_labelme, shape_box
 from yoloslim.data.oxford_hand import read_hand_mat, write_hand_mat
-from yoloslim.data.synth import CLASSES, render_image, synthesize
+from yoloslim.data.synth import CLASSES, FORMATS, render_image, synthesize
 from yoloslim.data.voc import load_voc
 from yoloslim.errors import UserError
 
@@ -123,3 +124,7 @@ def test_voc_float_coordinates_empty_tags_and_ids_in_two_splits(tmp_path: Path) 
     assert "train.txt: 1 id(s) also in another split, kept there only: 000005 (val)" in msgs
     assert "1 id(s) listed twice" in msgs
     assert all(not p.skipped for p in src.problems)
+
+
+def test_cli_synth_formats_are_synth_formats() -> None:
+    assert SYNTH_FORMATS == FORMATS

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from yoloslim.data.synth import FORMATS
+# yoloslim.data.synth.FORMATS, spelled here so that building the parser imports no image code
+SYNTH_FORMATS = ("yolo", "voc", "coco", "labelme", "oxford-hand")
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -16,7 +17,7 @@ def add(sub: argparse._SubParsersAction) -> None:
 
     s = dsub.add_parser("synth", help="write the built-in synthetic data set (8 shape and letter classes)")
     s.add_argument("--out", required=True, help="output folder")
-    s.add_argument("--format", dest="fmt", choices=FORMATS, default="yolo",
+    s.add_argument("--format", dest="fmt", choices=SYNTH_FORMATS, default="yolo",
                    help="layout (default yolo)")
     s.add_argument("--images", type=int, default=500, help="number of images (default 500)")
     s.add_argument("--imgsz", type=int, default=320, help="image side in pixels (default 320)")
