@@ -63,6 +63,8 @@ def prune(weights: str, method: str, ratio: float | None = None, target_flops: f
         raise UserError(f"--steps must be at least 1, got {steps}")
     if finetune_epochs < 0:
         raise UserError(f"--finetune-epochs must be at least 0, got {finetune_epochs}")
+    if class_map and not data:
+        raise UserError("--class-map maps the classes of --data to the model's; give --data too")
     if finetune_epochs and not data:
         raise UserError("--finetune-epochs needs --data (the data set to fine-tune on between steps)")
     if finetune_epochs and steps == 1:
