@@ -15,7 +15,7 @@ from yoloslim.cli.data import SYNTH_FORMATS
 from yoloslim.data.convert import convert_labelme, convert_oxford_hand
 from yoloslim.data.dataset import load_data
 from yoloslim.data.labelme import load_labelme, shape_box
-from yoloslim.data.oxford_hand import read_hand_mat, write_hand_mat
+from yoloslim.data.oxford_hand import load_oxford_hand, read_hand_mat, write_hand_mat
 from yoloslim.data.synth import CLASSES, FORMATS, render_image, synthesize
 from yoloslim.data.voc import load_voc
 from yoloslim.errors import UserError
@@ -55,6 +55,10 @@ def test_labelme_convert_round_trip_and_bad_files(tmp_path: Path) -> None:
     msgs = " | ".join(str(p) for p in problems)
     assert "000000.json: not valid JSON" in msgs and "000001.json: image" in msgs
     assert "1 point (skipped)" in msgs and "outside the image (clipped)" in msgs
+    names_file = tmp_path / "names.txt"
+    names_file.write_text("blob\n")  # a subset: shapes of the other labels are dropped and counted
+    only, _, more = load_labelme(root, names_file=names_file)
+    assert only == ["blob"] and "of labels not in names" in " | ".join(str(p) for p in more)
     res = convert_labelme(root, tmp_path / "out", val_ratio=0.25, progress=False)
     src = load_data(res.data_yaml)
     assert [len(src.splits[k]) for k in ("train", "val")] == [3, 1] and src.names == names
@@ -74,6 +78,7 @@ def test_oxford_hand_rotated_boxes_and_splits(tmp_path: Path) -> None:
     boxes = read_hand_mat(folder / "annotations" / "000005.mat")
     np.testing.assert_allclose(boxes, [[19, 3, 51, 35], [69, 69, 98, 94]])
     (folder / "annotations" / "bad.mat").write_bytes(b"not a mat file")
+    write_hand_mat(folder / "annotations" / "lost.mat", [quad])  # its image is missing
     shutil.copyfile(folder / "images" / "000005.jpg", folder / "images" / "bad.jpg")
     out = tmp_path / "yolo"
     assert main(["data", "convert", "--oxford-hand", str(root), "--out", str(out)]) == 0
@@ -85,7 +90,11 @@ def test_oxford_hand_rotated_boxes_and_splits(tmp_path: Path) -> None:
     _, ref, _ = render_image(4, 0, 80)
     np.testing.assert_allclose(s0.boxes, ref, atol=1e-3)
     res = convert_oxford_hand(root, tmp_path / "yolo2", progress=False)
-    assert res.problems == 2  # 000005.mat: a box clipped; bad.mat: not a readable .mat file (skipped)
+    assert res.problems == 3  # 000005.mat: a box clipped; bad.mat: not a readable .mat file; lost.mat: no image
+    shutil.copyfile(folder / "images" / "000005.jpg", folder / "images" / "extra.jpg")
+    src = load_oxford_hand(root)
+    msgs = " | ".join(str(p) for p in src.problems)
+    assert "lost.mat: image not found" in msgs and "extra.jpg: no annotation file" in msgs
 
 
 def test_oxford_hand_without_scipy_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
