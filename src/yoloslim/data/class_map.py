@@ -112,12 +112,13 @@ def match_classes(model_names: list[str], data_names: list[str], class_map: str 
             is not a model class, or two data classes on one model class.
     """
     data_names = list(data_names)
+    named = bool(model_names)
     model_names = list(model_names) or [f"class{i}" for i in range(nc or 0)]
     mapping = read_class_map(class_map) if class_map else {}
     common = {_key(n) for n in model_names} & {_key(n) for n in data_names}
     if not mapping and not common and len(model_names) == len(data_names):
-        logger.warning(f"the model's class names share none with the data set's; matching by position "
-                       f"({_short(data_names)} as {_short(model_names)})")
+        why = "'s class names share none with the data set's" if named else " file names no classes"
+        logger.warning(f"the model{why}; matching by position ({_short(data_names)} as {_short(model_names)})")
         return ClassMatch(data_names, model_names, list(range(len(data_names))), how="position")
     unused = sorted(set(mapping) - set(data_names))
     if unused:
