@@ -12,6 +12,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", help="a preset to train from scratch, e.g. yolov5s")
     src.add_argument("--weights", help="a model file to start from (a pruned one is trained as it is)")
+    p.add_argument("--class-map", metavar="FILE",
+                   help="with --weights: YAML 'data set name: model name' lines (default: match classes by name; "
+                        "the head keeps the rows of the matched classes)")
     p.add_argument("--epochs", type=int, help="epochs (default 100)")
     p.add_argument("--batch", type=int, help="batch size over all processes (default 16)")
     p.add_argument("--imgsz", type=int, help="image size (default 640)")
@@ -45,5 +48,5 @@ def _run(a: argparse.Namespace) -> int:
           sparsity=a.sparsity, sparsity_schedule=a.sparsity_schedule, sparsity_bias=a.sparsity_bias,
           hyp=a.hyp, cos_lr=a.cos_lr, workers=a.workers, seed=a.seed, out=a.out, resume=a.resume,
           device=a.device, patience=a.patience, cache=a.cache, no_augment=a.no_augment,
-          no_aug_epochs=a.no_aug_epochs, json_file=a.json_file)
+          no_aug_epochs=a.no_aug_epochs, json_file=a.json_file, class_map=a.class_map)
     return 0

@@ -96,6 +96,9 @@ class TrainConfig:
         val_every_epoch: validate every epoch (else only after the last).
         save_every: write ``last.safetensors`` and the resume state every this many epochs (and
             after the last); ``best.safetensors`` is written whenever the fitness improves.
+        class_map: with ``weights``, a YAML file mapping the data set's class names to the model's;
+            without it classes are matched by name. The head keeps the model's rows of the matched
+            classes (see :func:`yoloslim.engine.train_setup.initial_model`).
     """
 
     data: str = ""
@@ -122,6 +125,7 @@ class TrainConfig:
     cache: bool = False
     val_every_epoch: bool = True
     save_every: int = 1
+    class_map: str | None = None
 
 
 @dataclass
@@ -156,7 +160,7 @@ def _train(cfg: TrainConfig, d: ddp.Dist, device: torch.device) -> TrainResult:
         spec, names, history = spec_of(state)
         model, info = build_model(spec), ModelInfo(spec, names, cfg.imgsz, history)
     else:
-        model, info = initial_model(cfg.model, cfg.weights, source.names, cfg.imgsz)
+        model, info = initial_model(cfg.model, cfg.weights, source.names, cfg.imgsz, cfg.class_map)
     if cfg.imgsz % max(info.spec.strides):
         raise UserError(f"--imgsz must be a multiple of {max(info.spec.strides)}, got {cfg.imgsz}")
     run_dir = _run_dir(cfg, d)  # created only once the inputs are known to be good
