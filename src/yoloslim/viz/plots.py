@@ -32,7 +32,8 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)  # drawn off-screen, whatever backend pyplot uses elsewhere
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
     return path
 
