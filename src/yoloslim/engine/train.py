@@ -219,8 +219,11 @@ def _train(cfg: TrainConfig, d: ddp.Dist, device: torch.device) -> TrainResult:
         logger.info(f"done: best epoch {progress.best_epoch + 1} (fitness {progress.best_fitness:.4f}); "
                     f"{weights / 'best.safetensors'}, {weights / 'last.safetensors'}")
         if cfg.plots:
-            write_training_plots(run_dir, weights / "best.safetensors", val_loader, source.splits["train"],
-                                 source.names, device)
+            try:  # the weights are saved: a picture that fails must not fail the run
+                write_training_plots(run_dir, weights / "best.safetensors", val_loader, source.splits["train"],
+                                     source.names, device)
+            except Exception as e:
+                logger.warning(f"the pictures of the run were not all written ({e.__class__.__name__}: {e})")
     ddp.barrier(d)
     return TrainResult(weights / "best.safetensors", weights / "last.safetensors", run_dir, metrics)
 
