@@ -69,9 +69,8 @@ def plot_results(csv_path: str | Path, out: str | Path) -> dict[str, list[float]
     fig = Figure(figsize=(3 * ncols, 5.6))
     for i, k in enumerate(keys):
         ax = fig.add_subplot(2, ncols, i + 1)
-        y = cols[k]
-        ok = ~np.isnan(y)
-        ax.plot(epochs[ok], y[ok], marker="o", markersize=3, color=BLUE, linewidth=1.5)
+        # NaN (not validated, or a non-finite loss) breaks the line; isolated epochs still show their marker
+        ax.plot(epochs, cols[k], marker="o", markersize=3, color=BLUE, linewidth=1.5)
         ax.set_title(k, fontsize=10)
         ax.set_xlabel("epoch", fontsize=8)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
