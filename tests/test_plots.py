@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
+import yoloslim.workflows.train as wf
 from yoloslim.cli import main
 from yoloslim.data.dataset import load_data
 from yoloslim.engine.confusion import ConfusionMatrix
@@ -18,7 +19,7 @@ from yoloslim.engine.evaluate import EvalResult
 from yoloslim.engine.hyp import Hyp
 from yoloslim.engine.metrics import DetectionMetrics
 from yoloslim.engine.run_files import ResultsCSV
-from yoloslim.engine.train import TrainConfig
+from yoloslim.engine.train import TrainConfig, TrainResult
 from yoloslim.viz.plots import plot_labels, plot_results, read_results
 from yoloslim.viz.run_plots import write_val_plots
 
@@ -184,3 +185,16 @@ def test_training_leaves_its_pictures_and_args_and_val_plots_them_too(tiny_data,
     assert main(["val", "--weights", str(run / "weights" / "best.safetensors"), "--data", str(tiny_data),
                  "--imgsz", "64", "--workers", "0", "--plots", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == VAL_FILES and "Pictures:" in capsys.readouterr().out
+
+
+def test_no_plots_flag_reaches_the_config(tiny_data, tmp_path, monkeypatch):
+    seen = []
+
+    def fake(cfg):
+        seen.append(cfg)
+        return TrainResult(tmp_path / "best", tmp_path / "last", tmp_path)
+
+    monkeypatch.setattr(wf, "run_training", fake)
+    base = ["train", "--data", str(tiny_data), "--model", "yolov5n", "--epochs", "1"]
+    assert main(base) == 0 and main([*base, "--no-plots"]) == 0
+    assert [c.plots for c in seen] == [True, False]
