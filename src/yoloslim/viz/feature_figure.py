@@ -47,7 +47,8 @@ def parse_mark(text: str) -> tuple[str, float]:
 def channel_plan(model: nn.Module, method: str, ratio: float) -> ChannelPlan:
     """The plan ``yoloslim prune --method method --ratio ratio`` makes for ``model``."""
     plan = prune_model(model, PruneOptions(method=method, ratio=ratio)).plan
-    assert isinstance(plan, ChannelPlan)  # channel methods only (parse_mark)
+    if not isinstance(plan, ChannelPlan):
+        raise ValueError(f"method {method!r} removes blocks, not channels")
     return plan
 
 
