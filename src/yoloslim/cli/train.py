@@ -38,6 +38,8 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="continue an interrupted run (default: the latest under runs/train)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--json", dest="json_file", help="also write the final numbers as JSON")
+    p.add_argument("--no-plots", action="store_true",
+                   help="skip the pictures written into the run folder at the end (results.png, PR curve, ...)")
     p.set_defaults(func=lambda a: _run(a))
 
 
@@ -48,5 +50,6 @@ def _run(a: argparse.Namespace) -> int:
           sparsity=a.sparsity, sparsity_schedule=a.sparsity_schedule, sparsity_bias=a.sparsity_bias,
           hyp=a.hyp, cos_lr=a.cos_lr, workers=a.workers, seed=a.seed, out=a.out, resume=a.resume,
           device=a.device, patience=a.patience, cache=a.cache, no_augment=a.no_augment,
-          no_aug_epochs=a.no_aug_epochs, json_file=a.json_file, class_map=a.class_map)
+          no_aug_epochs=a.no_aug_epochs, json_file=a.json_file, class_map=a.class_map,
+          no_plots=a.no_plots)
     return 0

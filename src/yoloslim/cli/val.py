@@ -24,6 +24,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--class-map", metavar="FILE",
                    help="YAML 'data set name: model name' lines, for classes the model calls otherwise "
                         "(default: match by name; a subset of the model's classes is scored alone)")
+    p.add_argument("--plots", metavar="DIR",
+                   help="write PR_curve.png, F1_curve.png, confusion_matrix.png and validation images "
+                        "(ground truth / predictions) into DIR")
     p.set_defaults(func=lambda a: _run(a))
 
 
@@ -32,5 +35,5 @@ def _run(a: argparse.Namespace) -> int:
 
     val(weights=a.weights, data=a.data, imgsz=a.imgsz, batch=a.batch, split=a.split, conf=a.conf, iou=a.iou,
         max_det=a.max_det, device=a.device, workers=a.workers, json_file=a.json_file, save_json=a.save_json,
-        class_map=a.class_map)
+        class_map=a.class_map, plots=a.plots)
     return 0

@@ -40,6 +40,7 @@ from yoloslim.engine.run_files import (
     ResultsCSV,
     Scalars,
     new_run_dir,
+    write_args,
 )
 from yoloslim.engine.train_epoch import (  # noqa: F401 (TrainingDiverged: re-exported)
     Parts,
@@ -62,6 +63,7 @@ from yoloslim.errors import UserError
 from yoloslim.log import logger, setup_logging
 from yoloslim.loss import make_loss
 from yoloslim.models import build_model
+from yoloslim.viz.run_plots import write_training_plots
 
 
 @dataclass
@@ -99,6 +101,8 @@ class TrainConfig:
         class_map: with ``weights``, a YAML file mapping the data set's class names to the model's;
             without it classes are matched by name. The head keeps the model's rows of the matched
             classes (see :func:`yoloslim.engine.train_setup.initial_model`).
+        plots: at the end of the run, write its pictures into the run folder (results.png, labels.png,
+            PR and F1 curves, confusion matrix, validation images; see :mod:`yoloslim.viz.run_plots`).
     """
 
     data: str = ""
@@ -126,6 +130,7 @@ class TrainConfig:
     val_every_epoch: bool = True
     save_every: int = 1
     class_map: str | None = None
+    plots: bool = True
 
 
 @dataclass
@@ -166,6 +171,7 @@ def _train(cfg: TrainConfig, d: ddp.Dist, device: torch.device) -> TrainResult:
     run_dir = _run_dir(cfg, d)  # created only once the inputs are known to be good
     if d.main:
         setup_logging(run_dir)
+        write_args(run_dir, dataclasses.asdict(cfg), hyp.to_dict())
     model = model.to(device)
     loss_fn = make_loss(model, hyp, cfg.imgsz)
     augment = hyp.augment if cfg.augment else None
@@ -216,18 +222,25 @@ def _train(cfg: TrainConfig, d: ddp.Dist, device: torch.device) -> TrainResult:
         metrics.update(best_epoch=progress.best_epoch + 1, best_fitness=progress.best_fitness)
         logger.info(f"done: best epoch {progress.best_epoch + 1} (fitness {progress.best_fitness:.4f}); "
                     f"{weights / 'best.safetensors'}, {weights / 'last.safetensors'}")
+        if cfg.plots:
+            try:  # the weights are saved: a picture that fails must not fail the run
+                write_training_plots(run_dir, weights / "best.safetensors", val_loader, source.splits["train"],
+                                     source.names, device)
+            except Exception as e:
+                logger.warning(f"the pictures of the run were not all written ({e.__class__.__name__}: {e})")
     ddp.barrier(d)
     return TrainResult(weights / "best.safetensors", weights / "last.safetensors", run_dir, metrics)
 
 
 def _resume_config(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None]:
-    """With ``cfg.resume``: the saved config (device and workers from ``cfg``) and the saved state."""
+    """With ``cfg.resume``: the saved config (device, workers and plots from ``cfg``) and the saved state."""
     if cfg.resume is None:
         return cfg, None
     state_path = find_resume_state(cfg.resume, cfg.project)
     state = read_resume_state(state_path)
     saved = dataclasses.replace(from_dict(TrainConfig, state["config"], source=str(state_path)), resume=None,
-                                device=cfg.device, workers=cfg.workers, out=str(state_path.parent.parent))
+                                device=cfg.device, workers=cfg.workers, plots=cfg.plots,
+                                out=str(state_path.parent.parent))
     if state["epoch"] >= saved.epochs:
         raise UserError(f"{state_path}: that run already finished its {saved.epochs} epochs; "
                         "start a new one with --weights")

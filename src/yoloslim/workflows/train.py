@@ -17,7 +17,8 @@ def train(data: str | None = None, model: str | None = None, weights: str | None
           hyp: str | None = None, cos_lr: bool = False, workers: int = 2, seed: int = 0, out: str | None = None,
           resume: str | None = None, device: str | None = None, patience: int = 100, cache: bool = False,
           no_augment: bool = False, no_aug_epochs: int = 0, nominal_batch: int = 64, val_every_epoch: bool = True,
-          save_every: int = 1, json_file: str | None = None, class_map: str | None = None) -> TrainResult:
+          save_every: int = 1, json_file: str | None = None, class_map: str | None = None,
+          no_plots: bool = False) -> TrainResult:
     """Run one training (see :class:`yoloslim.engine.train.TrainConfig` for the arguments).
 
     ``resume`` continues an interrupted run (its folder or state file; "" for the latest) with the
@@ -40,7 +41,7 @@ def train(data: str | None = None, model: str | None = None, weights: str | None
                       sparsity_bias=sparsity_bias, patience=patience, augment=not no_augment, cache=cache,
                       no_aug_epochs=no_aug_epochs,
                       nominal_batch=nominal_batch, val_every_epoch=val_every_epoch, save_every=save_every,
-                      class_map=class_map)
+                      class_map=class_map, plots=not no_plots)
     result = run_training(cfg)
     if int(os.environ.get("RANK", 0)) == 0:
         print(summary_table(result))

@@ -14,12 +14,14 @@ from yoloslim.engine.evaluate import EvalResult, evaluate
 from yoloslim.errors import UserError
 from yoloslim.log import logger
 from yoloslim.models.head_classes import select_classes
+from yoloslim.viz.run_plots import write_val_plots
 from yoloslim.workflows.report import table, write_json
 
 
 def val(weights: str, data: str, imgsz: int | None = None, batch: int = 16, split: str = "val",
         conf: float = 0.001, iou: float = 0.6, max_det: int = 300, device: str = "cpu", workers: int = 2,
-        json_file: str | None = None, save_json: str | None = None, class_map: str | None = None) -> dict[str, Any]:
+        json_file: str | None = None, save_json: str | None = None, class_map: str | None = None,
+        plots: str | None = None) -> dict[str, Any]:
     """Evaluate ``weights`` on ``split`` of ``data``; print the table, optionally write JSON files.
 
     Args:
@@ -38,6 +40,8 @@ def val(weights: str, data: str, imgsz: int | None = None, batch: int = 16, spli
         class_map: a YAML file mapping the data set's class names to the model's; without it classes
             are matched by name, and a data set with a subset of the model's classes is scored on
             those classes only (see :mod:`yoloslim.data.class_map`).
+        plots: write the pictures (PR and F1 curves, confusion matrix, validation images with ground
+            truth and predictions) into this folder; see :func:`yoloslim.viz.run_plots.write_val_plots`.
 
     Returns:
         The summary written by ``json_file``: map50, map, precision, recall, per_class, speed_ms, ...
@@ -80,6 +84,9 @@ def val(weights: str, data: str, imgsz: int | None = None, batch: int = 16, spli
         "weights": str(weights), "data": str(data), "split": split, "imgsz": imgsz, "conf": conf, "iou": iou,
         "max_det": max_det, "classes": {"matched_by": match.how, "model_ids": match.ids, "renamed": match.renamed},
     }
+    if plots:
+        drawn = write_val_plots(plots, res, samples)
+        print(f"Pictures: {', '.join(sorted(drawn))} in {plots}")
     if save_json:
         print(f"COCO files: {Path(save_json) / 'predictions.json'}, {Path(save_json) / 'ground_truth.json'}")
     if json_file:
