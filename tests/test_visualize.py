@@ -13,6 +13,7 @@ from yoloslim.cli import main
 from yoloslim.engine.checkpoint import ModelInfo, save_model
 from yoloslim.errors import UserError
 from yoloslim.models import MODELS, build_model, model_spec
+from yoloslim.prune.pipeline import PruneOptions, prune_model
 from yoloslim.viz.feature_maps import GridLayout, capture, feature_grid, resolve_layers
 
 
@@ -32,8 +33,8 @@ def _tile_region(img, layout: GridLayout, k):
     return img[y:y + layout.tile_h, x:x + layout.tile_w]
 
 
-def test_one_grid_per_layer_with_expected_tiles(tmp_path):
-    _, weights, source = _files(tmp_path)
+def test_one_picture_per_layer_with_expected_tiles(tmp_path):
+    model, weights, source = _files(tmp_path)
     out = tmp_path / "maps"
     argv = ["visualize", "--weights", str(weights), "--source", str(source), "--layer", "model.4",
             "--layer", "model.2.cv1.conv", "--layer", "model.24", "--out", str(out), "--max-channels", "16",
@@ -44,12 +45,17 @@ def test_one_grid_per_layer_with_expected_tiles(tmp_path):
     # model.2.cv1.conv is the Conv2d itself; model.24 (Detect) returns one map per stride
     assert files == ["model.2.cv1.conv.png", "model.24_0.png", "model.24_1.png", "model.24_2.png",
                      "model.4.png"]
+    for f in files:  # the annotated picture: input, grid, colour bar
+        img = cv2.imread(str(out / f))
+        assert img is not None and img.shape[0] >= 500 and img.shape[1] >= 800
+    assert all("pruned" not in r for r in summary["layers"])
 
     # model.4 of yolov5n: 64 channels at stride 8 -> 8x8 maps; 16 shown in a 4x4 grid of 48 px tiles
     row = next(r for r in summary["layers"] if r["module"] == "model.4")
     assert row["shape"] == [64, 8, 8] and row["channels_shown"] == 16 and row["grid"] == [4, 4]
-    img = cv2.imread(str(out / "model.4.png"))
-    layout = GridLayout(16, 64, 4, 4, 48, 48, 2)
+    fmap = capture(model, torch.rand(1, 3, 64, 64), ["model.4"])["model.4"][0][0]  # (64, 8, 8)
+    img, layout = feature_grid(fmap, 16)
+    assert layout == GridLayout(16, 64, 4, 4, 48, 48, 2)
     assert img.shape == (*layout.shape, 3) == (202, 202, 3)
     white = (img == 255).all(axis=2)
     for k in range(16):
@@ -59,6 +65,30 @@ def test_one_grid_per_layer_with_expected_tiles(tmp_path):
     # Detect level 0: 3 anchors x (5 + 2) = 21 channels, 16 shown
     head = next(r for r in summary["layers"] if r["file"].endswith("model.24_0.png"))
     assert head["shape"] == [21, 8, 8] and head["channels_shown"] == 16
+
+
+def _red_pixels(path) -> int:
+    img = cv2.imread(str(path)).astype(int)  # BGR; the frames are #d62728
+    return int(((abs(img[:, :, 2] - 214) < 20) & (abs(img[:, :, 1] - 39) < 20) & (abs(img[:, :, 0] - 40) < 20)).sum())
+
+
+def test_mark_pruned_frames_the_channels_the_plan_removes(tmp_path):
+    model, weights, source = _files(tmp_path)
+    base = ["visualize", "--weights", str(weights), "--source", str(source), "--layer", "model.2.cv1",
+            "--layer", "model.4"]
+    assert main([*base, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*base, "--out", str(tmp_path / "marked"), "--mark-pruned", "l1:0.5",
+                 "--json", str(tmp_path / "v.json")]) == 0
+    rows = {r["module"]: r for r in json.loads((tmp_path / "v.json").read_text())["layers"]}
+    plan = prune_model(model, PruneOptions(method="l1", ratio=0.5)).plan
+    for module, conv in (("model.2.cv1", "model.2.cv1.conv"), ("model.4", "model.4.cv3.conv")):
+        c = rows[module]["shape"][0]
+        kept = plan.index(plan.graph.calls[conv].outputs)
+        assert rows[module]["pruned"] == sorted(set(range(c)) - set(kept.tolist())), module
+        assert 0 < len(rows[module]["pruned"]) < c
+        assert _red_pixels(tmp_path / "marked" / f"{module}.png") > 100
+        assert _red_pixels(tmp_path / "plain" / f"{module}.png") == 0
+    assert main([*base, "--out", str(tmp_path / "x"), "--mark-pruned", "layer:0.5"]) == 2
 
 
 def test_grid_tiles_are_the_normalised_channels():

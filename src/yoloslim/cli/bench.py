@@ -19,6 +19,8 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="time budget of the timed loop; fewer runs when reached (default 120)")
     p.add_argument("--unfused", action="store_true", help="also time PyTorch without Conv+BN fusion")
     p.add_argument("--json", dest="json_file", help="also write the figures as JSON")
+    p.add_argument("--per-layer", action="store_true",
+                   help="also time --weights layer by layer on each backend: ms and share of the whole run")
     p.set_defaults(func=lambda a: _run(a))
 
 
@@ -26,5 +28,5 @@ def _run(a: argparse.Namespace) -> int:
     from yoloslim.workflows.bench import bench
 
     bench(weights=a.weights, vs=a.vs, imgsz=a.imgsz, backend=a.backend, threads=a.threads, runs=a.runs,
-          warmup=a.warmup, unfused=a.unfused, max_seconds=a.max_seconds, json_file=a.json_file)
+          warmup=a.warmup, unfused=a.unfused, max_seconds=a.max_seconds, json_file=a.json_file, per_layer=a.per_layer)
     return 0

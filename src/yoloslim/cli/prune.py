@@ -29,6 +29,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fold-bias", action="store_true",
                    help="fold removed channels' constant act(β) into the next convs' biases")
     p.add_argument("--data", help="data.yaml or VOC root: also report mAP before and after on its val split")
+    p.add_argument("--class-map", metavar="FILE",
+                   help="with --data: YAML 'data set name: model name' lines (default: match classes by name)")
     p.add_argument("--imgsz", type=int, default=None,
                    help="image size for FLOPs, latency, mAP (default: the file's)")
     p.add_argument("--batch", type=int, default=16, help="batch size of the mAP evaluation (default 16)")
@@ -52,5 +54,5 @@ def _run(a: argparse.Namespace) -> int:
           target_params=a.target_params, blocks=a.blocks, global_rank=a.global_rank, include=a.include,
           round_to=a.round_to, min_channels=a.min_channels, fold_bias=a.fold_bias, data=a.data, imgsz=a.imgsz,
           batch=a.batch, workers=a.workers, out=a.out, json_file=a.json_file, latency_runs=a.latency_runs,
-          steps=a.steps, finetune_epochs=a.finetune_epochs)
+          steps=a.steps, finetune_epochs=a.finetune_epochs, class_map=a.class_map)
     return 0

@@ -12,6 +12,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", help="a preset to train from scratch, e.g. yolov5s")
     src.add_argument("--weights", help="a model file to start from (a pruned one is trained as it is)")
+    p.add_argument("--class-map", metavar="FILE",
+                   help="with --weights: YAML 'data set name: model name' lines (default: match classes by name; "
+                        "the head keeps the rows of the matched classes)")
     p.add_argument("--epochs", type=int, help="epochs (default 100)")
     p.add_argument("--batch", type=int, help="batch size over all processes (default 16)")
     p.add_argument("--imgsz", type=int, help="image size (default 640)")
@@ -40,6 +43,8 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="continue an interrupted run (default: the latest under runs/train)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--json", dest="json_file", help="also write the final numbers as JSON")
+    p.add_argument("--no-plots", action="store_true",
+                   help="skip the pictures written into the run folder at the end (results.png, PR curve, ...)")
     p.set_defaults(func=lambda a: _run(a))
 
 
@@ -50,6 +55,6 @@ def _run(a: argparse.Namespace) -> int:
           sparsity=a.sparsity, sparsity_schedule=a.sparsity_schedule, sparsity_bias=a.sparsity_bias,
           hyp=a.hyp, cos_lr=a.cos_lr, workers=a.workers, seed=a.seed, out=a.out, resume=a.resume,
           device=a.device, patience=a.patience, cache=a.cache, no_augment=a.no_augment,
-          no_aug_epochs=a.no_aug_epochs, json_file=a.json_file, teacher=a.teacher,
-          distill_weight=a.distill_weight)
+          no_aug_epochs=a.no_aug_epochs, json_file=a.json_file, class_map=a.class_map,
+          no_plots=a.no_plots, teacher=a.teacher, distill_weight=a.distill_weight)
     return 0

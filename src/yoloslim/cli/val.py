@@ -21,6 +21,12 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", dest="json_file", help="also write the metrics as JSON")
     p.add_argument("--save-json", metavar="DIR",
                    help="write predictions.json and ground_truth.json (COCO format) into DIR")
+    p.add_argument("--class-map", metavar="FILE",
+                   help="YAML 'data set name: model name' lines, for classes the model calls otherwise "
+                        "(default: match by name; a subset of the model's classes is scored alone)")
+    p.add_argument("--plots", metavar="DIR",
+                   help="write PR_curve.png, F1_curve.png, confusion_matrix.png and validation images "
+                        "(ground truth / predictions) into DIR")
     p.set_defaults(func=lambda a: _run(a))
 
 
@@ -28,5 +34,6 @@ def _run(a: argparse.Namespace) -> int:
     from yoloslim.workflows.val import val
 
     val(weights=a.weights, data=a.data, imgsz=a.imgsz, batch=a.batch, split=a.split, conf=a.conf, iou=a.iou,
-        max_det=a.max_det, device=a.device, workers=a.workers, json_file=a.json_file, save_json=a.save_json)
+        max_det=a.max_det, device=a.device, workers=a.workers, json_file=a.json_file, save_json=a.save_json,
+        class_map=a.class_map, plots=a.plots)
     return 0

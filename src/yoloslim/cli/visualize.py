@@ -16,6 +16,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--imgsz", type=int, default=None, help="input size (default: the model file's)")
     p.add_argument("--max-channels", type=int, default=64, help="channels shown per layer (default 64)")
     p.add_argument("--json", dest="json_file", help="also write the list of written files as JSON")
+    p.add_argument("--mark-pruned", metavar="METHOD:RATIO",
+                   help="frame in red the channels `prune --method METHOD --ratio RATIO` would remove "
+                        "(e.g. l1:0.5; METHOD slim, l1 or l2)")
     p.set_defaults(func=lambda a: _run(a))
 
 
@@ -23,5 +26,5 @@ def _run(a: argparse.Namespace) -> int:
     from yoloslim.workflows.visualize import visualize
 
     visualize(weights=a.weights, source=a.source, layers=a.layer, out=a.out, imgsz=a.imgsz,
-              max_channels=a.max_channels, json_file=a.json_file)
+              max_channels=a.max_channels, json_file=a.json_file, mark_pruned=a.mark_pruned)
     return 0

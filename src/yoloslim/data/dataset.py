@@ -3,7 +3,8 @@
 A dataset item is ``(img, targets, path, info)``:
 
 - ``img``: uint8 tensor ``(3, S, S)``, RGB, letterboxed (or augmented) to ``imgsz``;
-- ``targets``: float32 ``(n, 6)`` rows ``[0, cls, cx, cy, w, h]`` normalised to 0..1 of ``S``;
+- ``targets``: float32 ``(n, 6)`` rows ``[0, cls, cx, cy, w, h]`` normalised to 0..1 of ``S`` (ignored
+  boxes, VOC ``difficult`` and COCO ``iscrowd``, are no targets);
 - ``path``: the image file;
 - ``info``: the :class:`LetterboxInfo` of the plain letterbox of that image (exact without
   augmentation, which is how evaluation runs).
@@ -52,6 +53,9 @@ def load_data(path: str | Path, names_file: str | Path | None = None, warn: bool
     if not p.exists():
         raise UserError(f"{p}: no such file or directory (expected a data.yaml or a VOC root)")
     if p.is_file():
+        if p.suffix.lower() == ".json":
+            raise UserError(f"{p}: a COCO json is named in a data.yaml (val: {{annotations: FILE, images: DIR}}) "
+                            "or converted with `yoloslim data convert --coco FILE --images DIR`")
         if p.suffix.lower() not in (".yaml", ".yml"):
             raise UserError(f"{p}: expected a data.yaml or a VOC root folder")
         source = load_yolo(p)
@@ -65,8 +69,14 @@ def load_data(path: str | Path, names_file: str | Path | None = None, warn: bool
 
 
 def _labels(sample: Sample) -> np.ndarray:
-    """``(n, 5)`` float32 ``[cls, x1, y1, x2, y2]`` in original pixels."""
-    return np.hstack([sample.classes[:, None].astype(np.float32), sample.boxes]).astype(np.float32)
+    """``(n, 5)`` float32 ``[cls, x1, y1, x2, y2]`` in original pixels, ignored boxes left out.
+
+    Ignored ground truth (VOC ``difficult``, COCO ``iscrowd``) is no target: a crowd box covers many
+    objects, and a difficult one is not required of the model. Evaluation still sees it, from the
+    samples, as regions where a detection counts neither way; ``data convert`` leaves it out too.
+    """
+    keep = ~sample.difficult
+    return np.hstack([sample.classes[keep, None].astype(np.float32), sample.boxes[keep]]).astype(np.float32)
 
 
 class DetectionDataset(Dataset):

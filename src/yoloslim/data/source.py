@@ -70,7 +70,8 @@ class DataSource:
         splits: ``'train'``, ``'val'`` and maybe ``'test'`` -> the readable samples of that split.
         root: the data set's folder.
         problems: every problem met while reading (samples with a fatal one are not in ``splits``).
-        fmt: ``"yolo"`` or ``"voc"``.
+        fmt: ``"yolo"``, ``"voc"``, ``"coco"`` (a data.yaml naming COCO json splits), or what a
+            converter read (``"labelme"``, ``"oxford-hand"``).
         backgrounds: per split, how many images have no objects (empty or missing label file).
     """
 

@@ -19,7 +19,12 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from yoloslim.data.coco import write_coco_json
+from yoloslim.data.labelme import write_labelme_json
+from yoloslim.data.oxford_hand import SPLIT_DIRS, write_hand_mat
 from yoloslim.data.shapes import CLASSES, background, draw_clutter, shape_mask
+from yoloslim.data.voc import write_voc_xml
+from yoloslim.data.yolo import write_data_yaml, write_labels
 from yoloslim.errors import UserError
 
 MIN_SIDE, MAX_SIDE = 0.06, 0.55  # long side of a drawn object, as a fraction of the image
@@ -117,8 +122,11 @@ def synthesize(out_dir: str | Path, fmt: str = "yolo", images: int = 500, imgsz:
 
     Args:
         out_dir: folder to write into (created).
-        fmt: ``"yolo"`` (``images/``, ``labels/``, ``data.yaml``) or ``"voc"`` (``JPEGImages/``,
-            ``Annotations/``, ``ImageSets/Main/{train,val}.txt``, ``classes.txt``).
+        fmt: ``"yolo"`` (``images/``, ``labels/``, ``data.yaml``), ``"voc"`` (``JPEGImages/``,
+            ``Annotations/``, ``ImageSets/Main/{train,val}.txt``, ``classes.txt``), ``"coco"``
+            (``images/{train,val}/``, ``annotations/instances_{train,val}.json`` and a ``data.yaml``
+            pointing at them), ``"labelme"`` (each image with its labelme ``.json`` beside it, one
+            folder) or ``"oxford-hand"`` (the Oxford Hand layout, every object a ``hand``; needs scipy).
         images: number of images.
         imgsz: image side in pixels.
         seed: the data set's seed.
@@ -126,13 +134,10 @@ def synthesize(out_dir: str | Path, fmt: str = "yolo", images: int = 500, imgsz:
         progress: show a progress bar.
 
     Returns:
-        The ``data.yaml`` path (yolo) or the VOC root (voc).
+        The ``data.yaml`` path (yolo, coco) or the data set's folder (voc, labelme, oxford-hand).
     """
-    from yoloslim.data.voc import write_voc_xml
-    from yoloslim.data.yolo import write_data_yaml, write_labels
-
-    if fmt not in ("yolo", "voc"):
-        raise UserError(f"--format must be yolo or voc, got {fmt!r}")
+    if fmt not in FORMATS:
+        raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if images < 2:
         raise UserError(f"--images must be at least 2, got {images}")
     if not 32 <= imgsz <= 4096:
@@ -144,13 +149,16 @@ def synthesize(out_dir: str | Path, fmt: str = "yolo", images: int = 500, imgsz:
     n_train = images - n_val
     names = list(CLASSES)
     ids = {"train": [], "val": []}
+    others: dict[str, list[tuple[str, bytes, np.ndarray, np.ndarray]]] = {}
     for i in tqdm(range(images), desc="synthesizing", unit="img", disable=not progress, leave=False):
         split = "train" if i < n_train else "val"
         img, boxes, classes = render_image(seed, i, imgsz)
         stem = f"{i:06d}"
         ids[split].append(stem)
         ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])
-        if fmt == "yolo":
+        if fmt in OTHER_FORMATS:
+            others.setdefault(split, []).append((stem, buf.tobytes(), boxes, classes))
+        elif fmt == "yolo":
             (out / "images" / split).mkdir(parents=True, exist_ok=True)
             (out / "images" / split / f"{stem}.jpg").write_bytes(buf.tobytes())
             write_labels(out / "labels" / split / f"{stem}.txt", classes, boxes, imgsz, imgsz)
@@ -159,6 +167,8 @@ def synthesize(out_dir: str | Path, fmt: str = "yolo", images: int = 500, imgsz:
             (out / "JPEGImages" / f"{stem}.jpg").write_bytes(buf.tobytes())
             write_voc_xml(out / "Annotations" / f"{stem}.xml", f"{stem}.jpg", imgsz, imgsz,
                           [names[c] for c in classes], boxes)
+    if fmt in OTHER_FORMATS:
+        return OTHER_FORMATS[fmt](out, others, imgsz)
     if fmt == "yolo":
         return write_data_yaml(out / "data.yaml", out, {"train": "images/train", "val": "images/val"}, names)
     sets = out / "ImageSets" / "Main"
@@ -167,3 +177,41 @@ def synthesize(out_dir: str | Path, fmt: str = "yolo", images: int = 500, imgsz:
         (sets / f"{split}.txt").write_text("".join(s + "\n" for s in stems))
     (out / "classes.txt").write_text("".join(n + "\n" for n in names))
     return out
+
+
+def _write_coco(out: Path, splits: dict[str, list], imgsz: int) -> Path:
+    entries = {}
+    for split, items in splits.items():
+        for stem, data, _, _ in items:
+            (out / "images" / split).mkdir(parents=True, exist_ok=True)
+            (out / "images" / split / f"{stem}.jpg").write_bytes(data)
+        write_coco_json(out / "annotations" / f"instances_{split}.json", list(CLASSES),
+                        [(f"{stem}.jpg", imgsz, imgsz, b, c) for stem, _, b, c in items])
+        entries[split] = {"annotations": f"annotations/instances_{split}.json", "images": f"images/{split}"}
+    return write_data_yaml(out / "data.yaml", out, entries, list(CLASSES))
+
+
+def _write_labelme(out: Path, splits: dict[str, list], imgsz: int) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    for items in splits.values():
+        for stem, data, boxes, classes in items:
+            (out / f"{stem}.jpg").write_bytes(data)
+            write_labelme_json(out / f"{stem}.json", f"{stem}.jpg", imgsz, imgsz, [CLASSES[c] for c in classes],
+                               boxes)
+    return out
+
+
+def _write_oxford_hand(out: Path, splits: dict[str, list], imgsz: int) -> Path:
+    for split, items in splits.items():
+        folder = out.joinpath(*SPLIT_DIRS[split])
+        (folder / "images").mkdir(parents=True, exist_ok=True)
+        for stem, data, boxes, _ in items:
+            (folder / "images" / f"{stem}.jpg").write_bytes(data)
+            corners = [np.array([[y1, x1], [y1, x2], [y2, x2], [y2, x1]]) + 1 for x1, y1, x2, y2 in boxes.tolist()]
+            write_hand_mat(folder / "annotations" / f"{stem}.mat", corners)
+    return out
+
+
+# formats written from the rendered images at the end: name -> writer(out, {split: items}, imgsz)
+OTHER_FORMATS = {"coco": _write_coco, "labelme": _write_labelme, "oxford-hand": _write_oxford_hand}
+FORMATS = ("yolo", "voc", *OTHER_FORMATS)

@@ -102,11 +102,22 @@ def parse_xml(xml: Path, images: dict[str, Path]) -> tuple[VocRecord | None, lis
             continue
         rec.names.append(name)
         rec.boxes.append([xmin - 1, ymin - 1, xmax, ymax])
-        rec.difficult.append((obj.findtext("difficult") or "0").strip() in ("1", "true", "True"))
+        rec.difficult.append(_flag(obj.findtext("difficult")))
     if n_nobox:
         rec.problems.append(Problem(xml, f"{n_nobox} object(s) without a valid <bndbox> (dropped)",
                                     skipped=False))
     return rec, []
+
+
+def _flag(text: str | None) -> bool:
+    """A VOC 0/1 tag: empty (``<difficult/>``), missing or unparsable is 0; ``1``, ``1.0``, ``true`` are 1."""
+    t = (text or "").strip().lower()
+    if t in ("true", "yes"):
+        return True
+    try:
+        return float(t) != 0
+    except ValueError:
+        return False
 
 
 def to_sample(rec: VocRecord, names: list[str]) -> tuple[Sample, list[Problem]]:
@@ -162,13 +173,49 @@ def voc_split_ids(root: Path, all_ids: list[str], val_ratio: float | None, seed:
         out["test"] = keep(read["test"])
     if val_ratio is None and read["train"] is not None and read["val"] is not None:
         out["train"], out["val"] = keep(read["train"]), keep(read["val"])
+        problems.extend(one_split_each(out, sets))
         return out, problems, f"splits from {sets}"
     ratio = 0.2 if val_ratio is None else val_ratio
     test = set(out.get("test", []))
     pool = keep(read["trainval"]) if read["trainval"] else [i for i in all_ids if i not in test]
     out["train"], out["val"] = split_ids(pool, ratio, seed)
+    problems.extend(one_split_each(out, sets))
     how = "from trainval.txt" if read["trainval"] else "of all annotated images"
     return out, problems, f"seeded split {how}: val ratio {ratio}, seed {seed}"
+
+
+def one_split_each(ids: dict[str, list[str]], sets: Path) -> list[Problem]:
+    """Keep each id in one split (in place): test over val over train, once within a split.
+
+    Real VOC-style sets list some images in two split files; an image in both train and val would
+    be scored on what it was trained on. Returns one (kept, not skipped) problem per split file
+    that lost ids.
+    """
+    problems = []
+    taken: dict[str, str] = {}
+    for split in ("test", "val", "train"):
+        if split not in ids:
+            continue
+        kept, dropped, twice, seen = [], [], 0, set()
+        for i in ids[split]:
+            if i in taken:
+                dropped.append((i, taken[i]))
+            elif i in seen:
+                twice += 1
+            else:
+                kept.append(i)
+                seen.add(i)
+        for i in kept:
+            taken[i] = split
+        ids[split] = kept
+        if dropped:
+            listed = ", ".join(f"{i} ({o})" for i, o in dropped[:5]) + (", ..." if len(dropped) > 5 else "")
+            problems.append(Problem(sets / f"{split}.txt", f"{len(dropped)} id(s) also in another split, kept "
+                                                           f"there only: {listed}", skipped=False))
+        if twice:
+            problems.append(Problem(sets / f"{split}.txt", f"{twice} id(s) listed twice (used once)",
+                                    skipped=False))
+    return problems
 
 
 def load_voc(root: str | Path, names_file: str | Path | None = None, val_ratio: float | None = None,

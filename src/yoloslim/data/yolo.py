@@ -3,7 +3,9 @@
 ``data.yaml`` keys: ``path`` (root; relative to the yaml's folder, else to the working directory, as
 ultralytics does), ``train``, ``val``, optional ``test`` (each a folder, a ``.txt`` list of images, an
 image, or a list of those, relative to ``path``), ``names`` (a list, or a dict ``{index: name}``) and
-optional ``nc``. Other keys (``download``, ...) are ignored. The label of ``.../images/x/a.jpg`` is
+optional ``nc``. Other keys (``download``, ...) are ignored. A split may also name a COCO instances
+file and its image folder (see :mod:`yoloslim.data.coco`); without ``names``, the classes are then
+the categories of the first such file. The label of ``.../images/x/a.jpg`` is
 ``.../labels/x/a.txt``: one ``class cx cy w h`` line per object, normalised to 0..1; an empty or
 missing label file is a background image.
 """
@@ -17,6 +19,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from yoloslim.data.coco import coco_categories, coco_split_entry, load_coco, read_coco_json
 from yoloslim.data.images import image_size, is_image, list_images, verify_image
 from yoloslim.data.source import SPLITS, DataSource, Problem, Sample, box_problems
 from yoloslim.errors import UserError
@@ -36,12 +39,23 @@ def load_yolo(yaml_path: str | Path) -> DataSource:
     """
     yaml_path = Path(yaml_path)
     cfg = _read_yaml(yaml_path)
-    names = parse_names(cfg, yaml_path)
     root = _resolve_root(cfg, yaml_path)
-    source = DataSource(names=names, splits={}, root=root, fmt="yolo")
+    coco = {split: coco_split_entry(cfg.get(split), root, f"{yaml_path}: {split}") for split in SPLITS}
+    first = next((c for c in coco.values() if c is not None), None)
+    if cfg.get("names") is None and cfg.get("nc") is None and first is not None:
+        names = coco_categories(read_coco_json(first[0]), first[0])[1]
+    else:
+        names = parse_names(cfg, yaml_path)
+    source = DataSource(names=names, splits={}, root=root, fmt="coco" if first else "yolo")
     for split in SPLITS:
         entry = cfg.get(split)
         if entry in (None, "", []):
+            continue
+        if coco[split] is not None:
+            part = load_coco(*coco[split], names=names)
+            source.problems.extend(part.problems)
+            source.splits[split] = part.samples
+            source.backgrounds[split] = sum(len(s.classes) == 0 for s in part.samples)
             continue
         images = _split_images(entry, root, f"{yaml_path}: {split}")
         samples, n_bg = [], 0

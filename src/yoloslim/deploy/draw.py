@@ -15,14 +15,14 @@ def class_color(c: int) -> tuple[int, int, int]:
     return int(b * 255), int(g * 255), int(r * 255)
 
 
-def draw_detections(img: np.ndarray, boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray,
+def draw_detections(img: np.ndarray, boxes: np.ndarray, scores: np.ndarray | None, classes: np.ndarray,
                     names: list[str]) -> np.ndarray:
     """A copy of ``img`` with every detection drawn.
 
     Args:
         img: BGR uint8 ``(h, w, 3)``.
         boxes: ``(n, 4)`` x1, y1, x2, y2 in the image's pixels.
-        scores: ``(n,)`` confidences.
+        scores: ``(n,)`` confidences; None: labels without a score (ground truth).
         classes: ``(n,)`` class indices into ``names``.
         names: class names.
 
@@ -33,12 +33,12 @@ def draw_detections(img: np.ndarray, boxes: np.ndarray, scores: np.ndarray, clas
     h, w = out.shape[:2]
     thick = max(1, round((h + w) / 600))
     font = max(0.35, (h + w) / 2400)
-    for box, score, c in zip(boxes, scores, classes, strict=True):
+    for box, score, c in zip(boxes, [None] * len(boxes) if scores is None else scores, classes, strict=True):
         c = int(c)
         color = class_color(c)
         x1, y1, x2, y2 = (int(round(float(v))) for v in box)
         cv2.rectangle(out, (x1, y1), (x2, y2), color, thick, cv2.LINE_AA)
-        label = f"{names[c] if 0 <= c < len(names) else c} {float(score):.2f}"
+        label = f"{names[c] if 0 <= c < len(names) else c}" + ("" if score is None else f" {float(score):.2f}")
         (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, font, max(1, thick - 1))
         top = y1 - th - base - 2 if y1 - th - base - 2 >= 0 else y1  # above the box, or inside at the top
         cv2.rectangle(out, (x1, top), (x1 + tw + 2, top + th + base + 2), color, -1)

@@ -219,9 +219,12 @@ class OnnxModel:
         threads: ONNX Runtime intra-op threads (None: its default).
         spinning: let the worker threads spin-wait between runs (ONNX Runtime's default: lowest latency
             for a session that runs alone; off where sessions or PyTorch take turns on the same cores).
+        profile_prefix: record ONNX Runtime's profile (per-node times) into ``<prefix>_<date>.json``;
+            ``session.end_profiling()`` writes it and returns the path.
     """
 
-    def __init__(self, path: str | Path, threads: int | None = None, spinning: bool = True) -> None:
+    def __init__(self, path: str | Path, threads: int | None = None, spinning: bool = True,
+                 profile_prefix: str | Path | None = None) -> None:
         import onnxruntime as ort
 
         path = Path(path)
@@ -234,6 +237,9 @@ class OnnxModel:
             opts.inter_op_num_threads = 1
         if not spinning:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if profile_prefix is not None:
+            opts.enable_profiling = True
+            opts.profile_file_prefix = str(profile_prefix)
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # ORT raises its own exception types for a bad file

@@ -29,11 +29,13 @@ from yoloslim.models.decode import Decoder, preprocess
 
 @dataclass
 class EvalResult:
-    """Metrics, milliseconds per image (``preprocess``, ``inference``, ``nms``), mean loss items."""
+    """Metrics, milliseconds per image (``preprocess``, ``inference``, ``nms``), mean loss items, and the
+    collected ground truth and detections (image id = index into the loader's samples) for the plots."""
 
     metrics: MetricsResult
     speed_ms: dict[str, float] = field(default_factory=dict)
     losses: dict[str, float] = field(default_factory=dict)
+    detections: DetectionMetrics | None = field(default=None, repr=False)
 
 
 @torch.no_grad()
@@ -111,6 +113,7 @@ def evaluate(model: nn.Module, loader: Any, names: list[str], conf: float = 0.00
         metrics=metrics.compute(),
         speed_ms=dict(zip(("preprocess", "inference", "nms"), (seconds * 1000 / n).tolist(), strict=True)),
         losses={k: v / max(batches, 1) for k, v in loss_sums.items()},
+        detections=metrics,
     )
     if save_json_dir is not None:
         metrics.write_coco(save_json_dir, [s.path.name for s in samples])

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from yoloslim.engine.checkpoint import atomic_write
-from yoloslim.engine.coco_eval import MAX_DETS, CocoEvalResult, evaluate_coco
+from yoloslim.engine.coco_eval import MAX_DETS, RECALL_THRESHOLDS, CocoEvalResult, evaluate_coco
 
 EPS = 1e-16
 
@@ -55,6 +55,31 @@ class MetricsResult:
 
 
 @dataclass
+class MetricCurves:
+    """The curves the PR and F1 plots draw, per class (K classes).
+
+    Attributes:
+        names: class names.
+        valid: (K,) classes with ground truth (the others are left out of the means).
+        recall_points: (101,) COCO's recall points 0, .01, ..., 1.
+        pr_precision: (K, 101) interpolated precision at IoU .5 at each recall point (COCO's; its
+            mean over the points is the class's AP@.5).
+        conf: (P,) confidence grid 0..1.
+        precision, recall, f1: (K, P) at IoU .5 against the confidence (YOLOv5's curves, from which
+            P and R at the best mean F1 are taken).
+    """
+
+    names: list[str]
+    valid: np.ndarray
+    recall_points: np.ndarray
+    pr_precision: np.ndarray
+    conf: np.ndarray
+    precision: np.ndarray
+    recall: np.ndarray
+    f1: np.ndarray
+
+
+@dataclass
 class _Image:
     gt_box: np.ndarray  # (n, 4) float64 x, y, w, h
     gt_cls: np.ndarray  # (n,) int64
@@ -78,6 +103,7 @@ class DetectionMetrics:
         self.names = list(names)
         self.max_dets = max_dets
         self._images: dict[int, _Image] = {}
+        self._last: CocoEvalResult | None = None  # the evaluation compute() made, for curves()
 
     def __len__(self) -> int:
         return len(self._images)
@@ -114,6 +140,7 @@ class DetectionMetrics:
             raise ValueError(f"det_boxes, det_classes and det_scores differ in length: "
                              f"{len(dt_xywh)}, {len(dt_cls)}, {len(score)}")
         self._images[image_id] = _Image(gt_xywh, gt_cls, ign, dt_xywh, score, dt_cls, int(width), int(height))
+        self._last = None
 
     def evaluate(self) -> CocoEvalResult:
         """The raw COCO evaluation (precision array, matches) of what was added."""
@@ -134,7 +161,7 @@ class DetectionMetrics:
 
     def compute(self) -> MetricsResult:
         """mAP@.5, mAP@.5:.95 (pycocotools' numbers), P and R at the best mean F1, per class."""
-        ev = self.evaluate()
+        ev = self._last = self.evaluate()
         ap50 = ev.precision[0].mean(0)  # (K,)
         ap = ev.precision.mean((0, 1))  # (K,)
         p, r, conf = _pr_at_best_f1(ev)
@@ -151,6 +178,24 @@ class DetectionMetrics:
             map50=ev.map(0), map=ev.map(), precision=float(p[valid].mean()) if valid.any() else 0.0,
             recall=float(r[valid].mean()) if valid.any() else 0.0, per_class=per_class,
             images=len(self._images), instances=int(ev.n_gt.sum()), conf=conf)
+
+    def curves(self) -> MetricCurves:
+        """The curves behind :meth:`compute`'s numbers (PR at IoU .5; P, R, F1 against confidence)."""
+        ev = self._last if self._last is not None else self.evaluate()
+        self._last = ev
+        conf, p, r = _conf_curves(ev)
+        return MetricCurves(names=list(self.names), valid=ev.valid.copy(), recall_points=RECALL_THRESHOLDS.copy(),
+                            pr_precision=ev.precision[0].T.copy(), conf=conf, precision=p, recall=r,
+                            f1=2 * p * r / (p + r + EPS))
+
+    def images(self) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """Per image id, what was added: ``(gt_boxes, gt_classes, gt_ignore, det_boxes, det_scores,
+        det_classes)``, boxes as ``x1, y1, x2, y2`` original pixels (float64)."""
+        def corners(b: np.ndarray) -> np.ndarray:
+            return np.concatenate((b[:, :2], b[:, :2] + b[:, 2:]), 1)
+
+        return {i: (corners(im.gt_box), im.gt_cls, im.gt_ignore, corners(im.det_box), im.det_score, im.det_cls)
+                for i, im in sorted(self._images.items())}
 
     def write_coco(self, out_dir: str | Path, image_names: Sequence[str] | Mapping[int, str] | None = None,
                    ) -> tuple[Path, Path]:
@@ -221,6 +266,20 @@ def _pr_at_best_f1(ev: CocoEvalResult, points: int = 1000) -> tuple[np.ndarray, 
     Returns:
         (K,) precision, (K,) recall, the confidence.
     """
+    px, p, r = _conf_curves(ev, points)
+    if not ev.valid.any():
+        return p[:, 0], r[:, 0], 0.0
+    f1 = 2 * p * r / (p + r + EPS)
+    i = int(_smooth(f1[ev.valid].mean(0), 0.1).argmax())
+    return p[:, i], r[:, i], float(px[i])
+
+
+def _conf_curves(ev: CocoEvalResult, points: int = 1000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class precision and recall at IoU .5 against the confidence, sampled on a 0..1 grid.
+
+    Returns:
+        (points,) confidences, (K, points) precision, (K, points) recall.
+    """
     nc = len(ev.n_gt)
     px = np.linspace(0, 1, points)
     p = np.zeros((nc, points))
@@ -236,11 +295,7 @@ def _pr_at_best_f1(ev: CocoEvalResult, points: int = 1000) -> tuple[np.ndarray, 
         fpc = np.cumsum(~tp[lo:hi])
         r[c] = np.interp(-px, -score[lo:hi], tpc / (ev.n_gt[c] + EPS), left=0)
         p[c] = np.interp(-px, -score[lo:hi], tpc / (tpc + fpc), left=1)
-    if not ev.valid.any():
-        return p[:, 0], r[:, 0], 0.0
-    f1 = 2 * p * r / (p + r + EPS)
-    i = int(_smooth(f1[ev.valid].mean(0), 0.1).argmax())
-    return p[:, i], r[:, i], float(px[i])
+    return px, p, r
 
 
 def _smooth(y: np.ndarray, frac: float) -> np.ndarray:

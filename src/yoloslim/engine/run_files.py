@@ -1,4 +1,4 @@
-"""What a training run leaves in its folder besides the weights: results.csv, γ histograms,
+"""What a training run leaves in its folder besides the weights: args.yaml, results.csv, γ histograms,
 TensorBoard scalars; and the random-number state that makes ``--resume`` exact."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 from yoloslim.engine.checkpoint import atomic_write
 from yoloslim.log import logger
@@ -23,6 +24,15 @@ def new_run_dir(project: str | Path = "runs/train", name: str = "exp") -> Path:
     run = project / f"{name}{max(used, default=0) + 1}"
     run.mkdir(parents=True, exist_ok=False)
     return run
+
+
+def write_args(run_dir: Path, config: dict[str, Any], hyp: dict[str, Any]) -> Path:
+    """``args.yaml``: the run's full settings, ``config`` (TrainConfig) and ``hyp`` (every hyper-parameter,
+    augmentation included), as the resume state holds them."""
+    path = Path(run_dir) / "args.yaml"
+    text = yaml.safe_dump({"config": config, "hyp": hyp}, sort_keys=False, allow_unicode=True)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    return path
 
 
 class ResultsCSV:

@@ -48,6 +48,7 @@ from yoloslim.engine.run_files import (
     ResultsCSV,
     Scalars,
     new_run_dir,
+    write_args,
 )
 from yoloslim.engine.train_epoch import (  # noqa: F401 (TrainingDiverged: re-exported)
     Parts,
@@ -71,6 +72,7 @@ from yoloslim.log import logger, setup_logging
 from yoloslim.loss import make_loss
 from yoloslim.loss.distill import DistillLoss
 from yoloslim.models import build_model
+from yoloslim.viz.run_plots import write_training_plots
 
 DISTILL_WEIGHT = 1.0  # measured: docs/BENCHMARKS.md, "Distillation"
 
@@ -107,6 +109,11 @@ class TrainConfig:
         val_every_epoch: validate every epoch (else only after the last).
         save_every: write ``last.safetensors`` and the resume state every this many epochs (and
             after the last); ``best.safetensors`` is written whenever the fitness improves.
+        class_map: with ``weights``, a YAML file mapping the data set's class names to the model's;
+            without it classes are matched by name. The head keeps the model's rows of the matched
+            classes (see :func:`yoloslim.engine.train_setup.initial_model`).
+        plots: at the end of the run, write its pictures into the run folder (results.png, labels.png,
+            PR and F1 curves, confusion matrix, validation images; see :mod:`yoloslim.viz.run_plots`).
         teacher: a model file to distil from (same family, classes and head; normally the unpruned
             model); its distillation loss is added to the detection loss. With ``data`` a folder of
             unlabelled images, it is the whole loss (label-free recovery).
@@ -137,6 +144,8 @@ class TrainConfig:
     cache: bool = False
     val_every_epoch: bool = True
     save_every: int = 1
+    class_map: str | None = None
+    plots: bool = True
     teacher: str | None = None
     distill_weight: float = DISTILL_WEIGHT
 
@@ -175,7 +184,7 @@ def _train(cfg: TrainConfig, d: ddp.Dist, device: torch.device) -> TrainResult:
         spec, names, history = spec_of(state)
         model, info = build_model(spec), ModelInfo(spec, names, cfg.imgsz, history)
     else:
-        model, info = initial_model(cfg.model, cfg.weights, source.names, cfg.imgsz)
+        model, info = initial_model(cfg.model, cfg.weights, source.names, cfg.imgsz, cfg.class_map)
     if cfg.imgsz % max(info.spec.strides):
         raise UserError(f"--imgsz must be a multiple of {max(info.spec.strides)}, got {cfg.imgsz}")
     if teacher is not None:
@@ -183,6 +192,7 @@ def _train(cfg: TrainConfig, d: ddp.Dist, device: torch.device) -> TrainResult:
     run_dir = _run_dir(cfg, d)  # created only once the inputs are known to be good
     if d.main:
         setup_logging(run_dir)
+        write_args(run_dir, dataclasses.asdict(cfg), hyp.to_dict())
     model = model.to(device)
     loss_fn = make_loss(model, hyp, cfg.imgsz)
     if label_free and d.main:  # rank 0 validates
@@ -243,18 +253,25 @@ def _train(cfg: TrainConfig, d: ddp.Dist, device: torch.device) -> TrainResult:
         metrics.update(best_epoch=progress.best_epoch + 1, best_fitness=progress.best_fitness)
         logger.info(f"done: best epoch {progress.best_epoch + 1} (fitness {progress.best_fitness:.4f}); "
                     f"{weights / 'best.safetensors'}, {weights / 'last.safetensors'}")
+        if cfg.plots:
+            try:  # the weights are saved: a picture that fails must not fail the run
+                write_training_plots(run_dir, weights / "best.safetensors", val_loader, source.splits["train"],
+                                     source.names, device)
+            except Exception as e:
+                logger.warning(f"the pictures of the run were not all written ({e.__class__.__name__}: {e})")
     ddp.barrier(d)
     return TrainResult(weights / "best.safetensors", weights / "last.safetensors", run_dir, metrics)
 
 
 def _resume_config(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None]:
-    """With ``cfg.resume``: the saved config (device and workers from ``cfg``) and the saved state."""
+    """With ``cfg.resume``: the saved config (device, workers and plots from ``cfg``) and the saved state."""
     if cfg.resume is None:
         return cfg, None
     state_path = find_resume_state(cfg.resume, cfg.project)
     state = read_resume_state(state_path)
     saved = dataclasses.replace(from_dict(TrainConfig, state["config"], source=str(state_path)), resume=None,
-                                device=cfg.device, workers=cfg.workers, out=str(state_path.parent.parent))
+                                device=cfg.device, workers=cfg.workers, plots=cfg.plots,
+                                out=str(state_path.parent.parent))
     if state["epoch"] >= saved.epochs:
         raise UserError(f"{state_path}: that run already finished its {saved.epochs} epochs; "
                         "start a new one with --weights")

@@ -9,16 +9,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from yoloslim.data.class_map import match_classes
 from yoloslim.data.dataset import DataSource, DetectionDataset, create_loader, load_data
 from yoloslim.engine.checkpoint import ModelInfo, load_model, load_state, save_model, save_state
 from yoloslim.engine.ddp import Dist
 from yoloslim.errors import UserError
 from yoloslim.log import logger
 from yoloslim.models import build_model, model_spec
+from yoloslim.models.head_classes import select_classes
 from yoloslim.models.spec import ArchSpec
 
 STATE_FILE = "last_state.pt"
@@ -73,41 +74,32 @@ def load_training_data(data: str) -> DataSource:
     return source
 
 
-def initial_model(model_name: str | None, weights: str | None, names: list[str],
-                  imgsz: int) -> tuple[nn.Module, ModelInfo]:
+def initial_model(model_name: str | None, weights: str | None, names: list[str], imgsz: int,
+                  class_map: str | None = None) -> tuple[nn.Module, ModelInfo]:
     """The model to start from: a preset with random weights, or a checkpoint's architecture and weights.
 
-    A checkpoint with another class count keeps every tensor whose shape still fits (backbone and
-    neck), rebuilds the head for ``len(names)`` classes and logs so. A pruned checkpoint is trained
-    as it is.
+    From a checkpoint, the data set's classes are matched to the model's by name (or through
+    ``class_map``, see :mod:`yoloslim.data.class_map`): the head keeps the model's rows of the
+    matched classes, in the data set's order (fine-tuning a COCO model on a subset shrinks its head
+    to the subset), and classes the model does not know start from fresh rows. Names that share
+    nothing with the model's, in equal number, are matched by position. A pruned checkpoint is
+    trained as it is.
     """
-    nc = len(names)
     if (model_name is None) == (weights is None):
         raise UserError("give exactly one of --model NAME or --weights CKPT")
     if model_name is not None:
-        spec = model_spec(model_name, nc)
+        if class_map:
+            raise UserError("--class-map maps the data set's classes onto those of --weights; a --model "
+                            "trained from scratch takes the data set's classes as they are")
+        spec = model_spec(model_name, len(names))
         return build_model(spec), ModelInfo(spec, list(names), imgsz, [])
     src, info = load_model(weights)
-    if info.spec.nc == nc:
-        if list(info.names) != list(names):
-            logger.info(f"{weights}: class names differ from the data set's; using the data set's")
+    match = match_classes(info.names, names, class_map, allow_new=True, nc=info.spec.nc)
+    if match.identity:
         return src, ModelInfo(info.spec, list(names), imgsz, info.history)
-    spec = info.spec.copy()
-    spec.nc = nc
-    model = build_model(spec)
-    kept, total = transfer_matching(model, src.state_dict())
-    logger.info(f"{weights} has {info.spec.nc} classes, the data set {nc}: kept {kept}/{total} tensors "
-                "(backbone and neck), rebuilt the head")
-    return model, ModelInfo(spec, list(names), imgsz, info.history)
-
-
-def transfer_matching(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[int, int]:
-    """Copy every tensor of ``state`` whose name and shape match into ``model``; returns (kept, total)."""
-    own = model.state_dict()
-    fit = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    own.update(fit)
-    model.load_state_dict(own)
-    return len(fit), len(own)
+    model = select_classes(src, match.ids)
+    logger.info(f"{weights}: the head keeps the rows of {match.describe()}")
+    return model, ModelInfo(model.spec, list(names), imgsz, info.history)
 
 
 def make_loaders(source: DataSource, imgsz: int, batch: int, workers: int, seed: int, augment: Any,

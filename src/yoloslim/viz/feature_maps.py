@@ -43,6 +43,10 @@ class GridLayout:
         pad = self.pad
         return self.rows * (self.tile_h + pad) + pad, self.cols * (self.tile_w + pad) + pad
 
+    def corner(self, k: int) -> tuple[int, int]:
+        """(y, x) of the top-left pixel of tile ``k``."""
+        return _corner(self, k)
+
 
 def resolve_layers(model: nn.Module, names: list[str]) -> dict[str, str]:
     """Map each requested name to a module name of ``model``.

@@ -8,6 +8,7 @@ from typing import Any
 from torch import nn
 
 from yoloslim.deploy.bench import BACKENDS, Latency, benchmark
+from yoloslim.deploy.layer_latency import OTHER, LayerLatency, layer_of, per_layer_latency
 from yoloslim.engine.checkpoint import load_model
 from yoloslim.engine.profile import count_params, profile, total_gflops
 from yoloslim.errors import UserError
@@ -18,7 +19,7 @@ RATIO_KEYS = ("params", "gflops", "torch_ms", "torch_unfused_ms", "onnxruntime_m
 
 def bench(weights: str, vs: str | None = None, imgsz: int | None = None, backend: str = "both",
           threads: int | None = None, runs: int = 50, warmup: int = 5, unfused: bool = False,
-          max_seconds: float = 120.0, json_file: str | None = None) -> dict[str, Any]:
+          max_seconds: float = 120.0, json_file: str | None = None, per_layer: bool = False) -> dict[str, Any]:
     """Measure ``weights`` (and ``vs``, alternately in the same loop) and print the figures and ratios.
 
     Args:
@@ -32,6 +33,8 @@ def bench(weights: str, vs: str | None = None, imgsz: int | None = None, backend
         warmup: untimed runs per candidate.
         unfused: also time PyTorch without Conv+BN fusion (``torch_unfused_ms``).
         max_seconds: time budget of the timed loop.
+        per_layer: also measure ``weights`` layer by layer on each backend (``runs`` runs, see
+            :mod:`yoloslim.deploy.layer_latency`), print the table and add ``"per_layer": {backend: {...}}``.
         json_file: write ``{"params", "gflops", "torch_ms", "onnxruntime_ms", "fps", ..., "vs": {...,
             "ratios": {...}}}``.
 
@@ -75,9 +78,40 @@ def bench(weights: str, vs: str | None = None, imgsz: int | None = None, backend
         a, b = Path(weights).name, Path(vs).name
         print(f"{a} is smaller / faster than {b} by (its figure divided into {b}'s; above 1 = {a} wins): "
               + ", ".join(f"{k} {v:.2f}x" for k, v in r.items()))
+    if per_layer:
+        layers = per_layer_latency(model, imgsz, backends, runs, warmup, threads)
+        print(layer_table(layers, layer_gflops(model, imgsz)))
+        summary["per_layer"] = {b: x.to_dict() for b, x in layers.items()}
     if json_file:
         write_json(json_file, summary)
     return summary
+
+
+def layer_gflops(model: nn.Module, imgsz: int) -> dict[str, float]:
+    """GFLOPs per layer (as :mod:`yoloslim.deploy.layer_latency` names layers) for one ``imgsz`` image."""
+    out: dict[str, float] = {}
+    for r in profile(model, imgsz):
+        out[layer_of(r.name)] = out.get(layer_of(r.name), 0.0) + r.flops / 1e9
+    return out
+
+
+def layer_table(layers: dict[str, LayerLatency], gflops: dict[str, float]) -> str:
+    """One row per layer (in the order the first backend ran them, ``(other)`` last): ms and share of the
+    whole run per backend, and the layer's GFLOPs; then the totals."""
+    names = list(dict.fromkeys(r.name for x in layers.values() for r in x.layers if r.name != OTHER))
+    names.append(OTHER)
+    by = {b: {r.name: r for r in x.layers} for b, x in layers.items()}
+    head = ["layer"] + [h for b in layers for h in (f"{b} ms", "share")] + ["GFLOPs"]
+    rows = []
+    for n in names:
+        cells: list[Any] = [n]
+        for b in layers:
+            r = by[b].get(n)
+            cells += [f"{r.ms:.3f}", f"{r.share:.1%}"] if r else ["-", "-"]
+        rows.append(cells + [f"{gflops[n]:.4f}" if n in gflops else "-"])
+    rows.append(["total"] + [c for x in layers.values() for c in (f"{x.total_ms:.3f}", "100.0%")]
+                + [f"{sum(gflops.values()):.4f}"])
+    return table(head, rows)
 
 
 def figures(model: nn.Module, imgsz: int, lat: dict[str, Latency]) -> dict[str, Any]:

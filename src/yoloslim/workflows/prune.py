@@ -9,10 +9,12 @@ from typing import Any
 
 from torch import nn
 
+from yoloslim.data.class_map import match_classes
 from yoloslim.engine.checkpoint import ModelInfo, load_model, save_model
 from yoloslim.engine.profile import count_params, profile, total_gflops
 from yoloslim.errors import UserError
 from yoloslim.log import logger
+from yoloslim.models.head_classes import select_classes
 from yoloslim.prune.iterative import prune_in_steps
 from yoloslim.prune.pipeline import PruneOptions, PruneResult, prune_model
 from yoloslim.workflows.report import table, write_json
@@ -23,7 +25,7 @@ def prune(weights: str, method: str, ratio: float | None = None, target_flops: f
           include: list[str] | None = None, round_to: int = 1, min_channels: int = 0, fold_bias: bool = False,
           data: str | None = None, imgsz: int | None = None, batch: int = 16, workers: int = 2,
           out: str | None = None, json_file: str | None = None, latency_runs: int = 20,
-          steps: int = 1, finetune_epochs: int = 0) -> dict[str, Any]:
+          steps: int = 1, finetune_epochs: int = 0, class_map: str | None = None) -> dict[str, Any]:
     """Prune ``weights``, write the compact model and print the Metric / Before / After table.
 
     Args:
@@ -47,6 +49,8 @@ def prune(weights: str, method: str, ratio: float | None = None, target_flops: f
         latency_runs: timed batch-1 runs per model, alternating (0: skip latency).
         steps: iterative pruning in this many steps (with ``finetune_epochs`` of training between them).
         finetune_epochs: epochs of fine-tuning after each step but the last (needs ``data``).
+        class_map: a YAML file mapping ``data``'s class names to the model's (default: by name; a
+            subset of the model's classes is scored, and fine-tuned, alone).
 
     Returns:
         The summary written to ``json_file``.
@@ -59,12 +63,15 @@ def prune(weights: str, method: str, ratio: float | None = None, target_flops: f
         raise UserError(f"--steps must be at least 1, got {steps}")
     if finetune_epochs < 0:
         raise UserError(f"--finetune-epochs must be at least 0, got {finetune_epochs}")
+    if class_map and not data:
+        raise UserError("--class-map maps the classes of --data to the model's; give --data too")
     if finetune_epochs and not data:
         raise UserError("--finetune-epochs needs --data (the data set to fine-tune on between steps)")
     if finetune_epochs and steps == 1:
         raise UserError("--finetune-epochs fine-tunes between --steps; with one step, prune and then run "
                         "`yoloslim train --weights PRUNED --data DATA`")
     model, info = load_model(weights)
+    names_before = list(info.names)
     model.eval()
     imgsz = int(imgsz or info.imgsz)
     stride = max(model.spec.strides)
@@ -76,7 +83,7 @@ def prune(weights: str, method: str, ratio: float | None = None, target_flops: f
     if steps == 1:
         result = prune_model(model, opts)
     else:
-        finetune = _finetuner(data, finetune_epochs, imgsz, batch, workers) if finetune_epochs else None
+        finetune = _finetuner(data, finetune_epochs, imgsz, batch, workers, class_map) if finetune_epochs else None
         step_dir = out_path.with_name(f"{out_path.stem}-steps")
         result, info, records = prune_in_steps(model, info, opts, steps, step_dir, source=str(weights),
                                                finetune=finetune)
@@ -104,7 +111,8 @@ def prune(weights: str, method: str, ratio: float | None = None, target_flops: f
         lat = compare_latency({"before": model, "after": pruned}, imgsz, runs=latency_runs, warmup=3)
         before["latency_ms"], after["latency_ms"] = lat["before"]["median_ms"], lat["after"]["median_ms"]
     if data:
-        maps = _evaluate({"before": model, "after": pruned}, data, imgsz, batch, workers)
+        maps = _evaluate({"before": (model, names_before), "after": (pruned, new_info.names)}, data, imgsz, batch,
+                         workers, class_map)
         before.update(maps["before"])
         after.update(maps["after"])
     layers = _layer_rows(model, pruned, result)
@@ -118,13 +126,13 @@ def prune(weights: str, method: str, ratio: float | None = None, target_flops: f
     return summary
 
 
-def _finetuner(data: str | None, epochs: int, imgsz: int, batch: int, workers: int):
+def _finetuner(data: str | None, epochs: int, imgsz: int, batch: int, workers: int, class_map: str | None):
     """``fn(model_file, run_dir) -> best model file``: fine-tuning between pruning steps."""
     from yoloslim.engine.train import TrainConfig, train
 
     def finetune(model_file: Path, run_dir: Path) -> tuple[Path, dict[str, Any]]:
         run = train(TrainConfig(data=str(data), weights=str(model_file), epochs=epochs, batch=batch,
-                                imgsz=imgsz, workers=workers, out=str(run_dir)))
+                                imgsz=imgsz, workers=workers, out=str(run_dir), class_map=class_map))
         return run.best, {k: v for k, v in run.metrics.items() if isinstance(v, (int, float))}
 
     return finetune
@@ -135,9 +143,9 @@ def _figures(model: nn.Module, imgsz: int) -> dict[str, Any]:
             "latency_ms": None, "map50": None, "map": None}
 
 
-def _evaluate(models: dict[str, nn.Module], data: str, imgsz: int, batch: int,
-              workers: int) -> dict[str, dict]:
-    """mAP@.5 and mAP@.5:.95 of each model on the data set's val split."""
+def _evaluate(models: dict[str, tuple[nn.Module, list[str]]], data: str, imgsz: int, batch: int, workers: int,
+              class_map: str | None = None) -> dict[str, dict]:
+    """mAP@.5 and mAP@.5:.95 of each ``(model, class names)`` on the data set's val split, on its classes."""
     from yoloslim.data.dataset import DetectionDataset, create_loader, load_data
     from yoloslim.engine.evaluate import evaluate
 
@@ -147,7 +155,11 @@ def _evaluate(models: dict[str, nn.Module], data: str, imgsz: int, batch: int,
         raise UserError(f"{data}: no val split to measure mAP on")
     loader = create_loader(DetectionDataset(samples, imgsz), batch_size=batch, shuffle=False, workers=workers)
     out = {}
-    for label, model in models.items():
+    for label, (model, names) in models.items():
+        match = match_classes(names, source.names, class_map, nc=model.spec.nc)
+        if not match.identity:
+            logger.info(f"{label}: scoring {match.describe()}")
+            model = select_classes(model, match.ids)
         m = evaluate(model, loader, source.names).metrics
         out[label] = {"map50": round(float(m.map50), 5), "map": round(float(m.map), 5)}
     return out

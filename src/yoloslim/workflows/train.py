@@ -17,8 +17,8 @@ def train(data: str | None = None, model: str | None = None, weights: str | None
           hyp: str | None = None, cos_lr: bool = False, workers: int = 2, seed: int = 0, out: str | None = None,
           resume: str | None = None, device: str | None = None, patience: int = 100, cache: bool = False,
           no_augment: bool = False, no_aug_epochs: int = 0, nominal_batch: int = 64, val_every_epoch: bool = True,
-          save_every: int = 1, json_file: str | None = None, teacher: str | None = None,
-          distill_weight: float | None = None) -> TrainResult:
+          save_every: int = 1, json_file: str | None = None, class_map: str | None = None,
+          no_plots: bool = False, teacher: str | None = None, distill_weight: float | None = None) -> TrainResult:
     """Run one training (see :class:`yoloslim.engine.train.TrainConfig` for the arguments).
 
     ``resume`` continues an interrupted run (its folder or state file; "" for the latest) with the
@@ -28,7 +28,7 @@ def train(data: str | None = None, model: str | None = None, weights: str | None
     """
     if resume is not None:
         _refuse_new_settings(data=data, model=model, weights=weights, hyp=hyp, epochs=epochs, batch=batch,
-                             imgsz=imgsz, teacher=teacher, distill_weight=distill_weight)
+                             imgsz=imgsz, class_map=class_map, teacher=teacher, distill_weight=distill_weight)
     else:
         if not data:
             raise UserError("give the data set with --data (a data.yaml or a VOC root)")
@@ -43,7 +43,8 @@ def train(data: str | None = None, model: str | None = None, weights: str | None
                       hyp=hyp, cos_lr=cos_lr, sparsity=sparsity, sparsity_schedule=sparsity_schedule,
                       sparsity_bias=sparsity_bias, patience=patience, augment=not no_augment, cache=cache,
                       no_aug_epochs=no_aug_epochs, teacher=teacher,
-                      nominal_batch=nominal_batch, val_every_epoch=val_every_epoch, save_every=save_every)
+                      nominal_batch=nominal_batch, val_every_epoch=val_every_epoch, save_every=save_every,
+                      class_map=class_map, plots=not no_plots)
     result = run_training(cfg)
     if int(os.environ.get("RANK", 0)) == 0:
         print(summary_table(result))

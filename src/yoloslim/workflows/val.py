@@ -7,17 +7,21 @@ from typing import Any
 
 import torch
 
+from yoloslim.data.class_map import match_classes
 from yoloslim.data.dataset import DetectionDataset, create_loader, load_data
 from yoloslim.engine.checkpoint import load_model
 from yoloslim.engine.evaluate import EvalResult, evaluate
 from yoloslim.errors import UserError
 from yoloslim.log import logger
+from yoloslim.models.head_classes import select_classes
+from yoloslim.viz.run_plots import write_val_plots
 from yoloslim.workflows.report import table, write_json
 
 
 def val(weights: str, data: str, imgsz: int | None = None, batch: int = 16, split: str = "val",
         conf: float = 0.001, iou: float = 0.6, max_det: int = 300, device: str = "cpu", workers: int = 2,
-        json_file: str | None = None, save_json: str | None = None) -> dict[str, Any]:
+        json_file: str | None = None, save_json: str | None = None, class_map: str | None = None,
+        plots: str | None = None) -> dict[str, Any]:
     """Evaluate ``weights`` on ``split`` of ``data``; print the table, optionally write JSON files.
 
     Args:
@@ -33,6 +37,11 @@ def val(weights: str, data: str, imgsz: int | None = None, batch: int = 16, spli
         workers: data loader processes.
         json_file: write the summary here.
         save_json: write ``predictions.json`` and ``ground_truth.json`` (COCO) into this folder.
+        class_map: a YAML file mapping the data set's class names to the model's; without it classes
+            are matched by name, and a data set with a subset of the model's classes is scored on
+            those classes only (see :mod:`yoloslim.data.class_map`).
+        plots: write the pictures (PR and F1 curves, confusion matrix, validation images with ground
+            truth and predictions) into this folder; see :func:`yoloslim.viz.run_plots.write_val_plots`.
 
     Returns:
         The summary written by ``json_file``: map50, map, precision, recall, per_class, speed_ms, ...
@@ -57,9 +66,10 @@ def val(weights: str, data: str, imgsz: int | None = None, batch: int = 16, spli
     stride = max(model.spec.strides)
     if imgsz % stride:
         raise UserError(f"--imgsz must be a multiple of {stride}, got {imgsz}")
-    if info.names and list(info.names) != list(source.names) and len(info.names) == len(source.names):
-        logger.warning(f"the model's class names differ from the data set's; using the data set's: "
-                       f"{', '.join(source.names[:5])}{', ...' if len(source.names) > 5 else ''}")
+    match = match_classes(info.names, source.names, class_map, nc=model.spec.nc)
+    if not match.identity:
+        logger.info(f"scoring {match.describe()}")
+        model = select_classes(model, match.ids)
     loader = create_loader(DetectionDataset(samples, imgsz), batch_size=batch, shuffle=False, workers=workers)
     res = evaluate(model, loader, source.names, conf=conf, iou=iou, max_det=max_det, device=device,
                    save_json_dir=save_json)
@@ -72,8 +82,11 @@ def val(weights: str, data: str, imgsz: int | None = None, batch: int = 16, spli
         "map50": m.map50, "map": m.map, "precision": m.precision, "recall": m.recall,
         "per_class": m.per_class, "speed_ms": res.speed_ms, "images": m.images, "instances": m.instances,
         "weights": str(weights), "data": str(data), "split": split, "imgsz": imgsz, "conf": conf, "iou": iou,
-        "max_det": max_det,
+        "max_det": max_det, "classes": {"matched_by": match.how, "model_ids": match.ids, "renamed": match.renamed},
     }
+    if plots:
+        drawn = write_val_plots(plots, res, samples)
+        print(f"Pictures: {', '.join(sorted(drawn))} in {plots}")
     if save_json:
         print(f"COCO files: {Path(save_json) / 'predictions.json'}, {Path(save_json) / 'ground_truth.json'}")
     if json_file:
