@@ -97,7 +97,7 @@ def test_label_free_training_moves_the_student_toward_the_teacher(tiny_data, tmp
     hyp = tmp_path / "hyp.yaml"
     hyp.write_text("warmup_epochs: 0\nlr0: 0.02\n")
     result = train(TrainConfig(data=str(folder), weights=student, teacher=teacher, distill_weight=10.0, epochs=3,
-                               batch=4, imgsz=64, workers=0, nominal_batch=4, augment=False, hyp=str(hyp),
+                               batch=4, imgsz=64, workers=0, nominal_batch=4, augment=False, hyp=str(hyp), plots=False,
                                out=str(tmp_path / "run")))
     before, after = _distance(student, teacher, tiny_data), _distance(result.last, teacher, tiny_data)
     assert after < 0.6 * before, (before, after)  # measured 0.40
@@ -115,7 +115,7 @@ def test_a_distilled_run_resumes_with_its_teacher(tiny_data, tmp_path, monkeypat
 
     def cfg(out):
         return TrainConfig(data=str(tiny_data), weights=student, teacher=teacher, distill_weight=2.0, epochs=2,
-                           batch=4, imgsz=64, workers=0, nominal_batch=8, seed=3, out=str(out))
+                           batch=4, imgsz=64, workers=0, nominal_batch=8, seed=3, plots=False, out=str(out))
 
     straight = train(cfg(tmp_path / "a"))
     original = engine_train.train_one_epoch
