@@ -128,8 +128,13 @@ def write_labels(path: Path, classes: np.ndarray, boxes: np.ndarray, width: int,
 
 
 def write_data_yaml(path: Path, root: Path, splits: dict[str, str], names: list[str]) -> Path:
-    """Write an ultralytics-style ``data.yaml`` (absolute ``path``, names as a list) and return its path."""
-    data: dict[str, Any] = {"path": str(Path(root).resolve())}
+    """Write an ultralytics-style ``data.yaml`` (names as a list) and return its path.
+
+    A ``root`` that is the yaml's own folder is left out (it is the default), so a copied or moved
+    folder reads its own files; any other root is written as an absolute ``path``.
+    """
+    same = Path(root).resolve() == Path(path).parent.resolve()
+    data: dict[str, Any] = {} if same else {"path": str(Path(root).resolve())}
     data.update(splits)
     data["nc"] = len(names)
     data["names"] = list(names)

@@ -8,12 +8,15 @@ from typing import Any
 from yoloslim.data.check import check_data, format_report
 from yoloslim.data.convert import convert_voc
 from yoloslim.data.synth import synthesize
+from yoloslim.engine.checkpoint import check_writable
 from yoloslim.workflows.report import table, write_json
 
 
 def synth(out: str | Path, fmt: str = "yolo", images: int = 500, imgsz: int = 320, seed: int = 0,
           json_file: str | None = None) -> Path:
     """Write the synthetic data set and print where; returns the data.yaml (yolo) or the VOC root."""
+    check_writable(out, "--out", folder=True)
+    check_writable(json_file, "--json")
     path = synthesize(out, fmt=fmt, images=images, imgsz=imgsz, seed=seed)
     what = "data.yaml" if fmt == "yolo" else "VOC root"
     print(f"wrote {images} synthetic images of {imgsz} px (seed {seed}), {what}: {path}")
@@ -26,6 +29,8 @@ def synth(out: str | Path, fmt: str = "yolo", images: int = 500, imgsz: int = 32
 def convert(voc: str | Path, out: str | Path, val_ratio: float | None = None, classes: str | None = None,
             seed: int = 0, keep_difficult: bool = False, json_file: str | None = None) -> Path:
     """Convert VOC to YOLO txt, print what was written; returns the data.yaml."""
+    check_writable(out, "--out", folder=True)
+    check_writable(json_file, "--json")
     res = convert_voc(voc, out, val_ratio=val_ratio, classes_file=classes, seed=seed,
                       keep_difficult=keep_difficult)
     splits = list(res.images)
@@ -45,6 +50,7 @@ def convert(voc: str | Path, out: str | Path, val_ratio: float | None = None, cl
 
 def check(data: str | Path, classes: str | None = None, json_file: str | None = None) -> dict[str, Any]:
     """Print a data set's statistics and problems; returns the summary (``ok`` False when problems exist)."""
+    check_writable(json_file, "--json")
     report = check_data(data, names_file=classes)
     print(format_report(report))
     summary = {"ok": report.ok, **report.summary()}

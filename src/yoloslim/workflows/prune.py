@@ -9,7 +9,10 @@ from typing import Any
 
 from torch import nn
 
-from yoloslim.engine.checkpoint import ModelInfo, load_model, save_model
+from yoloslim.data.dataset import DetectionDataset, create_loader, load_data
+from yoloslim.data.source import DataSource
+from yoloslim.engine.checkpoint import ModelInfo, check_writable, load_model, save_model
+from yoloslim.engine.evaluate import evaluate
 from yoloslim.engine.profile import count_params, profile, total_gflops
 from yoloslim.errors import UserError
 from yoloslim.log import logger
@@ -64,13 +67,16 @@ def prune(weights: str, method: str, ratio: float | None = None, target_flops: f
     if finetune_epochs and steps == 1:
         raise UserError("--finetune-epochs fine-tunes between --steps; with one step, prune and then run "
                         "`yoloslim train --weights PRUNED --data DATA`")
+    out_path = Path(out) if out else Path(weights).with_name(f"{Path(weights).stem}-{method}.safetensors")
+    check_writable(out_path, "--out")
+    check_writable(json_file, "--json")
     model, info = load_model(weights)
     model.eval()
     imgsz = int(imgsz or info.imgsz)
     stride = max(model.spec.strides)
     if imgsz <= 0 or imgsz % stride:
         raise UserError(f"--imgsz must be a positive multiple of {stride}, got {imgsz}")
-    out_path = Path(out) if out else Path(weights).with_name(f"{Path(weights).stem}-{method}.safetensors")
+    source = _measuring_data(data, model.spec.nc, weights) if data else None
     t0 = time.perf_counter()
     step_log: list[dict[str, Any]] = []
     if steps == 1:
@@ -103,8 +109,8 @@ def prune(weights: str, method: str, ratio: float | None = None, target_flops: f
 
         lat = compare_latency({"before": model, "after": pruned}, imgsz, runs=latency_runs, warmup=3)
         before["latency_ms"], after["latency_ms"] = lat["before"]["median_ms"], lat["after"]["median_ms"]
-    if data:
-        maps = _evaluate({"before": model, "after": pruned}, data, imgsz, batch, workers)
+    if source is not None:
+        maps = _evaluate({"before": model, "after": pruned}, source, imgsz, batch, workers)
         before.update(maps["before"])
         after.update(maps["after"])
     layers = _layer_rows(model, pruned, result)
@@ -135,16 +141,21 @@ def _figures(model: nn.Module, imgsz: int) -> dict[str, Any]:
             "latency_ms": None, "map50": None, "map": None}
 
 
-def _evaluate(models: dict[str, nn.Module], data: str, imgsz: int, batch: int,
+def _measuring_data(data: str, nc: int, weights: str) -> DataSource:
+    """The data set of ``--data``, read and checked against the model before anything is pruned or written."""
+    source = load_data(data)
+    if len(source.names) != nc:
+        raise UserError(f"--data {data} has {len(source.names)} classes but {weights} detects {nc}; "
+                        "give the data set the model was trained on")
+    if not (source.splits.get("val") or source.splits.get("test")):
+        raise UserError(f"{data}: no val split to measure mAP on")
+    return source
+
+
+def _evaluate(models: dict[str, nn.Module], source: DataSource, imgsz: int, batch: int,
               workers: int) -> dict[str, dict]:
     """mAP@.5 and mAP@.5:.95 of each model on the data set's val split."""
-    from yoloslim.data.dataset import DetectionDataset, create_loader, load_data
-    from yoloslim.engine.evaluate import evaluate
-
-    source = load_data(data)
     samples = source.splits.get("val") or source.splits.get("test")
-    if not samples:
-        raise UserError(f"{data}: no val split to measure mAP on")
     loader = create_loader(DetectionDataset(samples, imgsz), batch_size=batch, shuffle=False, workers=workers)
     out = {}
     for label, model in models.items():
