@@ -20,6 +20,7 @@ import yaml
 from yoloslim.data.images import image_size, is_image, list_images, verify_image
 from yoloslim.data.source import SPLITS, DataSource, Problem, Sample, box_problems
 from yoloslim.errors import UserError
+from yoloslim.safe_parse import load_yaml_file, yaml_error_reason
 
 
 def load_yolo(yaml_path: str | Path) -> DataSource:
@@ -170,9 +171,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{path}: no such data file")
     try:
-        cfg = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not valid YAML ({e.__class__.__name__})") from None
+        cfg = load_yaml_file(path)
+    except (yaml.YAMLError, OSError) as e:
+        raise UserError(f"{path}: not valid YAML ({yaml_error_reason(e)})") from None
     if not isinstance(cfg, dict):
         raise UserError(f"{path}: expected a mapping with train, val and names")
     for key in ("train", "val"):

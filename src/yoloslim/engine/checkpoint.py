@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from yoloslim.errors import UserError
-from yoloslim.models import build_model
+from yoloslim.models import build_model, check_model_size
 from yoloslim.models.spec import ArchSpec
 
 FORMAT = "yoloslim/1"
@@ -172,10 +172,15 @@ def read_info(path: str | Path) -> ModelInfo:
         raise UserError(f"{path}: not a yoloslim model file (no '{FORMAT}' header); "
                         "import foreign checkpoints with `yoloslim import`")
     try:
-        return ModelInfo(ArchSpec.from_json(meta["spec"]), json.loads(meta["names"]), int(meta["imgsz"]),
-                         json.loads(meta.get("history", "[]")))
-    except (KeyError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: damaged yoloslim header ({e})") from None
+        spec = ArchSpec.from_json(meta["spec"])
+        info = ModelInfo(spec, json.loads(meta["names"]), int(meta["imgsz"]), json.loads(meta.get("history", "[]")))
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+    except (KeyError, ValueError, TypeError, RecursionError) as e:
+        raise UserError(f"{path}: damaged yoloslim header ({e.__class__.__name__}: {str(e)[:80]})") from None
+    if not isinstance(info.names, list) or not isinstance(info.history, list) or not 0 < info.imgsz <= 16384:
+        raise UserError(f"{path}: damaged yoloslim header (names, history or imgsz)")
+    return info
 
 
 def _torch_file_advice(path: Path) -> str:
@@ -208,6 +213,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     """Rebuild the model a file describes and load its weights strictly."""
     path = _existing(path)
     info = read_info(path)
+    check_model_size(info.spec, str(path))
     model = build_model(info.spec)
     try:
         state = load_file(str(path))

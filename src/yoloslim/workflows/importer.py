@@ -29,6 +29,7 @@ from yoloslim.deploy.import_yolox import load_yolox_checkpoint
 from yoloslim.engine.checkpoint import ModelInfo, check_writable, load_model, save_model
 from yoloslim.engine.profile import count_params
 from yoloslim.errors import UserError
+from yoloslim.safe_parse import load_yaml_file, yaml_error_reason
 from yoloslim.workflows.report import write_json
 
 Importer = Callable[..., tuple[nn.Module, ModelInfo]]
@@ -92,9 +93,9 @@ def read_names(path: str | Path) -> list[str]:
         raise UserError(f"--names {path}: no such file")
     if path.suffix in (".yaml", ".yml"):
         try:
-            data = yaml.safe_load(path.read_text())
+            data = load_yaml_file(path)
         except yaml.YAMLError as e:
-            raise UserError(f"{path}: not valid YAML ({e})") from None
+            raise UserError(f"{path}: not valid YAML ({yaml_error_reason(e)})") from None
         raw = data.get("names") if isinstance(data, dict) else data
         if isinstance(raw, dict):
             raw = [raw[k] for k in sorted(raw)]
