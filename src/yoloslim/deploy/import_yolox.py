@@ -9,13 +9,13 @@ and every yoloslim tool feeds it that way.
 
 from __future__ import annotations
 
-import pickle
 import re
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from yoloslim.deploy.safe_unpickle import load_torch_file
 from yoloslim.engine.checkpoint import ModelInfo, load_state_strict, save_model
 from yoloslim.errors import UserError
 from yoloslim.log import logger
@@ -43,11 +43,7 @@ def read_yolox_state(pth: str | Path) -> dict[str, torch.Tensor]:
     pth = Path(pth)
     if not pth.is_file():
         raise UserError(f"{pth}: no such file")
-    try:
-        ckpt = torch.load(pth, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
-        raise UserError(f"{pth}: not a loadable weights-only torch checkpoint ({first[:200]})") from None
+    ckpt = load_torch_file(pth)  # the restricted unpickler: nothing in the file runs
     state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
     tensors_only = isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())
     if not state or not tensors_only:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -150,7 +151,8 @@ class Widths:
 
 
 def _bounded_int(value: Any, what: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or value != int(value)):
         raise UserError(f"architecture spec: {what} must be a whole number, got {str(value)[:40]!r}")
     if not low <= value <= high:
         raise UserError(f"architecture spec: {what} is {int(value)}, outside {low}..{high} (refused)")
