@@ -187,6 +187,7 @@ def _torch_file_advice(path: Path) -> str:
     """What a ``torch.save`` file given as a model file is, and what to do with it, told apart by the
     names its pickle holds (read with :mod:`pickletools`: nothing in it runs)."""
     words: set[str] = set()
+    modules: set[str] = set()  # of the globals the pickle names
     try:
         with zipfile.ZipFile(path) as z:
             pkl = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
@@ -194,17 +195,24 @@ def _torch_file_advice(path: Path) -> str:
                 for op, arg, _ in pickletools.genops(z.read(pkl)):
                     if isinstance(arg, str) and len(arg) < 200:
                         words.add(arg.split(" ", 1)[0] if op.name == "GLOBAL" else arg)
+                        if op.name == "GLOBAL":
+                            modules.add(arg.split(" ", 1)[0])
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError):
         pass
-    if {"config", "hyp", "spec", "optimizer", "rng"} <= words:
-        return ("this is a yoloslim training state (torch.save), not a model file; continue its run with "
-                "`yoloslim train --resume`, or use its weights/*.safetensors")
+    out = path.with_suffix(".safetensors").name
     if any(w.startswith("models.") for w in words):
         return (f"a YOLOv5 repo checkpoint, not a yoloslim model file; convert it first: "
-                f"`yoloslim import --from yolov5 {path} --out {path.with_suffix('.safetensors').name}`")
+                f"`yoloslim import --from yolov5 {path} --out {out}`")
     if any(w.startswith("ultralytics") for w in words):
         return ("a checkpoint of the `ultralytics` package, not a yoloslim model file; yoloslim imports the "
                 "YOLOv5 repo's checkpoints (`yoloslim import --from yolov5`)")
+    if "start_epoch" in words:  # the YOLOX trainer's key
+        return (f"a YOLOX checkpoint, not a yoloslim model file; convert it first: "
+                f"`yoloslim import --from yolox {path} --out {out}`")
+    ours = all(m.split(".")[0] in ("torch", "collections", "_codecs") for m in modules)
+    if ours and ("epoch" in words or "config" in words):
+        return ("this is a yoloslim training state (torch.save), not a model file; continue its run with "
+                "`yoloslim train --resume`, or use its weights/*.safetensors")
     return ("a torch.save checkpoint of another project, not a yoloslim model file; convert it with "
             "`yoloslim import --from yolov5|yolox|darknet SRC --out MODEL.safetensors`")
 
