@@ -1,8 +1,10 @@
 """Interrupted runs lose nothing: training killed with SIGKILL (in the middle of checkpoint writes and at
 seeded random moments), then resumed, ends with the same weights as a run that was never interrupted.
 
-``YOLOSLIM_TEST_SLOW_WRITES`` holds every finished temporary file for a moment before its rename, so the
-test can see a write in progress (its ``.NAME.*.tmp`` file) and kill the process right then.
+The training runs in a forked process (``os.fork``: no second torch import), on one thread, without
+data-loader workers. ``YOLOSLIM_TEST_SLOW_WRITES`` holds every finished temporary file for a moment
+before its rename, so the test can see a write in progress (its ``.NAME.*.tmp`` file) and kill the
+process right then.
 """
 
 from __future__ import annotations
@@ -11,8 +13,6 @@ import csv
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,14 +24,14 @@ from yoloslim.cli import main
 from yoloslim.data.synth import synthesize
 from yoloslim.engine.checkpoint import load_model, load_state
 
-SLOW_WRITE_SECONDS = 0.3
-ARGS = ["--model", "yolov5n", "--epochs", "4", "--batch", "4", "--imgsz", "64", "--workers", "0", "--seed", "5",
-        "--nominal-batch", "8", "--device", "cpu"]
+SLOW_WRITE_SECONDS = 0.2
+ARGS = ["--model", "yolov5n", "--epochs", "3", "--batch", "4", "--imgsz", "64", "--workers", "0", "--seed", "5",
+        "--device", "cpu"]
 # What ends each interrupted run: ("write", file name, n) kills during the n-th write of that file in the
 # run; ("after", seconds) kills after a seeded random delay, wherever the run is then.
 rng = random.Random(11)
-KILLS = [("write", "last_state.pt", 2), ("write", "last.safetensors", 1), ("after", rng.uniform(2.0, 9.0)),
-         ("write", "last_state.pt", 1), ("after", rng.uniform(2.0, 9.0))]
+KILLS = [("write", "last_state.pt", 2), ("write", "last.safetensors", 1), ("after", rng.uniform(0.2, 3.0)),
+         ("write", "last_state.pt", 1), ("after", rng.uniform(0.2, 3.0))]
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -50,13 +50,21 @@ def _everything_present_loads(run: Path) -> None:
 
 
 def _run_until(argv: list[str], kill: tuple, weights: Path) -> str:
-    """Start ``yoloslim train argv``; kill it as ``kill`` says. Returns how the run ended."""
-    env = {**os.environ, "YOLOSLIM_TEST_SLOW_WRITES": str(SLOW_WRITE_SECONDS), "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen([sys.executable, "-m", "yoloslim", "train", *argv], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    """Fork a process that runs ``yoloslim train argv`` (forked, so torch is imported once); kill it with
+    SIGKILL as ``kill`` says. Returns how the run ended."""
+    pid = os.fork()
+    if pid == 0:  # the training process
+        code = 1
+        try:
+            os.environ["YOLOSLIM_TEST_SLOW_WRITES"] = str(SLOW_WRITE_SECONDS)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+            code = main(["train", *argv])
+        finally:
+            os._exit(code)
     start, seen, writing = time.monotonic(), 0, False
-    while proc.poll() is None:
+    while not (status := os.waitpid(pid, os.WNOHANG))[0]:
         if kill[0] == "after" and time.monotonic() - start >= kill[1]:
             break
         if kill[0] == "write":
@@ -65,14 +73,13 @@ def _run_until(argv: list[str], kill: tuple, weights: Path) -> str:
             writing = now
             if now and seen == kill[2]:
                 break
-        time.sleep(0.02)
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        return "killed during a write" if kill[0] == "write" else "killed"
-    err = proc.stderr.read().decode()
-    assert proc.returncode == 0, err
-    return "finished"
+        time.sleep(0.01)
+    else:
+        assert os.waitstatus_to_exitcode(status[1]) == 0, f"the run of {argv} failed"
+        return "finished"
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return "killed during a write" if kill[0] == "write" else "killed"
 
 
 @pytest.mark.slow
