@@ -11,7 +11,7 @@ import torch
 
 from yoloslim.data.images import read_image
 from yoloslim.data.letterbox import letterbox
-from yoloslim.engine.checkpoint import atomic_write, load_model
+from yoloslim.engine.checkpoint import atomic_write, check_writable, load_model
 from yoloslim.errors import UserError
 from yoloslim.models.decode import preprocess
 from yoloslim.viz.feature_maps import capture, feature_grid, resolve_layers
@@ -30,6 +30,8 @@ def visualize(weights: str | Path, source: str | Path, layers: list[str], out: s
         ``{"weights", "source", "imgsz", "layers": [...]}``, one row per PNG:
         ``{"layer", "module", "file", "shape" (c, h, w), "channels_shown", "grid" (rows, cols)}``.
     """
+    check_writable(out, "--out", folder=True)
+    check_writable(json_file, "--json")
     model, info = load_model(weights)
     stride = max(info.spec.strides)
     imgsz = int(imgsz or info.imgsz)
