@@ -10,11 +10,13 @@ instead of the machine.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import random
 import resource
 import signal
 import struct
+import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +28,7 @@ import yaml
 from safetensors.torch import save_file
 
 from test_darknet_io import TINY_CFG
+from test_import_yolov5 import _save_like_ultralytics, _ultralytics_model, ultralytics_modules  # noqa: F401
 from yoloslim.cli import main
 from yoloslim.data.dataset import load_data
 from yoloslim.data.images import MAX_IMAGE_PIXELS, image_size, read_image, verify_image
@@ -33,6 +36,7 @@ from yoloslim.data.synth import synthesize
 from yoloslim.data.voc import parse_xml
 from yoloslim.data.yolo import parse_label_file
 from yoloslim.deploy.darknet_io import load_darknet, write_darknet
+from yoloslim.deploy.import_yolov5 import import_yolov5
 from yoloslim.deploy.import_yolox import load_yolox_checkpoint
 from yoloslim.deploy.safe_unpickle import UnsafePickleError, load_torch_file
 from yoloslim.engine.checkpoint import FORMAT, ModelInfo, load_model, save_model
@@ -92,11 +96,23 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
     return bytes(b)
 
 
-def fuzz(path: Path, original: bytes, read: Callable[[Path], object], seed: int) -> None:
+def mutate_pickle(data: bytes, rng: random.Random) -> bytes:
+    """A ``torch.save`` zip with its ``data.pkl`` mutated and the archive rebuilt (CRCs right), so the
+    mutation reaches the unpickler instead of stopping at the zip's checksum."""
+    src, out = zipfile.ZipFile(io.BytesIO(data)), io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
+        for name in src.namelist():
+            raw = src.read(name)
+            z.writestr(name, mutate(raw, rng) if name.endswith("data.pkl") else raw)
+    return out.getvalue()
+
+
+def fuzz(path: Path, original: bytes, read: Callable[[Path], object], seed: int,
+         how: Callable[[bytes, random.Random], bytes] = mutate) -> None:
     """Write :data:`MUTATIONS` mutants of ``original`` to ``path`` and read each: UserError or success only."""
     rng = random.Random(seed)
     for n in range(MUTATIONS):
-        path.write_bytes(mutate(original, rng))
+        path.write_bytes(how(original, rng))
         try:
             with bounded():
                 read(path)
@@ -200,6 +216,15 @@ def test_fuzz_torch_checkpoints(tmp_path: Path) -> None:
     small = tmp_path / "small.pt"
     torch.save({"model": {"w": torch.arange(6.0).view(2, 3)}, "epoch": 1, "names": ["a"]}, small)
     fuzz(tmp_path / "s.pt", small.read_bytes(), load_torch_file, seed=11)
+    fuzz(tmp_path / "p.pt", small.read_bytes(), load_torch_file, seed=12, how=mutate_pickle)
+
+
+def test_fuzz_yolov5_repo_checkpoint(tmp_path: Path, ultralytics_modules: Callable[[], None]) -> None:  # noqa: F811
+    src = tmp_path / "best.pt"
+    _save_like_ultralytics(_ultralytics_model(nc=2), src)
+    ultralytics_modules()  # their classes are gone: only the file remains, as on a user's machine
+    fuzz(tmp_path / "m.pt", src.read_bytes(), import_yolov5, seed=13)
+    fuzz(tmp_path / "p.pt", src.read_bytes(), import_yolov5, seed=14, how=mutate_pickle)
 
 
 # ---------------------------------------------------------------- the classic attacks

@@ -107,9 +107,16 @@ def test_write_errors_name_the_target_not_a_temporary_file(tmp_path: Path) -> No
     def fail(tmp: str) -> None:
         raise OSError(28, "No space left on device", tmp)
 
+    def check_fails(tmp: str) -> None:
+        Path(tmp).write_text("not onnx")
+        raise UserError(f"{tmp}: ONNX Runtime cannot load it")
+
     with pytest.raises(UserError) as e:
         atomic_write(tmp_path / "full.json", fail)
     assert str(e.value) == f"{tmp_path / 'full.json'}: cannot write (No space left on device)"
+    with pytest.raises(UserError) as e:
+        atomic_write(tmp_path / "m.onnx", check_fails)
+    assert str(e.value) == f"{tmp_path / 'm.onnx'}: ONNX Runtime cannot load it"
     assert list(tmp_path.iterdir()) == []  # no temporary file left behind
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import pickletools
 import re
 import sys
 import zipfile
@@ -59,6 +60,7 @@ STAND_IN_NAMES = {
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
 }
+_MEMO_OPS = {"PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"}
 MAX_INFLATION = 64  # torch.save stores members uncompressed; more than this ratio is a zip bomb
 _CLASS_NAME = re.compile(r"[A-Z][A-Za-z0-9_]*\Z")
 # Globals that honest checkpoints sometimes hold, with what to do about them.
@@ -251,6 +253,20 @@ def load_torch_file(path: str | Path) -> Any:
         raise UserError(f"{path}: damaged checkpoint archive ({first})") from None
 
 
+def _check_memo(raw: bytes, path: Path) -> None:
+    """Refuse memo indices beyond the pickle's own length: the C unpickler grows its memo table to the
+    largest index it is given, so ``LONG_BINPUT 2**31`` alone would allocate gigabytes. Read with
+    :mod:`pickletools`, which runs nothing."""
+    try:
+        ops = list(pickletools.genops(raw))
+    except (ValueError, EOFError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: damaged checkpoint pickle ({str(e).splitlines()[0][:120]})") from None
+    for op, arg, _ in ops:
+        if op.name in _MEMO_OPS and arg is not None and not 0 <= int(arg) <= len(ops):
+            raise UserError(f"{path}: damaged checkpoint pickle (memo index {arg} in a pickle of {len(ops)} "
+                            "operations; refused)")
+
+
 def _read_member(zf: zipfile.ZipFile, name: str, path: Path) -> bytes:
     """One member of the archive, refused when it would inflate far beyond its stored size (a zip bomb)."""
     info = zf.getinfo(name)
@@ -284,7 +300,9 @@ def _load_archive(zf: zipfile.ZipFile, path: Path) -> Any:
             flat = flat.view(-1, size).flip(1).reshape(-1)  # to this machine's byte order
         return flat.view(dtype)
 
-    unpickler = RestrictedUnpickler(io.BytesIO(_read_member(zf, pkl[0], path)), read_storage, str(path))
+    raw = _read_member(zf, pkl[0], path)
+    _check_memo(raw, path)
+    unpickler = RestrictedUnpickler(io.BytesIO(raw), read_storage, str(path))
     try:
         return unpickler.load()
     except UserError:

@@ -68,6 +68,11 @@ def atomic_write(path: Path, write: Any) -> None:
     except OSError as e:
         _remove_quietly(tmp)
         raise UserError(f"{path}: cannot write ({e.strerror or e.__class__.__name__})") from None
+    except UserError as e:  # e.g. a check of the written file: name the file the user asked for
+        _remove_quietly(tmp)
+        if tmp and tmp in str(e):
+            raise UserError(str(e).replace(tmp, str(path))) from None
+        raise
     except BaseException:
         _remove_quietly(tmp)
         raise
