@@ -25,6 +25,7 @@ from yoloslim.data.synth import synthesize
 from yoloslim.engine.checkpoint import load_model, load_state
 
 SLOW_WRITE_SECONDS = 0.2
+RUN_LIMIT_SECONDS = 300
 ARGS = ["--model", "yolov5n", "--epochs", "3", "--batch", "4", "--imgsz", "64", "--workers", "0", "--seed", "5",
         "--device", "cpu"]
 # What ends each interrupted run: ("write", file name, n) kills during the n-th write of that file in the
@@ -65,6 +66,10 @@ def _run_until(argv: list[str], kill: tuple, weights: Path) -> str:
             os._exit(code)
     start, seen, writing = time.monotonic(), 0, False
     while not (status := os.waitpid(pid, os.WNOHANG))[0]:
+        if time.monotonic() - start > RUN_LIMIT_SECONDS:  # a hung child fails the test, never the suite
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError(f"the training process of {argv} ran longer than {RUN_LIMIT_SECONDS} s")
         if kill[0] == "after" and time.monotonic() - start >= kill[1]:
             break
         if kill[0] == "write":
