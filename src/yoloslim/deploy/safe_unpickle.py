@@ -25,6 +25,7 @@ import pickle
 import pickletools
 import re
 import sys
+import warnings
 import zipfile
 import zlib
 from collections import OrderedDict
@@ -258,7 +259,9 @@ def _check_memo(raw: bytes, path: Path) -> None:
     largest index it is given, so ``LONG_BINPUT 2**31`` alone would allocate gigabytes. Read with
     :mod:`pickletools`, which runs nothing."""
     try:
-        ops = list(pickletools.genops(raw))
+        with warnings.catch_warnings():  # odd escapes in a damaged STRING opcode warn; the pickle is refused
+            warnings.simplefilter("ignore")
+            ops = list(pickletools.genops(raw))
     except (ValueError, EOFError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: damaged checkpoint pickle ({str(e).splitlines()[0][:120]})") from None
     for op, arg, _ in ops:
