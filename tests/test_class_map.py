@@ -96,6 +96,7 @@ def test_val_scores_a_subset_by_name(tiny_data: Path, tmp_path: Path, capsys: py
     other = tmp_path / "other.yaml"
     cfg = yaml.safe_load(tiny_data.read_text())
     cfg["names"] = ["hand", *names[1:]]
+    cfg["path"] = str(tiny_data.parent)  # written elsewhere: data synth's data.yaml is relative to its folder
     other.write_text(yaml.safe_dump(cfg))
     capsys.readouterr()
     assert main(["val", "--weights", str(big), "--data", str(other), "--imgsz", "64", "--workers", "0"]) == 2

@@ -166,7 +166,7 @@ def test_val_on_its_own_ground_truth_json(tiny_data: Path, tmp_path: Path) -> No
     args = ["val", "--weights", str(weights), "--imgsz", "64", "--workers", "0"]
     assert main([*args, "--data", str(tiny_data), "--save-json", str(tmp_path / "cj"), "--json", str(first)]) == 0
     cfg = yaml.safe_load(tiny_data.read_text())
-    images = Path(cfg["path"]) / cfg["val"]
+    images = tiny_data.parent / cfg.get("path", ".") / cfg["val"]  # data synth writes no path: (relative)
     data2 = tmp_path / "data.yaml"
     data2.write_text(yaml.safe_dump({"train": {"annotations": str(tmp_path / "cj" / "ground_truth.json"),
                                                "images": str(images)},

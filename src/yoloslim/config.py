@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import yaml
 
 from yoloslim.errors import UserError
+from yoloslim.safe_parse import load_yaml_file, yaml_error_reason
 
 T = TypeVar("T")
 
@@ -51,9 +52,9 @@ def read_yaml_mapping(path: str | Path | None, what: str) -> dict[str, Any]:
     if not p.is_file():
         raise UserError(f"{p}: no such {what} file")
     try:
-        loaded = yaml.safe_load(p.read_text()) or {}
+        loaded = load_yaml_file(p) or {}
     except yaml.YAMLError as e:
-        raise UserError(f"{p}: not valid YAML ({e})") from None
+        raise UserError(f"{p}: not valid YAML ({yaml_error_reason(e)})") from None
     if not isinstance(loaded, dict):
         raise UserError(f"{p}: expected a mapping of key: value")
     return loaded

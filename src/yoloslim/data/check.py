@@ -80,6 +80,10 @@ def check_data(path: str | Path, names_file: str | Path | None = None, progress:
         report.boxes[split] = {n: int(c) for n, c in zip(source.names, counts, strict=True)}
         report.difficult[split] = int(sum(s.difficult.sum() for s in good))
         report.size_hist[split] = np.histogram(sizes_all.clip(0, 1), bins=SIZE_BINS)[0].tolist()
+        if not good:
+            report.problems.append(Problem(source.root, f"the {split} split has no usable images"))
+    if not source.splits:
+        report.problems.append(Problem(source.root, "no images in any split"))
     return report
 
 

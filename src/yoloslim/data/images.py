@@ -16,6 +16,9 @@ import numpy as np
 IMG_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 _READ_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+# Images whose header claims more pixels are refused before decoding (a decompression bomb: a small
+# file that decodes to gigabytes). 2**28 px is 16k x 16k, 0.8 GB as BGR; OpenCV's own limit is 2**30.
+MAX_IMAGE_PIXELS = 1 << 28
 
 
 def is_image(path: Path) -> bool:
@@ -34,7 +37,7 @@ def read_image(path: str | Path) -> np.ndarray | None:
         data = np.fromfile(str(path), dtype=np.uint8)
     except OSError:
         return None
-    if data.size == 0:
+    if data.size == 0 or _too_large(_header_size(data[:64 * 1024].tobytes(), Path(path))):
         return None
     return cv2.imdecode(data, _READ_FLAGS)
 
@@ -77,13 +80,20 @@ def verify_image(path: Path, decode: bool = False) -> str | None:
         declared = struct.unpack("<I", head[2:6])[0]
         if declared and nbytes < declared:
             return f"truncated BMP ({nbytes} of {declared} bytes)"
-    if kind is not None and _header_size(head, path) is None:
+    size = _header_size(head, path) if kind is not None else None
+    if kind is not None and size is None:
         return "corrupt image header"
+    if _too_large(size):
+        return f"image of {size[0]}x{size[1]} pixels, more than {MAX_IMAGE_PIXELS:,} (refused)"
     if kind is None or decode:
         img = read_image(path)
         if img is None or img.size == 0:
             return "corrupt image (cannot be decoded)"
     return None
+
+
+def _too_large(size: tuple[int, int] | None) -> bool:
+    return size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS
 
 
 def _kind(head: bytes) -> str | None:

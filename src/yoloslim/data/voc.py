@@ -22,6 +22,7 @@ from yoloslim.data.images import image_size, is_image, verify_image
 from yoloslim.data.source import DataSource, Problem, Sample, box_problems
 from yoloslim.errors import UserError
 from yoloslim.log import logger
+from yoloslim.safe_parse import parse_xml_file
 
 NAMES_FILES = ("classes.txt", "names.txt")
 
@@ -69,7 +70,7 @@ def read_names_file(path: Path) -> list[str]:
 def parse_xml(xml: Path, images: dict[str, Path]) -> tuple[VocRecord | None, list[Problem]]:
     """Parse one annotation file; ``images`` maps lower-case stems and file names to image paths."""
     try:
-        tree = ET.parse(xml).getroot()
+        tree = parse_xml_file(xml)
     except (ET.ParseError, OSError) as e:
         return None, [Problem(xml, f"XML does not parse ({e})")]
     fname = (tree.findtext("filename") or "").strip()

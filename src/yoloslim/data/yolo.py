@@ -23,6 +23,7 @@ from yoloslim.data.coco import coco_categories, coco_split_entry, load_coco, rea
 from yoloslim.data.images import image_size, is_image, list_images, verify_image
 from yoloslim.data.source import SPLITS, DataSource, Problem, Sample, box_problems
 from yoloslim.errors import UserError
+from yoloslim.safe_parse import load_yaml_file, yaml_error_reason
 
 
 def load_yolo(yaml_path: str | Path) -> DataSource:
@@ -142,8 +143,13 @@ def write_labels(path: Path, classes: np.ndarray, boxes: np.ndarray, width: int,
 
 
 def write_data_yaml(path: Path, root: Path, splits: dict[str, str], names: list[str]) -> Path:
-    """Write an ultralytics-style ``data.yaml`` (absolute ``path``, names as a list) and return its path."""
-    data: dict[str, Any] = {"path": str(Path(root).resolve())}
+    """Write an ultralytics-style ``data.yaml`` (names as a list) and return its path.
+
+    A ``root`` that is the yaml's own folder is left out (it is the default), so a copied or moved
+    folder reads its own files; any other root is written as an absolute ``path``.
+    """
+    same = Path(root).resolve() == Path(path).parent.resolve()
+    data: dict[str, Any] = {} if same else {"path": str(Path(root).resolve())}
     data.update(splits)
     data["nc"] = len(names)
     data["names"] = list(names)
@@ -179,9 +185,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{path}: no such data file")
     try:
-        cfg = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not valid YAML ({e.__class__.__name__})") from None
+        cfg = load_yaml_file(path)
+    except (yaml.YAMLError, OSError) as e:
+        raise UserError(f"{path}: not valid YAML ({yaml_error_reason(e)})") from None
     if not isinstance(cfg, dict):
         raise UserError(f"{path}: expected a mapping with train, val and names")
     for key in ("train", "val"):

@@ -23,7 +23,7 @@ from torch import nn
 
 from yoloslim.engine.checkpoint import ModelInfo, atomic_write, save_model, unwrap
 from yoloslim.errors import UserError
-from yoloslim.models import build_model
+from yoloslim.models import build_model, check_model_size
 from yoloslim.models.darknet_cfg import Section, as_list, format_cfg, read_cfg
 from yoloslim.models.yolov3 import DarknetConv, YOLOv3, spec_from_cfg
 
@@ -178,13 +178,18 @@ def load_darknet(src: Path, *, cfg: Path | None = None, model: str | None = None
         raise UserError("--from darknet needs the architecture: --cfg FILE.cfg")
     cfg = Path(cfg)
     sections = read_cfg(cfg)
-    spec = spec_from_cfg(sections, name=model or cfg.stem, source=str(cfg))
+    try:  # a cfg is a user's text file: any value may be malformed
+        spec = spec_from_cfg(sections, name=model or cfg.stem, source=str(cfg))
+        imgsz = max(int(sections[0].get("width", 416)), int(sections[0].get("height", 416)))
+    except UserError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, ZeroDivisionError) as e:
+        raise UserError(f"{cfg}: malformed darknet cfg ({e.__class__.__name__}: {str(e)[:80]})") from None
+    check_model_size(spec, str(cfg))
     net = build_model(spec)
     load_darknet_weights(net, src)
     if names is not None and len(names) != spec.nc:
         raise UserError(f"{len(names)} class names for a cfg with classes={spec.nc}")
-    width, height = int(sections[0].get("width", 416)), int(sections[0].get("height", 416))
-    imgsz = max(width, height)
     return net.eval(), ModelInfo(spec, list(names) if names else [f"class{i}" for i in range(spec.nc)], imgsz)
 
 

@@ -30,6 +30,7 @@ from yoloslim.log import logger
 from yoloslim.models.blocks import Bottleneck
 from yoloslim.models.spec import ArchSpec
 from yoloslim.models.yolov5 import LAYERS, PRESETS, YOLOv5
+from yoloslim.safe_parse import load_yaml_file, yaml_error_reason
 
 DETECT = len(LAYERS) - 1  # index of the Detect layer (24)
 C3_LAYERS = [i for i, (_, _, kind, _) in enumerate(LAYERS) if kind == "C3"]
@@ -340,9 +341,9 @@ def _read_cfg(cfg: str | Path | None, src: Path, why: str) -> dict:
     if not path.is_file():
         raise UserError(f"{path}: no such model yaml")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml_file(path)
     except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({e})") from None
+        raise UserError(f"{path}: not valid YAML ({yaml_error_reason(e)})") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a model yaml mapping "
                         "(nc, depth_multiple, width_multiple, anchors, backbone, head)")

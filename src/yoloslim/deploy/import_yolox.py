@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import zipfile
 from pathlib import Path
 
 import torch
@@ -45,9 +46,9 @@ def read_yolox_state(pth: str | Path) -> dict[str, torch.Tensor]:
         raise UserError(f"{pth}: no such file")
     try:
         ckpt = torch.load(pth, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
-        raise UserError(f"{pth}: not a loadable weights-only torch checkpoint ({first[:200]})") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, OSError,
+            zipfile.BadZipFile, KeyError, IndexError, TypeError) as e:
+        raise UserError(f"{pth}: not a loadable weights-only torch checkpoint ({_why(e)})") from None
     state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
     tensors_only = isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())
     if not state or not tensors_only:
@@ -59,6 +60,15 @@ def read_yolox_state(pth: str | Path) -> dict[str, torch.Tensor]:
         raise UserError(f"{pth}: not a YOLOX state dict (no 'head.cls_preds.0.weight'); "
                         "use `--from yolov5` or `--from darknet` for other families")
     return dict(state)
+
+
+def _why(e: Exception) -> str:
+    """One line out of torch.load's long refusals: the global a pickle would call, else the first line."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(e))
+    if found:
+        return (f"the pickle calls {found.group(1)}, which could run code; nothing in the file was executed")
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else e.__class__.__name__
 
 
 def infer_preset(state: dict[str, torch.Tensor]) -> str:

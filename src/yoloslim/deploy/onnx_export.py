@@ -156,8 +156,24 @@ def metadata(spec: ArchSpec, names: list[str], imgsz: int, dynamic: bool,
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
-    """The ``metadata_props`` of an ONNX file as a dict (without loading the weights)."""
-    proto = onnx.load(str(path), load_external_data=False)
+    """The ``metadata_props`` of an ONNX file as a dict (without loading the weights).
+
+    Raises:
+        UserError: the file is not an ONNX file (a model file, a checkpoint, anything else).
+    """
+    with open(path, "rb") as f:
+        head = f.read(10)
+    if head[:2] == b"PK":
+        raise UserError(f"{path}: a torch.save checkpoint, not an ONNX file; export a model with `yoloslim export`")
+    if len(head) == 10 and head[8:10] == b'{"':  # 8-byte header length, then the JSON header
+        raise UserError(f"{path}: a .safetensors model file, not an ONNX file; pass it as --weights, or run "
+                        f"`yoloslim export --weights {path}` and give the .onnx it writes")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError and friends: the bytes are not an ONNX model
+        raise UserError(f"{path}: not an ONNX file ({e.__class__.__name__})") from None
+    if not proto.graph.node:
+        raise UserError(f"{path}: not an ONNX file (no graph)")
     return {p.key: p.value for p in proto.metadata_props}
 
 

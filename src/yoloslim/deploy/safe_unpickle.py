@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import io
 import pickle
+import pickletools
 import re
 import sys
+import warnings
 import zipfile
+import zlib
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -58,6 +61,8 @@ STAND_IN_NAMES = {
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
 }
+_MEMO_OPS = {"PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"}
+MAX_INFLATION = 64  # torch.save stores members uncompressed; more than this ratio is a zip bomb
 _CLASS_NAME = re.compile(r"[A-Z][A-Za-z0-9_]*\Z")
 # Globals that honest checkpoints sometimes hold, with what to do about them.
 _HINTS = {
@@ -239,34 +244,72 @@ def load_torch_file(path: str | Path) -> Any:
     if not zipfile.is_zipfile(path):
         raise UserError(f"{path}: not a zip-format torch checkpoint (files written by torch >= 1.6); "
                         "re-save it with a recent torch, or check the path")
-    with zipfile.ZipFile(path) as zf:
-        names = zf.namelist()
-        pkl = [n for n in names if n.count("/") == 1 and n.endswith("/data.pkl")]
-        if len(pkl) != 1:
-            hint = " (a TorchScript file?)" if any(n.endswith("constants.pkl") for n in names) else ""
-            raise UserError(f"{path}: not a torch.save checkpoint{hint}")
-        prefix = pkl[0][: -len("data.pkl")]
-        order = zf.read(prefix + "byteorder").decode() if prefix + "byteorder" in names else "little"
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return _load_archive(zf, path)
+    except UserError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError, ValueError) as e:
+        first = str(e).splitlines()[0][:120] if str(e) else e.__class__.__name__
+        raise UserError(f"{path}: damaged checkpoint archive ({first})") from None
 
-        def read_storage(key: str, dtype: torch.dtype, numel: int) -> torch.Tensor:
-            record = f"{prefix}data/{key}"
-            if record not in names:
-                raise UserError(f"{path}: damaged checkpoint (no buffer {record})")
-            raw = bytearray(zf.read(record))
-            size = torch.empty((), dtype=dtype).element_size()
-            if len(raw) < numel * size:
-                raise UserError(f"{path}: damaged checkpoint (buffer {record} is short)")
-            if not numel:
-                return torch.empty(0, dtype=dtype)
-            flat = torch.frombuffer(raw, dtype=torch.uint8, count=numel * size)
-            if order != sys.byteorder and size > 1:
-                flat = flat.view(-1, size).flip(1).reshape(-1)  # to this machine's byte order
-            return flat.view(dtype)
 
-        unpickler = RestrictedUnpickler(io.BytesIO(zf.read(pkl[0])), read_storage, str(path))
-        try:
-            return unpickler.load()
-        except UserError:
-            raise
-        except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError, IndexError) as e:
-            raise UserError(f"{path}: damaged checkpoint pickle ({e.__class__.__name__}: {e})") from None
+def _check_memo(raw: bytes, path: Path) -> None:
+    """Refuse memo indices beyond the pickle's own length: the C unpickler grows its memo table to the
+    largest index it is given, so ``LONG_BINPUT 2**31`` alone would allocate gigabytes. Read with
+    :mod:`pickletools`, which runs nothing."""
+    try:
+        with warnings.catch_warnings():  # odd escapes in a damaged STRING opcode warn; the pickle is refused
+            warnings.simplefilter("ignore")
+            ops = list(pickletools.genops(raw))
+    except (ValueError, EOFError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: damaged checkpoint pickle ({str(e).splitlines()[0][:120]})") from None
+    for op, arg, _ in ops:
+        if op.name in _MEMO_OPS and arg is not None and not 0 <= int(arg) <= len(ops):
+            raise UserError(f"{path}: damaged checkpoint pickle (memo index {arg} in a pickle of {len(ops)} "
+                            "operations; refused)")
+
+
+def _read_member(zf: zipfile.ZipFile, name: str, path: Path) -> bytes:
+    """One member of the archive, refused when it would inflate far beyond its stored size (a zip bomb)."""
+    info = zf.getinfo(name)
+    if info.file_size > MAX_INFLATION * info.compress_size + (1 << 20):
+        raise UserError(f"{path}: damaged checkpoint ({name} claims {info.file_size:,} bytes from "
+                        f"{info.compress_size:,}; refused)")
+    return zf.read(name)
+
+
+def _load_archive(zf: zipfile.ZipFile, path: Path) -> Any:
+    names = zf.namelist()
+    pkl = [n for n in names if n.count("/") == 1 and n.endswith("/data.pkl")]
+    if len(pkl) != 1:
+        hint = " (a TorchScript file?)" if any(n.endswith("constants.pkl") for n in names) else ""
+        raise UserError(f"{path}: not a torch.save checkpoint{hint}")
+    prefix = pkl[0][: -len("data.pkl")]
+    order = _read_member(zf, prefix + "byteorder", path).decode() if prefix + "byteorder" in names else "little"
+
+    def read_storage(key: str, dtype: torch.dtype, numel: int) -> torch.Tensor:
+        record = f"{prefix}data/{key}"
+        if record not in names:
+            raise UserError(f"{path}: damaged checkpoint (no buffer {record})")
+        raw = bytearray(_read_member(zf, record, path))
+        size = torch.empty((), dtype=dtype).element_size()
+        if len(raw) < numel * size:
+            raise UserError(f"{path}: damaged checkpoint (buffer {record} is short)")
+        if not numel:
+            return torch.empty(0, dtype=dtype)
+        flat = torch.frombuffer(raw, dtype=torch.uint8, count=numel * size)
+        if order != sys.byteorder and size > 1:
+            flat = flat.view(-1, size).flip(1).reshape(-1)  # to this machine's byte order
+        return flat.view(dtype)
+
+    raw = _read_member(zf, pkl[0], path)
+    _check_memo(raw, path)
+    unpickler = RestrictedUnpickler(io.BytesIO(raw), read_storage, str(path))
+    try:
+        return unpickler.load()
+    except UserError:
+        raise
+    except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError, IndexError) as e:
+        first = str(e).splitlines()[0][:120] if str(e) else ""
+        raise UserError(f"{path}: damaged checkpoint pickle ({e.__class__.__name__}: {first})") from None

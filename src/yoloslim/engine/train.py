@@ -307,6 +307,8 @@ def _run_dir(cfg: TrainConfig, d: ddp.Dist) -> Path:
     if d.main:
         run = Path(cfg.out) if cfg.out else new_run_dir(cfg.project)
         (run / "weights").mkdir(parents=True, exist_ok=True)
+        for stale in [*run.glob(".*.tmp"), *(run / "weights").glob(".*.tmp")]:  # from a run killed mid-write
+            stale.unlink(missing_ok=True)
         name = [str(run)]
     if d.enabled:
         torch.distributed.broadcast_object_list(name, src=0)

@@ -18,7 +18,7 @@ from yoloslim.engine.checkpoint import ModelInfo, load_model, load_state, save_m
 from yoloslim.engine.ddp import Dist
 from yoloslim.errors import UserError
 from yoloslim.log import logger
-from yoloslim.models import build_model, model_spec
+from yoloslim.models import build_model, check_model_size, model_spec
 from yoloslim.models.head_classes import select_classes
 from yoloslim.models.spec import ArchSpec
 
@@ -151,4 +151,6 @@ def save_epoch(weights_dir: Path, ema_model: nn.Module, info: ModelInfo, state: 
 
 def spec_of(state: dict[str, Any]) -> tuple[ArchSpec, list[str], list[dict[str, Any]]]:
     """Architecture, class names and history recorded in a training state."""
-    return ArchSpec.from_json(state["spec"]), list(state["names"]), list(state.get("history", []))
+    spec = ArchSpec.from_json(state["spec"])
+    check_model_size(spec, "training state")
+    return spec, list(state["names"]), list(state.get("history", []))

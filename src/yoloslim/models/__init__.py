@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from difflib import get_close_matches
 
+import torch
 from torch import nn
 
 from yoloslim.errors import UserError
@@ -22,6 +23,8 @@ MODELS: dict[str, Callable[[int], ArchSpec]] = {
 }
 MODELS.update({name: (lambda nc, name=name: yolox_spec(name, nc)) for name in YOLOX_PRESETS})
 MODELS.update({name: (lambda nc, name=name: yolov3_spec(name, nc)) for name in YOLOV3_PRESETS})
+
+MAX_PARAMS = 1_000_000_000  # yolov5x has 87 M; a file's spec beyond this is refused
 
 # family -> module class built from a spec
 FAMILIES: dict[str, Callable[[ArchSpec], nn.Module]] = {
@@ -47,6 +50,23 @@ def build_model(spec: ArchSpec) -> nn.Module:
     if spec.family not in FAMILIES:
         raise UserError(f"unknown model family {spec.family!r}; this yoloslim knows {', '.join(FAMILIES)}")
     return FAMILIES[spec.family](spec)
+
+
+def check_model_size(spec: ArchSpec, source: str) -> None:
+    """Build ``spec`` on the meta device (no memory) and refuse it when it does not build or holds more
+    than :data:`MAX_PARAMS` parameters: a file's spec is checked before any weight is allocated."""
+    try:
+        with torch.device("meta"):
+            model = build_model(spec)
+    except UserError as e:
+        raise UserError(f"{source}: {e}") from None
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError, ZeroDivisionError) as e:
+        raise UserError(f"{source}: the architecture spec does not build ({e.__class__.__name__}: "
+                        f"{str(e).splitlines()[0][:120] if str(e) else ''})") from None
+    n = sum(p.numel() for p in model.parameters())
+    if n > MAX_PARAMS:
+        raise UserError(f"{source}: the architecture spec describes {n:,} parameters, more than "
+                        f"{MAX_PARAMS:,} (refused before allocating them)")
 
 
 def create_model(name: str, nc: int = 80) -> nn.Module:

@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from yoloslim.errors import UserError
+
+# Bounds a spec read from a file must stay within (the largest presets use 1,280 channels, depth 9).
+MAX_WIDTH = 16384
+MAX_DEPTH = 256
+MAX_CLASSES = 100_000
 
 
 @dataclass
@@ -44,16 +50,35 @@ class ArchSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ArchSpec:
+        """A spec from plain data, every field's type and range checked (a file may hold anything)."""
+        if not isinstance(data, dict):
+            raise UserError("architecture spec is not a mapping")
         known = set(cls.__dataclass_fields__)
         unknown = set(data) - known
         if unknown:
-            raise UserError(f"architecture spec has unknown keys {sorted(unknown)}")
+            raise UserError(f"architecture spec has unknown keys {sorted(map(str, unknown))[:5]}")
         missing = {"family", "name", "nc"} - set(data)
         if missing:
             raise UserError(f"architecture spec lacks {sorted(missing)}")
         spec = cls(**copy.deepcopy(data))
-        spec.channels = {k: int(v) for k, v in spec.channels.items()}
-        spec.depths = {k: int(v) for k, v in spec.depths.items()}
+        if not isinstance(spec.family, str) or not isinstance(spec.name, str):
+            raise UserError("architecture spec: family and name must be strings")
+        spec.nc = _bounded_int(spec.nc, "nc", 1, MAX_CLASSES)
+        for key, top, low in (("channels", MAX_WIDTH, 1), ("depths", MAX_DEPTH, 0)):
+            table = getattr(spec, key)
+            if not isinstance(table, dict):
+                raise UserError(f"architecture spec: {key} must be a mapping of module name to number")
+            setattr(spec, key, {str(k): _bounded_int(v, f"{key}[{str(k)[:60]!r}]", low, top)
+                                for k, v in table.items()})
+        if not isinstance(spec.strides, list) or not spec.strides:
+            raise UserError("architecture spec: strides must be a non-empty list")
+        spec.strides = [_bounded_int(v, "strides", 1, 1024) for v in spec.strides]
+        if not isinstance(spec.anchors, list) or not all(
+                isinstance(a, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in a)
+                for a in spec.anchors):
+            raise UserError("architecture spec: anchors must be lists of numbers")
+        if not isinstance(spec.options, dict):
+            raise UserError("architecture spec: options must be a mapping")
         return spec
 
     def to_json(self) -> str:
@@ -61,7 +86,11 @@ class ArchSpec:
 
     @classmethod
     def from_json(cls, text: str) -> ArchSpec:
-        return cls.from_dict(json.loads(text))
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, TypeError, RecursionError) as e:
+            raise UserError(f"architecture spec is not valid JSON ({e.__class__.__name__})") from None
+        return cls.from_dict(data)
 
     def copy(self) -> ArchSpec:
         return ArchSpec.from_dict(self.to_dict())
@@ -119,6 +148,15 @@ class Widths:
         extra = (set(self.spec.channels) - self._used_channels) | (set(self.spec.depths) - self._used_depths)
         if extra:
             raise UserError(f"spec of {self.spec.name!r} names modules the model does not have: {sorted(extra)[:5]}")
+
+
+def _bounded_int(value: Any, what: str, low: int, high: int) -> int:
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or value != int(value)):
+        raise UserError(f"architecture spec: {what} must be a whole number, got {str(value)[:40]!r}")
+    if not low <= value <= high:
+        raise UserError(f"architecture spec: {what} is {int(value)}, outside {low}..{high} (refused)")
+    return int(value)
 
 
 def make_divisible(x: float, divisor: int = 8) -> int:

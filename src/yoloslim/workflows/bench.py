@@ -9,7 +9,7 @@ from torch import nn
 
 from yoloslim.deploy.bench import BACKENDS, Latency, benchmark
 from yoloslim.deploy.layer_latency import OTHER, LayerLatency, layer_of, per_layer_latency
-from yoloslim.engine.checkpoint import load_model
+from yoloslim.engine.checkpoint import check_writable, load_model
 from yoloslim.engine.profile import count_params, profile, total_gflops
 from yoloslim.errors import UserError
 from yoloslim.workflows.report import table, write_json
@@ -47,6 +47,7 @@ def bench(weights: str, vs: str | None = None, imgsz: int | None = None, backend
     if runs < 1 or warmup < 0 or (threads is not None and threads < 1):
         raise UserError(f"--runs and --threads must be at least 1 and --warmup at least 0, "
                         f"got {runs}, {threads} and {warmup}")
+    check_writable(json_file, "--json")
     model, info = load_model(weights)
     models = {"weights": model}
     if vs:

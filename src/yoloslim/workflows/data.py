@@ -9,6 +9,7 @@ from typing import Any
 from yoloslim.data.check import check_data, format_report
 from yoloslim.data.convert import convert_coco, convert_labelme, convert_oxford_hand, convert_voc
 from yoloslim.data.synth import synthesize
+from yoloslim.engine.checkpoint import check_writable
 from yoloslim.errors import UserError
 from yoloslim.workflows.report import table, write_json
 
@@ -16,6 +17,8 @@ from yoloslim.workflows.report import table, write_json
 def synth(out: str | Path, fmt: str = "yolo", images: int = 500, imgsz: int = 320, seed: int = 0,
           json_file: str | None = None) -> Path:
     """Write the synthetic data set and print where; returns the data.yaml (yolo) or the VOC root."""
+    check_writable(out, "--out", folder=True)
+    check_writable(json_file, "--json")
     path = synthesize(out, fmt=fmt, images=images, imgsz=imgsz, seed=seed)
     what = "data.yaml" if path.suffix == ".yaml" else f"{fmt} folder"
     print(f"wrote {images} synthetic images of {imgsz} px (seed {seed}), {what}: {path}")
@@ -36,6 +39,8 @@ def convert(voc: str | Path | None, out: str | Path, val_ratio: float | None = N
         raise UserError("give exactly one of --voc, --coco, --labelme or --oxford-hand")
     if images and not coco:
         raise UserError("--images is the image folder of a --coco file")
+    check_writable(out, "--out", folder=True)
+    check_writable(json_file, "--json")
     if coco:
         if not images:
             raise UserError("--coco needs --images DIR, the folder its file_name entries are relative to")
@@ -71,6 +76,7 @@ def convert(voc: str | Path | None, out: str | Path, val_ratio: float | None = N
 
 def check(data: str | Path, classes: str | None = None, json_file: str | None = None) -> dict[str, Any]:
     """Print a data set's statistics and problems; returns the summary (``ok`` False when problems exist)."""
+    check_writable(json_file, "--json")
     report = check_data(data, names_file=classes)
     print(format_report(report))
     summary = {"ok": report.ok, **report.summary()}

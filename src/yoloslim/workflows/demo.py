@@ -24,6 +24,7 @@ from typing import Any
 from yoloslim.data.check import check_data, format_report
 from yoloslim.data.convert import convert_voc
 from yoloslim.data.synth import synthesize
+from yoloslim.engine.checkpoint import check_writable
 from yoloslim.errors import UserError
 from yoloslim.log import logger, setup_logging
 from yoloslim.workflows.report import table, write_json
@@ -114,7 +115,8 @@ def demo(out: str | Path = "runs/demo", quick: bool = False, json_file: str | No
         workers: data loader processes (default: 0 for ``quick``, whose 3 batches an epoch cost less
             than starting the processes, 2 otherwise).
     """
-    out = Path(out)
+    out = check_writable(out, "--out", folder=True)
+    check_writable(json_file, "--json")
     setup_logging(out)
     settings = QUICK if quick else FULL
     ts = QUICK_TRAIN if quick else FULL_TRAIN

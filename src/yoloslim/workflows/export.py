@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from yoloslim.deploy.onnx_export import MIN_OPSET, export_checked
-from yoloslim.engine.checkpoint import load_model
+from yoloslim.engine.checkpoint import check_writable, load_model
 from yoloslim.engine.profile import count_params
 from yoloslim.errors import UserError
 from yoloslim.workflows.export_darknet import export_darknet_files
@@ -41,11 +41,13 @@ def export(weights: str, format: str = "onnx", imgsz: int | None = None, dynamic
     if format == "darknet":  # .cfg + .weights of a YOLOv3-family model (workflows/export_darknet.py)
         return export_darknet_files(weights, out=out, imgsz=imgsz, dynamic=dynamic, nms=nms,
                                     json_file=json_file)
-    model, info = load_model(weights)
-    imgsz = int(imgsz or info.imgsz)
     target = Path(out) if out else Path(weights).with_suffix(".onnx")
     if target.suffix.lower() != ".onnx":
         raise UserError(f"--out must end in .onnx, got {target}")
+    check_writable(target, "--out")
+    check_writable(json_file, "--json")
+    model, info = load_model(weights)
+    imgsz = int(imgsz or info.imgsz)
     path, check = export_checked(model, info, target, imgsz, dynamic=dynamic, nms=nms, opset=opset,
                                  conf=conf, iou=iou, max_det=max_det)
     summary = {

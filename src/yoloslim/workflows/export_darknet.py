@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from yoloslim.deploy.darknet_io import export_darknet, load_darknet
-from yoloslim.engine.checkpoint import load_model
+from yoloslim.engine.checkpoint import check_writable, load_model
 from yoloslim.engine.profile import count_params
 from yoloslim.errors import UserError
 from yoloslim.workflows.report import write_json
@@ -32,13 +32,16 @@ def export_darknet_files(weights: str | Path, out: str | Path | None = None, img
     """
     if dynamic or nms:
         raise UserError("--dynamic and --nms apply to --format onnx, not to darknet files")
+    cfg = Path(out) if out else Path(weights).with_suffix(".cfg")
+    if cfg.suffix.lower() != ".cfg":
+        raise UserError(f"--out must name the .cfg file (the .weights goes next to it), got {cfg}")
+    check_writable(cfg, "--out")
+    check_writable(cfg.with_suffix(".weights"), "--out")
+    check_writable(json_file, "--json")
     model, info = load_model(weights)
     if model.spec.family != "yolov3":
         raise UserError(f"--format darknet writes YOLOv3-family models; {weights} is a "
                         f"{model.spec.family} model")
-    cfg = Path(out) if out else Path(weights).with_suffix(".cfg")
-    if cfg.suffix.lower() != ".cfg":
-        raise UserError(f"--out must name the .cfg file (the .weights goes next to it), got {cfg}")
     if imgsz:
         info.imgsz = int(imgsz)
     cfg, darknet_weights = export_darknet(model, info, cfg, cfg.with_suffix(".weights"))

@@ -26,9 +26,10 @@ from torch import nn
 from yoloslim.deploy.darknet_io import load_darknet
 from yoloslim.deploy.import_yolov5 import import_yolov5
 from yoloslim.deploy.import_yolox import load_yolox_checkpoint
-from yoloslim.engine.checkpoint import ModelInfo, load_model, save_model
+from yoloslim.engine.checkpoint import ModelInfo, check_writable, load_model, save_model
 from yoloslim.engine.profile import count_params
 from yoloslim.errors import UserError
+from yoloslim.safe_parse import load_yaml_file, yaml_error_reason
 from yoloslim.workflows.report import write_json
 
 Importer = Callable[..., tuple[nn.Module, ModelInfo]]
@@ -65,6 +66,8 @@ def import_checkpoint(source: str, src: str | Path, out: str | Path, cfg: str | 
         raise UserError(f"--out {out}: yoloslim model files end in .safetensors")
     if out.resolve() == src.resolve():
         raise UserError("--out must differ from the source file")
+    check_writable(out, "--out")
+    check_writable(json_file, "--json")
     class_names = read_names(names) if names else None
     net, info = IMPORTERS[source](src, cfg=Path(cfg) if cfg else None, model=model, names=class_names)
     info = info.with_event("imported", source=source, file=src.name)
@@ -90,9 +93,9 @@ def read_names(path: str | Path) -> list[str]:
         raise UserError(f"--names {path}: no such file")
     if path.suffix in (".yaml", ".yml"):
         try:
-            data = yaml.safe_load(path.read_text())
+            data = load_yaml_file(path)
         except yaml.YAMLError as e:
-            raise UserError(f"{path}: not valid YAML ({e})") from None
+            raise UserError(f"{path}: not valid YAML ({yaml_error_reason(e)})") from None
         raw = data.get("names") if isinstance(data, dict) else data
         if isinstance(raw, dict):
             raw = [raw[k] for k in sorted(raw)]

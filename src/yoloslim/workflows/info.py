@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from yoloslim.engine.checkpoint import load_model
+from yoloslim.engine.checkpoint import check_writable, load_model
 from yoloslim.engine.profile import conv_gflops, count_params, profile, total_gflops
 from yoloslim.errors import UserError
 from yoloslim.models import build_model, model_spec
@@ -18,6 +18,7 @@ def info(weights: str | None = None, model: str | None = None, nc: int = 80, img
         raise UserError("give exactly one of --weights or --model")
     if imgsz % 32:
         raise UserError(f"--imgsz must be a multiple of 32, got {imgsz}")
+    check_writable(json_file, "--json")
     if weights:
         net, meta = load_model(weights)
         spec, history = meta.spec, meta.history

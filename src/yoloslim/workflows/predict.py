@@ -19,7 +19,7 @@ from tqdm import tqdm
 from yoloslim.deploy.draw import draw_detections, draw_fps
 from yoloslim.deploy.predict import Detections, Predictor
 from yoloslim.deploy.sources import Frame, Source, open_source
-from yoloslim.engine.checkpoint import atomic_write, load_model
+from yoloslim.engine.checkpoint import atomic_write, check_writable, load_model
 from yoloslim.errors import UserError
 from yoloslim.workflows.report import write_json
 
@@ -54,6 +54,8 @@ def predict(source: str, weights: str | None = None, imgsz: int | None = None, c
     """
     if backend not in BACKENDS:
         raise UserError(f"unknown --backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    check_writable(out or "runs/predict", "--out", folder=True)
+    check_writable(json_file, "--json")
     src = open_source(source)  # a missing source fails before the model loads
     try:
         predictor, names = _predictor(weights, imgsz, conf, iou, max_det, fuse, backend, onnx, threads)

@@ -10,7 +10,10 @@ from typing import Any
 from torch import nn
 
 from yoloslim.data.class_map import match_classes
-from yoloslim.engine.checkpoint import ModelInfo, load_model, save_model
+from yoloslim.data.dataset import DetectionDataset, create_loader, load_data
+from yoloslim.data.source import DataSource
+from yoloslim.engine.checkpoint import ModelInfo, check_writable, load_model, save_model
+from yoloslim.engine.evaluate import evaluate
 from yoloslim.engine.profile import count_params, profile, total_gflops
 from yoloslim.errors import UserError
 from yoloslim.log import logger
@@ -70,6 +73,9 @@ def prune(weights: str, method: str, ratio: float | None = None, target_flops: f
     if finetune_epochs and steps == 1:
         raise UserError("--finetune-epochs fine-tunes between --steps; with one step, prune and then run "
                         "`yoloslim train --weights PRUNED --data DATA`")
+    out_path = Path(out) if out else Path(weights).with_name(f"{Path(weights).stem}-{method}.safetensors")
+    check_writable(out_path, "--out")
+    check_writable(json_file, "--json")
     model, info = load_model(weights)
     names_before = list(info.names)
     model.eval()
@@ -77,7 +83,7 @@ def prune(weights: str, method: str, ratio: float | None = None, target_flops: f
     stride = max(model.spec.strides)
     if imgsz <= 0 or imgsz % stride:
         raise UserError(f"--imgsz must be a positive multiple of {stride}, got {imgsz}")
-    out_path = Path(out) if out else Path(weights).with_name(f"{Path(weights).stem}-{method}.safetensors")
+    source = _measuring_data(data, names_before, model.spec.nc, class_map) if data else None
     t0 = time.perf_counter()
     step_log: list[dict[str, Any]] = []
     if steps == 1:
@@ -110,9 +116,9 @@ def prune(weights: str, method: str, ratio: float | None = None, target_flops: f
 
         lat = compare_latency({"before": model, "after": pruned}, imgsz, runs=latency_runs, warmup=3)
         before["latency_ms"], after["latency_ms"] = lat["before"]["median_ms"], lat["after"]["median_ms"]
-    if data:
-        maps = _evaluate({"before": (model, names_before), "after": (pruned, new_info.names)}, data, imgsz, batch,
-                         workers, class_map)
+    if source is not None:
+        maps = _evaluate({"before": (model, names_before), "after": (pruned, new_info.names)}, source, imgsz,
+                         batch, workers, class_map)
         before.update(maps["before"])
         after.update(maps["after"])
     layers = _layer_rows(model, pruned, result)
@@ -143,16 +149,20 @@ def _figures(model: nn.Module, imgsz: int) -> dict[str, Any]:
             "latency_ms": None, "map50": None, "map": None}
 
 
-def _evaluate(models: dict[str, tuple[nn.Module, list[str]]], data: str, imgsz: int, batch: int, workers: int,
-              class_map: str | None = None) -> dict[str, dict]:
-    """mAP@.5 and mAP@.5:.95 of each ``(model, class names)`` on the data set's val split, on its classes."""
-    from yoloslim.data.dataset import DetectionDataset, create_loader, load_data
-    from yoloslim.engine.evaluate import evaluate
-
+def _measuring_data(data: str, names: list[str], nc: int, class_map: str | None) -> DataSource:
+    """The data set of ``--data``, read and its classes matched to the model's before anything is pruned or
+    written (a class the model does not know is one clear line)."""
     source = load_data(data)
-    samples = source.splits.get("val") or source.splits.get("test")
-    if not samples:
+    match_classes(names, source.names, class_map, nc=nc)
+    if not (source.splits.get("val") or source.splits.get("test")):
         raise UserError(f"{data}: no val split to measure mAP on")
+    return source
+
+
+def _evaluate(models: dict[str, tuple[nn.Module, list[str]]], source: DataSource, imgsz: int, batch: int,
+              workers: int, class_map: str | None = None) -> dict[str, dict]:
+    """mAP@.5 and mAP@.5:.95 of each ``(model, class names)`` on the data set's val split, on its classes."""
+    samples = source.splits.get("val") or source.splits.get("test")
     loader = create_loader(DetectionDataset(samples, imgsz), batch_size=batch, shuffle=False, workers=workers)
     out = {}
     for label, (model, names) in models.items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from yoloslim.engine.checkpoint import check_writable
 from yoloslim.engine.train import TrainConfig, TrainResult
 from yoloslim.engine.train import train as run_training
 from yoloslim.errors import UserError
@@ -36,6 +37,8 @@ def train(data: str | None = None, model: str | None = None, weights: str | None
             raise UserError("give exactly one of --model NAME (from scratch) or --weights CKPT")
     if distill_weight is not None and not teacher and resume is None:
         raise UserError("--distill-weight weighs the distillation from a teacher: give --teacher MODEL too")
+    check_writable(out or (TrainConfig.project if resume is None else None), "--out", folder=True)
+    check_writable(json_file, "--json")
     sizes = {k: v for k, v in {"epochs": epochs, "batch": batch, "imgsz": imgsz,
                                "distill_weight": distill_weight}.items() if v is not None}
     cfg = TrainConfig(data=data or "", model=model, weights=weights, **sizes,

@@ -9,7 +9,7 @@ import torch
 
 from yoloslim.data.class_map import match_classes
 from yoloslim.data.dataset import DetectionDataset, create_loader, load_data
-from yoloslim.engine.checkpoint import load_model
+from yoloslim.engine.checkpoint import check_writable, load_model
 from yoloslim.engine.evaluate import EvalResult, evaluate
 from yoloslim.errors import UserError
 from yoloslim.log import logger
@@ -54,6 +54,8 @@ def val(weights: str, data: str, imgsz: int | None = None, batch: int = 16, spli
         raise UserError(f"--batch and --max-det must be at least 1, got {batch} and {max_det}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {device}: CUDA is not available here; use --device cpu")
+    check_writable(json_file, "--json")
+    check_writable(save_json, "--save-json", folder=True)
     model, info = load_model(weights, device=device)
     source = load_data(data)
     if split not in source.splits or not source.splits[split]:

@@ -11,7 +11,7 @@ import torch
 
 from yoloslim.data.images import read_image
 from yoloslim.data.letterbox import letterbox
-from yoloslim.engine.checkpoint import load_model
+from yoloslim.engine.checkpoint import check_writable, load_model
 from yoloslim.errors import UserError
 from yoloslim.models.decode import preprocess
 from yoloslim.viz.feature_figure import channel_plan, feature_figure, letterboxed_rgb, parse_mark, pruned_channels
@@ -35,6 +35,8 @@ def visualize(weights: str | Path, source: str | Path, layers: list[str], out: s
         ``{"layer", "module", "file", "shape" (c, h, w), "channels_shown", "grid" (rows, cols)}``, and with
         ``mark_pruned`` ``"pruned"``: the channels the plan removes (None: no conv of the layer's width).
     """
+    check_writable(out, "--out", folder=True)
+    check_writable(json_file, "--json")
     model, info = load_model(weights)
     stride = max(info.spec.strides)
     imgsz = int(imgsz or info.imgsz)
