@@ -69,7 +69,7 @@ def check_teacher(teacher: ArchSpec, student: ArchSpec, path: str) -> None:
 def is_image_folder(data: str) -> bool:
     """True when ``data`` is a folder of images that is neither a YOLO (data.yaml) nor a VOC data set."""
     p = Path(data)
-    return (p.is_dir() and not (p / "data.yaml").is_file() and not (p / "Annotations").is_dir()
+    return (bool(data) and p.is_dir() and not (p / "data.yaml").is_file() and not (p / "Annotations").is_dir()
             and bool(list_images(p)))
 
 
