@@ -8,7 +8,7 @@ import argparse
 def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a detector (from scratch, from weights, with BN sparsity, or a "
                                      "pruned model's fine-tune)")
-    p.add_argument("--data", help="a data.yaml or a VOC root")
+    p.add_argument("--data", help="a data.yaml or a VOC root (with --teacher also a folder of unlabelled images)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", help="a preset to train from scratch, e.g. yolov5s")
     src.add_argument("--weights", help="a model file to start from (a pruned one is trained as it is)")
@@ -23,6 +23,11 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sparsity-schedule", choices=["constant", "linear"], default="constant",
                    help="constant SR, or linear = SR·(1 − 0.9·epoch/epochs) (default constant)")
     p.add_argument("--sparsity-bias", action="store_true", help="also penalise BN β")
+    p.add_argument("--teacher", metavar="MODEL",
+                   help="distil from this model file (same family and classes; normally the unpruned model)")
+    p.add_argument("--distill-weight", type=float, metavar="W",
+                   help="weight of the distillation loss against the detection loss (default: the measured "
+                        "one, TrainConfig.distill_weight)")
     p.add_argument("--hyp", help="YAML file overriding hyper-parameters (lr0, mosaic, ...)")
     p.add_argument("--cos-lr", action="store_true", help="cosine learning-rate decay (default linear)")
     p.add_argument("--patience", type=int, default=100, help="stop after this many epochs without "
@@ -51,5 +56,5 @@ def _run(a: argparse.Namespace) -> int:
           hyp=a.hyp, cos_lr=a.cos_lr, workers=a.workers, seed=a.seed, out=a.out, resume=a.resume,
           device=a.device, patience=a.patience, cache=a.cache, no_augment=a.no_augment,
           no_aug_epochs=a.no_aug_epochs, json_file=a.json_file, class_map=a.class_map,
-          no_plots=a.no_plots)
+          no_plots=a.no_plots, teacher=a.teacher, distill_weight=a.distill_weight)
     return 0

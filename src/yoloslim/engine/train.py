@@ -33,6 +33,14 @@ from torch import nn
 from yoloslim.config import from_dict
 from yoloslim.engine import ddp
 from yoloslim.engine.checkpoint import ModelInfo, unwrap
+from yoloslim.engine.distill_setup import (
+    PSEUDO_CONF,
+    check_teacher,
+    image_folder_source,
+    is_image_folder,
+    load_teacher,
+    teacher_labels,
+)
 from yoloslim.engine.ema import ModelEMA
 from yoloslim.engine.hyp import hyp_from_dict, load_hyp
 from yoloslim.engine.optim import build_optimizer
@@ -62,8 +70,11 @@ from yoloslim.engine.train_setup import (
 from yoloslim.errors import UserError
 from yoloslim.log import logger, setup_logging
 from yoloslim.loss import make_loss
+from yoloslim.loss.distill import DistillLoss
 from yoloslim.models import build_model
 from yoloslim.viz.run_plots import write_training_plots
+
+DISTILL_WEIGHT = 1.0  # best of 0.5/1/2/4 on a pruned YOLOv5n: docs/BENCHMARKS.md, "Distillation"
 
 
 @dataclass
@@ -103,6 +114,10 @@ class TrainConfig:
             classes (see :func:`yoloslim.engine.train_setup.initial_model`).
         plots: at the end of the run, write its pictures into the run folder (results.png, labels.png,
             PR and F1 curves, confusion matrix, validation images; see :mod:`yoloslim.viz.run_plots`).
+        teacher: a model file to distil from (same family, classes and head; normally the unpruned
+            model); its distillation loss is added to the detection loss. With ``data`` a folder of
+            unlabelled images, it is the whole loss (label-free recovery).
+        distill_weight: weight of the distillation loss against the detection loss.
     """
 
     data: str = ""
@@ -131,6 +146,8 @@ class TrainConfig:
     save_every: int = 1
     class_map: str | None = None
     plots: bool = True
+    teacher: str | None = None
+    distill_weight: float = DISTILL_WEIGHT
 
 
 @dataclass
@@ -160,7 +177,9 @@ def _train(cfg: TrainConfig, d: ddp.Dist, device: torch.device) -> TrainResult:
     _check_config(cfg)
     _seed_everything(cfg.seed + d.rank)
     hyp = hyp_from_dict(state["hyp"]) if state else load_hyp(cfg.hyp)
-    source = load_training_data(cfg.data)
+    teacher = load_teacher(cfg.teacher, device) if cfg.teacher else None
+    label_free = is_image_folder(cfg.data)
+    source = image_folder_source(cfg.data, teacher) if label_free else load_training_data(cfg.data)
     if state:
         spec, names, history = spec_of(state)
         model, info = build_model(spec), ModelInfo(spec, names, cfg.imgsz, history)
@@ -168,12 +187,16 @@ def _train(cfg: TrainConfig, d: ddp.Dist, device: torch.device) -> TrainResult:
         model, info = initial_model(cfg.model, cfg.weights, source.names, cfg.imgsz, cfg.class_map)
     if cfg.imgsz % max(info.spec.strides):
         raise UserError(f"--imgsz must be a multiple of {max(info.spec.strides)}, got {cfg.imgsz}")
+    if teacher is not None:
+        check_teacher(teacher.info.spec, info.spec, teacher.path)
     run_dir = _run_dir(cfg, d)  # created only once the inputs are known to be good
     if d.main:
         setup_logging(run_dir)
         write_args(run_dir, dataclasses.asdict(cfg), hyp.to_dict())
     model = model.to(device)
     loss_fn = make_loss(model, hyp, cfg.imgsz)
+    if label_free and d.main:  # rank 0 validates
+        source.splits["val"] = teacher_labels(teacher, source.splits["val"], cfg.imgsz, device)
     augment = hyp.augment if cfg.augment else None
     train_loader, train_ds, sampler, val_loader = make_loaders(
         source, cfg.imgsz, cfg.batch, cfg.workers, cfg.seed, augment, cfg.cache, d)
@@ -187,6 +210,8 @@ def _train(cfg: TrainConfig, d: ddp.Dist, device: torch.device) -> TrainResult:
     progress = restore_state(parts, state) if state else Progress()
     parts.net = ddp.wrap(model, d, device)
     parts.sparsity = _make_sparsity(cfg, model)
+    if teacher is not None:
+        parts.distill = DistillLoss(teacher.model, cfg.distill_weight, detection=not label_free)
 
     event = "sparse-trained" if cfg.sparsity > 0 else ("fine-tuned" if cfg.weights else "trained")
     csv = ResultsCSV(run_dir / "results.csv", keep_epochs_below=progress.start_epoch + 1 if state else None)
@@ -196,6 +221,12 @@ def _train(cfg: TrainConfig, d: ddp.Dist, device: torch.device) -> TrainResult:
                     f"on {cfg.data} at epoch {progress.start_epoch + 1}/{cfg.epochs}: {len(train_ds)} train "
                     f"images, batch {cfg.batch}, {cfg.imgsz} px, {device}"
                     f"{f' x {d.world_size}' if d.enabled else ''}; run folder {run_dir}")
+        if teacher is not None:
+            n_val = len(source.splits["val"])
+            logger.info(f"distilling from {cfg.teacher} (weight {cfg.distill_weight})"
+                        + (": label-free, the teacher's outputs are the only target; validation is agreement "
+                           f"with the teacher: mAP against its detections (score >= {PSEUDO_CONF}) on "
+                           f"{n_val} held-out image{'s' if n_val != 1 else ''}, not accuracy" if label_free else ""))
     nb = len(train_loader)
     n_warmup = max(round(hyp.warmup_epochs * nb), 100) if hyp.warmup_epochs > 0 else 0
     metrics: dict[str, Any] = {}
@@ -264,6 +295,8 @@ def _check_config(cfg: TrainConfig) -> None:
         raise UserError(f"--batch must be at least 1, got {cfg.batch}")
     if cfg.sparsity < 0:
         raise UserError(f"--sparsity must be >= 0, got {cfg.sparsity}")
+    if cfg.distill_weight < 0:
+        raise UserError(f"--distill-weight must be >= 0, got {cfg.distill_weight}")
     if cfg.sparsity_schedule not in ("constant", "linear"):
         raise UserError(f"--sparsity-schedule must be constant or linear, got {cfg.sparsity_schedule!r}")
 

@@ -55,6 +55,7 @@ class Parts:
     ema: ModelEMA
     loss_fn: Any
     sparsity: Any  # BNSparsity or None
+    distill: Any = None  # DistillLoss or None
 
 
 def train_one_epoch(parts: Parts, loader, epoch: int, cfg: TrainConfig, hyp: Hyp, n_warmup: int, d: ddp.Dist,
@@ -79,7 +80,9 @@ def train_one_epoch(parts: Parts, loader, epoch: int, cfg: TrainConfig, hyp: Hyp
         x = preprocess(imgs.to(device, non_blocking=True), spec)  # (b, 3, S, S) float
         autocast = torch.autocast("cuda") if amp else contextlib.nullcontext()
         with autocast:
-            loss, items = parts.loss_fn(parts.net(x), targets.to(device))
+            raw = parts.net(x)
+            loss, items = (parts.loss_fn(raw, targets.to(device)) if parts.distill is None
+                           else parts.distill.combine(raw, x, targets.to(device), parts.loss_fn))
         if ddp.any_flag(not bool(torch.isfinite(loss)), d, device):
             raise _diverged(f"the loss became {float(loss.detach())}", epoch, i, run_dir)
         if d.enabled:
@@ -171,6 +174,8 @@ def save_checkpoints(parts: Parts, cfg: TrainConfig, hyp: Hyp, info: ModelInfo, 
     details = {k: round(metrics[k], 5) for k in ("map50", "map") if k in metrics}
     if cfg.sparsity:
         details["sparsity"] = cfg.sparsity
+    if cfg.teacher:
+        details.update(teacher=cfg.teacher, distill_weight=cfg.distill_weight)
     epoch_info = info.with_event(event, epochs=epoch + 1, data=str(cfg.data), imgsz=cfg.imgsz, **details)
     save_last = stop or (epoch + 1) % cfg.save_every == 0 or epoch == cfg.epochs - 1
     if save_last or improved:

@@ -8,6 +8,12 @@ from torch import nn
 from yoloslim.models.spec import ArchSpec
 
 
+def decode_style(spec: ArchSpec) -> str:
+    """How the spec's raw maps decode: ``"yolov5"``, ``"darknet"`` or ``"anchor_free"`` (see :class:`Decoder`)."""
+    default_style = {"yolov5": "yolov5", "yolov3": "darknet", "yolox": "anchor_free"}[spec.family]
+    return spec.options.get("decode", default_style)
+
+
 class Decoder(nn.Module):
     """Turns the raw maps of a head into ``(b, N, 5 + nc)`` rows.
 
@@ -19,8 +25,7 @@ class Decoder(nn.Module):
 
     def __init__(self, spec: ArchSpec) -> None:
         super().__init__()
-        default_style = {"yolov5": "yolov5", "yolov3": "darknet", "yolox": "anchor_free"}[spec.family]
-        self.style = spec.options.get("decode", default_style)
+        self.style = decode_style(spec)
         self.nc = spec.nc
         self.na = spec.num_anchors if spec.anchors else 1
         self.strides = [float(s) for s in spec.strides]

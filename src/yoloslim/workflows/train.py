@@ -19,30 +19,33 @@ def train(data: str | None = None, model: str | None = None, weights: str | None
           resume: str | None = None, device: str | None = None, patience: int = 100, cache: bool = False,
           no_augment: bool = False, no_aug_epochs: int = 0, nominal_batch: int = 64, val_every_epoch: bool = True,
           save_every: int = 1, json_file: str | None = None, class_map: str | None = None,
-          no_plots: bool = False) -> TrainResult:
+          no_plots: bool = False, teacher: str | None = None, distill_weight: float | None = None) -> TrainResult:
     """Run one training (see :class:`yoloslim.engine.train.TrainConfig` for the arguments).
 
     ``resume`` continues an interrupted run (its folder or state file; "" for the latest) with the
     settings it was started with; giving one of those settings too is refused rather than ignored.
     ``epochs``, ``batch`` and ``imgsz`` None take TrainConfig's defaults. ``device`` None picks CUDA
-    when available.
+    when available. ``distill_weight`` None takes TrainConfig's default; it needs ``teacher``.
     """
     if resume is not None:
         _refuse_new_settings(data=data, model=model, weights=weights, hyp=hyp, epochs=epochs, batch=batch,
-                             imgsz=imgsz, class_map=class_map)
+                             imgsz=imgsz, class_map=class_map, teacher=teacher, distill_weight=distill_weight)
     else:
         if not data:
             raise UserError("give the data set with --data (a data.yaml or a VOC root)")
         if (model is None) == (weights is None):
             raise UserError("give exactly one of --model NAME (from scratch) or --weights CKPT")
+    if distill_weight is not None and not teacher and resume is None:
+        raise UserError("--distill-weight weighs the distillation from a teacher: give --teacher MODEL too")
     check_writable(out or (TrainConfig.project if resume is None else None), "--out", folder=True)
     check_writable(json_file, "--json")
-    sizes = {k: v for k, v in {"epochs": epochs, "batch": batch, "imgsz": imgsz}.items() if v is not None}
+    sizes = {k: v for k, v in {"epochs": epochs, "batch": batch, "imgsz": imgsz,
+                               "distill_weight": distill_weight}.items() if v is not None}
     cfg = TrainConfig(data=data or "", model=model, weights=weights, **sizes,
                       device=device or _default_device(), workers=workers, out=out, resume=resume, seed=seed,
                       hyp=hyp, cos_lr=cos_lr, sparsity=sparsity, sparsity_schedule=sparsity_schedule,
                       sparsity_bias=sparsity_bias, patience=patience, augment=not no_augment, cache=cache,
-                      no_aug_epochs=no_aug_epochs,
+                      no_aug_epochs=no_aug_epochs, teacher=teacher,
                       nominal_batch=nominal_batch, val_every_epoch=val_every_epoch, save_every=save_every,
                       class_map=class_map, plots=not no_plots)
     result = run_training(cfg)
