@@ -39,6 +39,12 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="prune in K steps (fine-tuned between them with --finetune-epochs)")
     p.add_argument("--finetune-epochs", type=int, default=0,
                    help="fine-tune epochs between --steps (needs --data)")
+    p.add_argument("--calib", metavar="SOURCE",
+                   help="recalibrate the pruned model's batch norms on these images: a data set (its train "
+                        "split) or a folder of images (default: --data's train split)")
+    p.add_argument("--calib-images", type=int, default=None, metavar="N",
+                   help="recalibrate on at most N images (default 256)")
+    p.add_argument("--no-calib", action="store_true", help="do not recalibrate the batch norms, even with --data")
     p.add_argument("--out", help="output model file (default: <weights>-<method>.safetensors)")
     p.add_argument("--json", dest="json_file",
                    help="also write before/after figures and per-layer widths as JSON")
@@ -52,5 +58,6 @@ def _run(a: argparse.Namespace) -> int:
           target_params=a.target_params, blocks=a.blocks, global_rank=a.global_rank, include=a.include,
           round_to=a.round_to, min_channels=a.min_channels, fold_bias=a.fold_bias, data=a.data, imgsz=a.imgsz,
           batch=a.batch, workers=a.workers, out=a.out, json_file=a.json_file, latency_runs=a.latency_runs,
-          steps=a.steps, finetune_epochs=a.finetune_epochs)
+          steps=a.steps, finetune_epochs=a.finetune_epochs, calib=a.calib, no_calib=a.no_calib,
+          **({"calib_images": a.calib_images} if a.calib_images is not None else {}))
     return 0

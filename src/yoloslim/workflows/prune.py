@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from pathlib import Path
@@ -9,12 +10,15 @@ from typing import Any
 
 from torch import nn
 
+from yoloslim.data.calibration import calibration_images
 from yoloslim.engine.checkpoint import ModelInfo, load_model, save_model
 from yoloslim.engine.profile import count_params, profile, total_gflops
 from yoloslim.errors import UserError
 from yoloslim.log import logger
-from yoloslim.prune.iterative import prune_in_steps
+from yoloslim.models.decode import preprocess
+from yoloslim.prune.iterative import Recalibrate, prune_in_steps
 from yoloslim.prune.pipeline import PruneOptions, PruneResult, prune_model
+from yoloslim.prune.recalibrate import CALIB_IMAGES, recalibrate_bn
 from yoloslim.workflows.report import table, write_json
 
 
@@ -23,7 +27,8 @@ def prune(weights: str, method: str, ratio: float | None = None, target_flops: f
           include: list[str] | None = None, round_to: int = 1, min_channels: int = 0, fold_bias: bool = False,
           data: str | None = None, imgsz: int | None = None, batch: int = 16, workers: int = 2,
           out: str | None = None, json_file: str | None = None, latency_runs: int = 20,
-          steps: int = 1, finetune_epochs: int = 0) -> dict[str, Any]:
+          steps: int = 1, finetune_epochs: int = 0, calib: str | None = None, calib_images: int = CALIB_IMAGES,
+          no_calib: bool = False) -> dict[str, Any]:
     """Prune ``weights``, write the compact model and print the Metric / Before / After table.
 
     Args:
@@ -47,6 +52,10 @@ def prune(weights: str, method: str, ratio: float | None = None, target_flops: f
         latency_runs: timed batch-1 runs per model, alternating (0: skip latency).
         steps: iterative pruning in this many steps (with ``finetune_epochs`` of training between them).
         finetune_epochs: epochs of fine-tuning after each step but the last (needs ``data``).
+        calib: recalibrate the pruned model's batch norms on these images (a data set's train split, a
+            folder of images, an image or a video); default: ``data``'s train split when given.
+        calib_images: recalibrate on at most this many images.
+        no_calib: do not recalibrate, even with ``data``.
 
     Returns:
         The summary written to ``json_file``.
@@ -61,6 +70,8 @@ def prune(weights: str, method: str, ratio: float | None = None, target_flops: f
         raise UserError(f"--finetune-epochs must be at least 0, got {finetune_epochs}")
     if finetune_epochs and not data:
         raise UserError("--finetune-epochs needs --data (the data set to fine-tune on between steps)")
+    if calib and no_calib:
+        raise UserError("--calib and --no-calib contradict each other; give one of them")
     if finetune_epochs and steps == 1:
         raise UserError("--finetune-epochs fine-tunes between --steps; with one step, prune and then run "
                         "`yoloslim train --weights PRUNED --data DATA`")
@@ -70,6 +81,8 @@ def prune(weights: str, method: str, ratio: float | None = None, target_flops: f
     stride = max(model.spec.strides)
     if imgsz <= 0 or imgsz % stride:
         raise UserError(f"--imgsz must be a positive multiple of {stride}, got {imgsz}")
+    calib_source = None if no_calib else (calib or data)
+    recal = _recalibrator(calib_source, imgsz, calib_images, batch) if calib_source else None
     out_path = Path(out) if out else Path(weights).with_name(f"{Path(weights).stem}-{method}.safetensors")
     t0 = time.perf_counter()
     step_log: list[dict[str, Any]] = []
@@ -79,10 +92,12 @@ def prune(weights: str, method: str, ratio: float | None = None, target_flops: f
         finetune = _finetuner(data, finetune_epochs, imgsz, batch, workers) if finetune_epochs else None
         step_dir = out_path.with_name(f"{out_path.stem}-steps")
         result, info, records = prune_in_steps(model, info, opts, steps, step_dir, source=str(weights),
-                                               finetune=finetune)
+                                               finetune=finetune, recalibrate=recal)
         step_log = [dataclasses.asdict(r) for r in records]
     seconds = time.perf_counter() - t0
     pruned = result.model.eval()
+    uncalibrated = copy.deepcopy(pruned) if recal and data else None  # for the report's mAP before recalibration
+    calibrated = recal(pruned) if recal else 0
     event = {"method": method, "ratio": round(result.ratio, 6), "source": str(weights)}
     if steps > 1:
         event.update(steps=steps, finetune_epochs=finetune_epochs)
@@ -90,7 +105,8 @@ def prune(weights: str, method: str, ratio: float | None = None, target_flops: f
                        ("include", include), ("round_to", round_to if round_to != 1 else None),
                        ("min_channels", min_channels or None), ("held", result.held or None),
                        ("removed_blocks", result.removed_blocks or None), ("fold_bias", fold_bias or None),
-                       ("global", global_rank or None)):
+                       ("global", global_rank or None), ("calib", calib_source if calibrated else None),
+                       ("calib_images", calibrated or None)):
         if value is not None:
             event[key] = value
     new_info = ModelInfo(pruned.spec, info.names, info.imgsz, info.history).with_event("pruned", **event)
@@ -103,15 +119,19 @@ def prune(weights: str, method: str, ratio: float | None = None, target_flops: f
 
         lat = compare_latency({"before": model, "after": pruned}, imgsz, runs=latency_runs, warmup=3)
         before["latency_ms"], after["latency_ms"] = lat["before"]["median_ms"], lat["after"]["median_ms"]
+    uncalibrated_maps = None
     if data:
-        maps = _evaluate({"before": model, "after": pruned}, data, imgsz, batch, workers)
+        models = {"before": model, "after": pruned} | ({"pruned": uncalibrated} if uncalibrated else {})
+        maps = _evaluate(models, data, imgsz, batch, workers)
         before.update(maps["before"])
         after.update(maps["after"])
+        uncalibrated_maps = maps.get("pruned")
     layers = _layer_rows(model, pruned, result)
     summary = {"weights": str(weights), "out": str(out_path), "method": method, "ratio": result.ratio,
                "imgsz": imgsz, "seconds": round(seconds, 3), "held": result.held,
                "removed_blocks": result.removed_blocks, "steps": step_log, "before": before, "after": after,
-               "layers": layers}
+               "calib": {"source": calib_source, "images": calibrated} if calibrated else None,
+               "uncalibrated": uncalibrated_maps, "layers": layers}
     _print_report(summary)
     if json_file:
         write_json(json_file, summary)
@@ -128,6 +148,18 @@ def _finetuner(data: str | None, epochs: int, imgsz: int, batch: int, workers: i
         return run.best, {k: v for k, v in run.metrics.items() if isinstance(v, (int, float))}
 
     return finetune
+
+
+def _recalibrator(source: str, imgsz: int, limit: int, batch: int) -> Recalibrate:
+    """``fn(model) -> images used``: BN recalibration on ``source`` (the images are resolved now, so a
+    bad ``--calib`` fails before any pruning)."""
+    images = calibration_images(source, imgsz, limit, batch)
+    logger.info(f"BN recalibration on up to {limit} images of {source} ({images.kind})")
+
+    def recalibrate(model: nn.Module) -> int:
+        return recalibrate_bn(model, (preprocess(x, model.spec) for x in images))
+
+    return recalibrate
 
 
 def _figures(model: nn.Module, imgsz: int) -> dict[str, Any]:
@@ -176,6 +208,7 @@ def _print_report(s: dict[str, Any]) -> None:
                     [[r["name"], r["c_in_before"], r["c_in_after"], r["c_out_before"],
                       r["c_out_after"] if r["c_out_after"] else "removed"] for r in changed]))
         print(f"({len(changed)} of {len(s['layers'])} convs changed)\n")
+    pre = s.get("uncalibrated")  # mAP of the pruned model before BN recalibration
     rows = []
     for key, label, fmt in (("params", "params", "{:,}"), ("gflops", f"GFLOPs @{s['imgsz']}", "{:.3f}"),
                             ("latency_ms", "CPU latency ms (median, batch 1)", "{:.2f}"),
@@ -183,8 +216,12 @@ def _print_report(s: dict[str, Any]) -> None:
         if b.get(key) is None:
             continue
         change = (a[key] - b[key]) / b[key] * 100 if b[key] else 0.0
-        rows.append([label, fmt.format(b[key]), fmt.format(a[key]), f"{change:+.1f} %"])
-    print(table(["Metric", "Before", "After", "Change"], rows))
+        mid = [fmt.format(pre.get(key, a[key]))] if pre else []
+        rows.append([label, fmt.format(b[key]), *mid, fmt.format(a[key]), f"{change:+.1f} %"])
+    head = ["Metric", "Before", "Pruned", "Recalibrated"] if pre else ["Metric", "Before", "After"]
+    print(table([*head, "Change"], rows))
     extra = f"; held by --min-channels: {', '.join(s['held'])}" if s["held"] else ""
     blocks = f"; removed blocks: {', '.join(s['removed_blocks'])}" if s["removed_blocks"] else ""
+    if s.get("calib"):
+        print(f"batch norms recalibrated on {s['calib']['images']} images of {s['calib']['source']}")
     print(f"{s['method']} at ratio {s['ratio']:.4g} in {s['seconds']:.2f}s -> {s['out']}{extra}{blocks}")
