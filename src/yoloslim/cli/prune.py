@@ -8,8 +8,10 @@ import argparse
 def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prune", help="prune a model (slim, l1, l2 or layer) into a compact model file")
     p.add_argument("--weights", required=True, help="a yoloslim model file (.safetensors)")
-    p.add_argument("--method", required=True, choices=["slim", "l1", "l2", "layer"],
-                   help="slim: global BN-γ threshold; l1/l2: filter norms; layer: remove residual blocks")
+    p.add_argument("--method", default="auto",
+                   help="auto (default: the criterion the benchmark found least damaging); slim: global BN-γ "
+                        "threshold; l1/l2: filter norms; group: group L2 norm (DepGraph); taylor: first-order "
+                        "Taylor on --data; layer: remove residual blocks")
     amount = p.add_mutually_exclusive_group(required=True)
     amount.add_argument("--ratio", type=float,
                         help="fraction of prunable channels (layer: of removable blocks)")
@@ -19,7 +21,8 @@ def add(sub: argparse._SubParsersAction) -> None:
                         help="parameters of the result as a fraction of the original")
     amount.add_argument("--blocks", type=int, help="layer: number of residual blocks to remove")
     p.add_argument("--global", dest="global_rank", action="store_true",
-                   help="l1/l2: one ranking over all channels instead of the same ratio per layer")
+                   help="l1/l2/group/taylor: one ranking over all channels instead of the same ratio per layer "
+                        "(group/taylor: each group's scores divided by their mean)")
     p.add_argument("--include", nargs="+", metavar="NAME",
                    help="prune only under these module-name prefixes (a stage or a single conv) and what is "
                         "coupled to them")

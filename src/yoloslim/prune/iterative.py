@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from yoloslim.engine.checkpoint import ModelInfo, load_model, save_model
@@ -49,7 +50,9 @@ class StepRecord:
 
 def prune_in_steps(model: nn.Module, info: ModelInfo, opts: PruneOptions, steps: int, step_dir: Path,
                    source: str = "", finetune: Finetune | None = None,
-                   recalibrate: Recalibrate | None = None) -> tuple[PruneResult, ModelInfo, list[StepRecord]]:
+                   recalibrate: Recalibrate | None = None,
+                   batches: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+                   ) -> tuple[PruneResult, ModelInfo, list[StepRecord]]:
     """Prune ``model`` in ``steps`` steps; every step's model is written to ``step_dir``.
 
     Args:
@@ -62,6 +65,7 @@ def prune_in_steps(model: nn.Module, info: ModelInfo, opts: PruneOptions, steps:
         finetune: fine-tunes a step's model file between steps (not after the last).
         recalibrate: re-estimates a step's batch norms right after its cut, before it is saved,
             fine-tuned and re-scored (not after the last step).
+        batches: training ``(imgs, targets)`` for gradient-based methods (re-scored on each step's model).
 
     Returns:
         The last step's result (``model`` is the final compact model, ``renamed`` and
@@ -72,7 +76,7 @@ def prune_in_steps(model: nn.Module, info: ModelInfo, opts: PruneOptions, steps:
         raise UserError(f"iterative pruning needs at least 2 steps, got {steps}")
     measure = _measure(opts)
     original = measure(model)
-    total_blocks = _layer_total(model, opts) if opts.method == "layer" else 0
+    total_blocks = _layer_total(model, opts) if opts.resolved == "layer" else 0
     names = {n: n for n, _ in model.named_modules() if n}  # original name -> current name
     current, current_info = model, info
     records: list[StepRecord] = []
@@ -80,11 +84,11 @@ def prune_in_steps(model: nn.Module, info: ModelInfo, opts: PruneOptions, steps:
     for k in range(1, steps + 1):
         step = _step_options(opts, k, steps, total_blocks, original, measure(current))
         logger.info(f"pruning step {k}/{steps}: {_amount(step)}")
-        result = prune_model(current, step)
+        result = prune_model(current, step, batches=batches)
         calibrated = recalibrate(result.model) if recalibrate is not None and k < steps else 0
         names = {o: (result.renamed.get(n, n) if n is not None else None) for o, n in names.items()}
         current_info = ModelInfo(result.model.spec, info.names, info.imgsz, current_info.history).with_event(
-            "pruned", method=opts.method, ratio=round(result.ratio, 6), step=f"{k}/{steps}", source=source,
+            "pruned", method=opts.resolved, ratio=round(result.ratio, 6), step=f"{k}/{steps}", source=source,
             **({"calib_images": calibrated} if calibrated else {}))
         step_file = save_model(Path(step_dir) / f"step{k}.safetensors", result.model, current_info)
         current = result.model
@@ -96,7 +100,7 @@ def prune_in_steps(model: nn.Module, info: ModelInfo, opts: PruneOptions, steps:
             rec.finetuned, rec.metrics = str(best), metrics
         records.append(rec)
     assert result is not None
-    removed = _removed_blocks(model, names) if opts.method == "layer" else []
+    removed = _removed_blocks(model, names) if opts.resolved == "layer" else []
     ratio = _overall_ratio(opts, total_blocks, model, current)
     final = dataclasses.replace(result, model=current, renamed={o: n for o, n in names.items() if o != n},
                                 removed_blocks=removed, ratio=ratio)
@@ -112,7 +116,7 @@ def _measure(opts: PruneOptions) -> Callable[[nn.Module], float]:
 def _step_options(opts: PruneOptions, k: int, steps: int, total_blocks: int, original: float,
                   current: float) -> PruneOptions:
     step = dataclasses.replace(opts, include=list(opts.include))
-    if opts.method == "layer":
+    if opts.resolved == "layer":
         step.ratio, step.blocks = None, total_blocks * k // steps - total_blocks * (k - 1) // steps
     elif opts.ratio is not None:
         step.ratio = 1 - (1 - opts.ratio) ** (1 / steps)
@@ -144,7 +148,7 @@ def _layer_total(model: nn.Module, opts: PruneOptions) -> int:
 
 def _overall_ratio(opts: PruneOptions, total_blocks: int, model: nn.Module, final: nn.Module) -> float:
     """Fraction of the selected blocks / prunable channels that the steps removed together."""
-    if opts.method == "layer":
+    if opts.resolved == "layer":
         return total_blocks / max(1, len(_layer_blocks(model, opts)))
     groups = ChannelGraph.trace(model).select(list(opts.include) or None)
     before = sum(g.size for g in groups)

@@ -16,13 +16,14 @@ from yoloslim.engine.profile import count_params, profile, total_gflops
 from yoloslim.errors import UserError
 from yoloslim.log import logger
 from yoloslim.models.decode import preprocess
+from yoloslim.prune.gradients import train_batches
 from yoloslim.prune.iterative import Recalibrate, prune_in_steps
-from yoloslim.prune.pipeline import PruneOptions, PruneResult, prune_model
+from yoloslim.prune.pipeline import NEEDS_GRADIENTS, PruneOptions, PruneResult, prune_model
 from yoloslim.prune.recalibrate import CALIB_IMAGES, recalibrate_bn
 from yoloslim.workflows.report import table, write_json
 
 
-def prune(weights: str, method: str, ratio: float | None = None, target_flops: float | None = None,
+def prune(weights: str, method: str = "auto", ratio: float | None = None, target_flops: float | None = None,
           target_params: float | None = None, blocks: int | None = None, global_rank: bool = False,
           include: list[str] | None = None, round_to: int = 1, min_channels: int = 0, fold_bias: bool = False,
           data: str | None = None, imgsz: int | None = None, batch: int = 16, workers: int = 2,
@@ -33,7 +34,7 @@ def prune(weights: str, method: str, ratio: float | None = None, target_flops: f
 
     Args:
         weights: a yoloslim model file.
-        method: ``slim``, ``l1``, ``l2`` or ``layer``.
+        method: one of :data:`yoloslim.prune.pipeline.METHODS` (``auto``: the benchmark's winner).
         ratio: fraction of prunable channels (removable blocks for ``layer``) to remove.
         target_flops: instead, the pruned model's FLOPs as a fraction of the original.
         target_params: instead, its parameters as a fraction of the original.
@@ -83,16 +84,18 @@ def prune(weights: str, method: str, ratio: float | None = None, target_flops: f
         raise UserError(f"--imgsz must be a positive multiple of {stride}, got {imgsz}")
     calib_source = None if no_calib else (calib or data)
     recal = _recalibrator(calib_source, imgsz, calib_images, batch) if calib_source else None
+    method = opts.resolved
+    batches = train_batches(data, imgsz, batch, workers=workers) if method in NEEDS_GRADIENTS and data else None
     out_path = Path(out) if out else Path(weights).with_name(f"{Path(weights).stem}-{method}.safetensors")
     t0 = time.perf_counter()
     step_log: list[dict[str, Any]] = []
     if steps == 1:
-        result = prune_model(model, opts)
+        result = prune_model(model, opts, batches=batches)
     else:
         finetune = _finetuner(data, finetune_epochs, imgsz, batch, workers) if finetune_epochs else None
         step_dir = out_path.with_name(f"{out_path.stem}-steps")
         result, info, records = prune_in_steps(model, info, opts, steps, step_dir, source=str(weights),
-                                               finetune=finetune, recalibrate=recal)
+                                               finetune=finetune, recalibrate=recal, batches=batches)
         step_log = [dataclasses.asdict(r) for r in records]
     seconds = time.perf_counter() - t0
     pruned = result.model.eval()
