@@ -26,18 +26,19 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import command_line, md_table  # noqa: E402
 
+from yoloslim.errors import UserError  # noqa: E402
 from yoloslim.workflows.prune import prune  # noqa: E402
 
-# label -> prune() arguments
+# label -> prune() arguments; a global ranking of an unsparse model empties groups: they keep 4 channels
 CANDIDATES: dict[str, dict] = {
     "l1": {"method": "l1"},
     "l2": {"method": "l2"},
-    "l1 --global": {"method": "l1", "global_rank": True},
-    "slim": {"method": "slim"},
+    "l1 --global": {"method": "l1", "global_rank": True, "min_channels": 4},
+    "slim": {"method": "slim", "min_channels": 4},
     "group": {"method": "group"},
-    "group --global": {"method": "group", "global_rank": True},
+    "group --global": {"method": "group", "global_rank": True, "min_channels": 4},
     "taylor": {"method": "taylor"},
-    "taylor --global": {"method": "taylor", "global_rank": True},
+    "taylor --global": {"method": "taylor", "global_rank": True, "min_channels": 4},
     "l1 --steps 3": {"method": "l1", "steps": 3},
     "group --steps 3": {"method": "group", "steps": 3},
 }
@@ -49,9 +50,13 @@ def run(weights: str, data: str, target_flops: float, candidates: list[str], img
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, label in enumerate(candidates):
-            s = prune(weights, ratio=None, target_flops=target_flops, data=data, imgsz=imgsz, batch=batch,
-                      workers=0, latency_runs=0, calib_images=calib_images, out=str(Path(tmp) / f"c{i}.safetensors"),
-                      **CANDIDATES[label])
+            try:
+                s = prune(weights, ratio=None, target_flops=target_flops, data=data, imgsz=imgsz, batch=batch,
+                          workers=0, latency_runs=0, calib_images=calib_images,
+                          out=str(Path(tmp) / f"c{i}.safetensors"), **CANDIDATES[label])
+            except UserError as e:
+                rows.append({"candidate": label, "refused": str(e)})
+                continue
             b, a, u = s["before"], s["after"], s["uncalibrated"]
             rows.append({"candidate": label, "flops": round(a["gflops"] / b["gflops"], 4),
                          "before": [b["map50"], b["map"]], "pruned": [u["map50"], u["map"]],
@@ -71,12 +76,17 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(1)
     rows = run(a.weights, a.data, a.target_flops, a.candidates, a.imgsz, calib_images=a.calib_images)
-    base = rows[0]["before"]
-    print(f"unpruned: mAP@.5 {base[0]:.4f}, mAP@.5:.95 {base[1]:.4f}")
+    done = [r for r in rows if "before" in r]
+    if done:
+        print(f"unpruned: mAP@.5 {done[0]['before'][0]:.4f}, mAP@.5:.95 {done[0]['before'][1]:.4f}")
     print(md_table(["criterion", "FLOPs", "mAP@.5 pruned", "mAP@.5 + recal", "mAP@.5:.95 pruned",
                     "mAP@.5:.95 + recal"],
                    [[r["candidate"], f"{r['flops']:.1%}", f"{r['pruned'][0]:.4f}", f"{r['recalibrated'][0]:.4f}",
-                     f"{r['pruned'][1]:.4f}", f"{r['recalibrated'][1]:.4f}"] for r in rows]))
+                     f"{r['pruned'][1]:.4f}", f"{r['recalibrated'][1]:.4f}"] if "before" in r
+                    else [r["candidate"], "refused", "-", "-", "-", "-"] for r in rows]))
+    for r in rows:
+        if "refused" in r:
+            print(f"{r['candidate']}: {r['refused']}")
     print(command_line(__file__))
     if a.json_file:
         Path(a.json_file).write_text(json.dumps({"command": command_line(__file__), "rows": rows}, indent=1))

@@ -129,6 +129,9 @@ def prune(weights: str, method: str = "auto", ratio: float | None = None, target
         before.update(maps["before"])
         after.update(maps["after"])
         uncalibrated_maps = maps.get("pruned")
+        if uncalibrated_maps and after["map"] < uncalibrated_maps["map"]:
+            logger.warning(f"BN recalibration lowered mAP@.5:.95 on the val split ({uncalibrated_maps['map']:.4f} -> "
+                           f"{after['map']:.4f}); --no-calib keeps the statistics the model was trained with")
     layers = _layer_rows(model, pruned, result)
     summary = {"weights": str(weights), "out": str(out_path), "method": method, "ratio": result.ratio,
                "imgsz": imgsz, "seconds": round(seconds, 3), "held": result.held,
