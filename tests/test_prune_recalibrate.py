@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import randomize_bn
+from helpers import randomize_bn, self_scored_data
 from yoloslim.cli import main
 from yoloslim.data.calibration import calibration_images
 from yoloslim.data.dataset import load_data
@@ -54,45 +54,40 @@ def test_recalibration_stops_at_max_images_and_refuses_no_images():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # old statistics kept
 
 
-def _train_tiny(data, out):
+@pytest.mark.slow
+def test_recalibration_brings_a_pruned_trained_model_back_toward_the_original(tmp_path):
+    """YOLOv5n trained to mAP@.5 > 0.9 on 8 synthetic images (test_train_overfit's recipe, about 40 s), pruned
+    l1 0.1 without fine-tuning: recalibrated on those images, it finds far more of what the original finds.
+
+    Measured: mAP@.5 0.94 unpruned, 0.23 pruned, 0.61 pruned + recalibrated (mAP@.5:.95 0.71, 0.11, 0.31).
+    """
+    from yoloslim.data.dataset import DetectionDataset, create_loader
+    from yoloslim.engine.checkpoint import load_model
+    from yoloslim.engine.evaluate import evaluate
     from yoloslim.engine.train import TrainConfig, train
 
-    hyp = out.parent / "hyp.yaml"
-    hyp.write_text("lr0: 0.05\nwarmup_epochs: 0\n")
-    res = train(TrainConfig(data=str(data), model="yolov5n", epochs=10, batch=8, nominal_batch=8, imgsz=64,
+    data, names = self_scored_data(tmp_path / "data", images=10, imgsz=96, seed=2, val_ratio=0.2)
+    hyp = tmp_path / "hyp.yaml"
+    hyp.write_text("lr0: 0.1\nwarmup_epochs: 0\n")
+    run = train(TrainConfig(data=str(data), model="yolov5n", epochs=250, batch=8, nominal_batch=8, imgsz=96,
                             workers=0, seed=0, hyp=str(hyp), augment=False, val_every_epoch=False,
-                            save_every=1000, device="cpu", out=str(out)))
-    return res.last
-
-
-@pytest.mark.slow
-def test_recalibration_brings_a_pruned_trained_model_back_toward_the_original(tmp_path, tiny_data):
-    """A yolov5n trained 10 epochs at 64 px, pruned l1 0.3: recalibrated on the 16 train images, its raw
-    outputs on the 8 val images (not calibrated on) are much closer to the unpruned model's.
-
-    20 optimiser steps leave the running averages (momentum 0.03) half at their initial 0 / 1, far from
-    what a converged run holds, so the unpruned model's statistics are first settled on the same train
-    images, as the end of a long training would leave them.
-    """
-    from yoloslim.engine.checkpoint import load_model
-
-    model, _ = load_model(_train_tiny(tiny_data, tmp_path / "run"))
-    train_images = calibration_images(str(tiny_data), 64, CALIB_IMAGES, batch=8)
-    recalibrate_bn(model, (preprocess(x, model.spec) for x in train_images))
+                            save_every=1000, device="cpu", out=str(tmp_path / "run")))
+    model, _ = load_model(run.last)
     model.eval()
-    pruned = prune_model(model, PruneOptions(method="l1", ratio=0.3)).model.eval()
-    val = next(iter(calibration_images(str(tiny_data.parent / "images" / "val"), 64, 8, batch=8)))
+    loader = create_loader(DetectionDataset(load_data(data).splits["val"], 96), batch_size=8, shuffle=False,
+                           workers=0)
 
-    def distance(m):
-        with torch.no_grad():
-            x = preprocess(val, m.spec)
-            return sum(float((a - b).pow(2).mean()) for a, b in zip(m(x), model(x), strict=True))
+    def map50(m):
+        return float(evaluate(m, loader, names, progress=False).metrics.map50)
 
-    raw = distance(pruned)
-    assert recalibrate_bn(pruned, (preprocess(x, pruned.spec) for x in train_images)) == 16
-    calibrated = distance(pruned)
-    print(raw, calibrated)
-    assert calibrated < 0.5 * raw, (raw, calibrated)
+    original = map50(model)
+    pruned = prune_model(model, PruneOptions(method="l1", ratio=0.1)).model.eval()
+    raw = map50(pruned)
+    images = calibration_images(str(data), 96, CALIB_IMAGES, batch=8)
+    assert recalibrate_bn(pruned, (preprocess(x, pruned.spec) for x in images)) == 8
+    calibrated = map50(pruned)
+    assert original > 0.8
+    assert calibrated > raw + 0.2 and calibrated > 2 * raw, (original, raw, calibrated)
 
 
 @pytest.fixture()

@@ -72,11 +72,12 @@ def prune_in_steps(model: nn.Module, info: ModelInfo, opts: PruneOptions, steps:
         ``removed_blocks`` relative to the original), its metadata, and one record per step.
     """
     opts.check()
+    opts = opts.resolve(bool(batches))
     if steps < 2:
         raise UserError(f"iterative pruning needs at least 2 steps, got {steps}")
     measure = _measure(opts)
     original = measure(model)
-    total_blocks = _layer_total(model, opts) if opts.resolved == "layer" else 0
+    total_blocks = _layer_total(model, opts) if opts.method == "layer" else 0
     names = {n: n for n, _ in model.named_modules() if n}  # original name -> current name
     current, current_info = model, info
     records: list[StepRecord] = []
@@ -88,7 +89,7 @@ def prune_in_steps(model: nn.Module, info: ModelInfo, opts: PruneOptions, steps:
         calibrated = recalibrate(result.model) if recalibrate is not None and k < steps else 0
         names = {o: (result.renamed.get(n, n) if n is not None else None) for o, n in names.items()}
         current_info = ModelInfo(result.model.spec, info.names, info.imgsz, current_info.history).with_event(
-            "pruned", method=opts.resolved, ratio=round(result.ratio, 6), step=f"{k}/{steps}", source=source,
+            "pruned", method=opts.method, ratio=round(result.ratio, 6), step=f"{k}/{steps}", source=source,
             **({"calib_images": calibrated} if calibrated else {}))
         step_file = save_model(Path(step_dir) / f"step{k}.safetensors", result.model, current_info)
         current = result.model
@@ -100,7 +101,7 @@ def prune_in_steps(model: nn.Module, info: ModelInfo, opts: PruneOptions, steps:
             rec.finetuned, rec.metrics = str(best), metrics
         records.append(rec)
     assert result is not None
-    removed = _removed_blocks(model, names) if opts.resolved == "layer" else []
+    removed = _removed_blocks(model, names) if opts.method == "layer" else []
     ratio = _overall_ratio(opts, total_blocks, model, current)
     final = dataclasses.replace(result, model=current, renamed={o: n for o, n in names.items() if o != n},
                                 removed_blocks=removed, ratio=ratio)
@@ -116,7 +117,7 @@ def _measure(opts: PruneOptions) -> Callable[[nn.Module], float]:
 def _step_options(opts: PruneOptions, k: int, steps: int, total_blocks: int, original: float,
                   current: float) -> PruneOptions:
     step = dataclasses.replace(opts, include=list(opts.include))
-    if opts.resolved == "layer":
+    if opts.method == "layer":
         step.ratio, step.blocks = None, total_blocks * k // steps - total_blocks * (k - 1) // steps
     elif opts.ratio is not None:
         step.ratio = 1 - (1 - opts.ratio) ** (1 / steps)
@@ -148,7 +149,7 @@ def _layer_total(model: nn.Module, opts: PruneOptions) -> int:
 
 def _overall_ratio(opts: PruneOptions, total_blocks: int, model: nn.Module, final: nn.Module) -> float:
     """Fraction of the selected blocks / prunable channels that the steps removed together."""
-    if opts.resolved == "layer":
+    if opts.method == "layer":
         return total_blocks / max(1, len(_layer_blocks(model, opts)))
     groups = ChannelGraph.trace(model).select(list(opts.include) or None)
     before = sum(g.size for g in groups)

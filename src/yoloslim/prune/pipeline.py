@@ -6,6 +6,7 @@ plan; the ``prune`` workflow, the demo and the benchmarks all go through it.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -22,8 +23,17 @@ from yoloslim.prune.layers import LayerPlan, apply_layer_plan, block_renames, pl
 from yoloslim.prune.surgery import ChannelPlan, apply_plan, fold_bias
 
 METHODS = ("auto", "slim", "l1", "l2", "group", "taylor", "layer")
-AUTO = "l1"  # what ``auto`` (the default) prunes with: the criterion that damaged least, docs/BENCHMARKS.md
 NEEDS_GRADIENTS = ("taylor",)
+
+
+def auto_method(has_data: bool) -> tuple[str, bool]:
+    """What ``--method auto`` (the default) runs, as ``(method, global ranking)``.
+
+    The least damaging criterion at equal FLOPs in bench/criteria.py (docs/BENCHMARKS.md, "Pruning
+    criteria"): first-order Taylor ranked globally over per-group-normalised scores when there is
+    training data for its gradients, else DepGraph's group norm per layer.
+    """
+    return ("taylor", True) if has_data else ("group", False)
 
 
 @dataclass
@@ -33,7 +43,7 @@ class PruneOptions:
     Attributes:
         method: ``slim`` (global BN-γ threshold), ``l1`` / ``l2`` (filter norms), ``group`` (DepGraph's
             group L2 norm), ``taylor`` (first-order Taylor, needs gradients), ``layer`` (residual blocks),
-            ``auto`` (:data:`AUTO`).
+            ``auto`` (:func:`auto_method`).
         ratio: fraction of the prunable channels (or removable blocks) to remove.
         target_flops: instead, FLOPs of the result as a fraction of the original.
         target_params: instead, parameters of the result as a fraction of the original.
@@ -57,10 +67,13 @@ class PruneOptions:
     min_channels: int = 0
     fold_bias: bool = False
 
-    @property
-    def resolved(self) -> str:
-        """The method that runs: ``auto`` resolved."""
-        return AUTO if self.method == "auto" else self.method
+    def resolve(self, has_data: bool) -> PruneOptions:
+        """These options with ``auto`` replaced by :func:`auto_method`'s choice (an explicit ``--global`` stays)."""
+        if self.method != "auto":
+            return self
+        method, global_rank = auto_method(has_data)
+        return dataclasses.replace(self, method=method,
+                                   global_rank=global_rank if self.global_rank is None else self.global_rank)
 
     def check(self) -> None:
         if self.method not in METHODS:
@@ -71,10 +84,10 @@ class PruneOptions:
         if len(given) != 1:
             got = f" (got {', '.join(given)})" if given else ""
             raise UserError("give exactly one of " + ", ".join(amounts) + got)
-        if self.blocks is not None and self.resolved != "layer":
+        if self.blocks is not None and self.method != "layer":
             raise UserError("--blocks is for --method layer; channel methods take --ratio or a target")
         channel_only = self.global_rank or self.round_to != 1 or self.min_channels or self.fold_bias
-        if self.resolved == "layer" and channel_only:
+        if self.method == "layer" and channel_only:
             raise UserError("--global, --round-to, --min-channels and --fold-bias are for channel methods, "
                             "not --method layer")
 
@@ -103,10 +116,11 @@ def prune_model(model: nn.Module, opts: PruneOptions, graph: ChannelGraph | None
         batches: ``(imgs, targets)`` of the training data, for the methods in :data:`NEEDS_GRADIENTS`.
     """
     opts.check()
+    opts = opts.resolve(bool(batches))
     model = unwrap(model)
     graph = graph or ChannelGraph.trace(model)
     include = list(opts.include) or None
-    method = opts.resolved
+    method = opts.method
     if method == "layer":
         plan = plan_layers(model, graph, ratio=opts.ratio, blocks=opts.blocks, target_flops=opts.target_flops,
                            target_params=opts.target_params, include=include)

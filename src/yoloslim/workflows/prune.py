@@ -39,7 +39,7 @@ def prune(weights: str, method: str = "auto", ratio: float | None = None, target
         target_flops: instead, the pruned model's FLOPs as a fraction of the original.
         target_params: instead, its parameters as a fraction of the original.
         blocks: for ``layer``, how many blocks to remove.
-        global_rank: l1/l2: one ranking over all channels instead of the same ratio per layer.
+        global_rank: one ranking over all channels instead of the same ratio per layer.
         include: module-name prefixes: prune only there (plus what is coupled to them).
         round_to: pruned widths are multiples of this.
         min_channels: keep this many channels of a group a ratio would empty, instead of refusing.
@@ -65,6 +65,7 @@ def prune(weights: str, method: str = "auto", ratio: float | None = None, target
                         blocks=blocks, global_rank=global_rank or None, include=list(include or []),
                         round_to=round_to, min_channels=min_channels, fold_bias=fold_bias)
     opts.check()
+    opts = opts.resolve(bool(data))
     if steps < 1:
         raise UserError(f"--steps must be at least 1, got {steps}")
     if finetune_epochs < 0:
@@ -84,7 +85,7 @@ def prune(weights: str, method: str = "auto", ratio: float | None = None, target
         raise UserError(f"--imgsz must be a positive multiple of {stride}, got {imgsz}")
     calib_source = None if no_calib else (calib or data)
     recal = _recalibrator(calib_source, imgsz, calib_images, batch) if calib_source else None
-    method = opts.resolved
+    method = opts.method
     batches = train_batches(data, imgsz, batch, workers=workers) if method in NEEDS_GRADIENTS and data else None
     out_path = Path(out) if out else Path(weights).with_name(f"{Path(weights).stem}-{method}.safetensors")
     t0 = time.perf_counter()
@@ -108,7 +109,7 @@ def prune(weights: str, method: str = "auto", ratio: float | None = None, target
                        ("include", include), ("round_to", round_to if round_to != 1 else None),
                        ("min_channels", min_channels or None), ("held", result.held or None),
                        ("removed_blocks", result.removed_blocks or None), ("fold_bias", fold_bias or None),
-                       ("global", global_rank or None), ("calib", calib_source if calibrated else None),
+                       ("global", opts.global_rank or None), ("calib", calib_source if calibrated else None),
                        ("calib_images", calibrated or None)):
         if value is not None:
             event[key] = value
