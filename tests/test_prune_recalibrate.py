@@ -109,7 +109,7 @@ def test_prune_cli_recalibrates_on_a_folder_of_images(tmp_path, weights):
     assert main(["prune", "--weights", str(weights), "--method", "l1", "--ratio", "0.3", "--calib", str(folder),
                  "--calib-images", "3", "--latency-runs", "0", "--out", str(out), "--json", str(js)]) == 0
     report = json.loads(js.read_text())
-    assert report["calib"] == {"source": str(folder), "images": 3}
+    assert report["calib"] == {"source": str(folder), "images": 3, "kept": True}
     assert report["uncalibrated"] is None  # no --data: no mAP to show before and after
     event = read_info(out).history[-1]
     assert event["calib"] == str(folder) and event["calib_images"] == 3
@@ -120,7 +120,7 @@ def test_prune_cli_recalibrates_on_the_train_split_of_data_by_default(tmp_path, 
     assert main(["prune", "--weights", str(weights), "--method", "l1", "--ratio", "0.3", "--data", str(tiny_data),
                  "--latency-runs", "0", "--workers", "0", "--json", str(js)]) == 0
     report = json.loads(js.read_text())
-    assert report["calib"] == {"source": str(tiny_data), "images": 16}  # the 16 train images, not the 8 val
+    assert report["calib"]["source"] == str(tiny_data) and report["calib"]["images"] == 16  # train, not val
     assert set(report["uncalibrated"]) == {"map50", "map"}
     assert "Recalibrated" in capsys.readouterr().out
     js2 = tmp_path / "r2.json"
@@ -153,3 +153,32 @@ def test_calib_images_help_states_the_default():
     cli_prune.add(sub)
     helps = {a.dest: a.help for a in sub.choices["prune"]._actions}
     assert f"default {CALIB_IMAGES}" in helps["calib_images"]
+
+
+def test_default_recalibration_that_lowers_val_map_is_not_kept(tmp_path, weights, tiny_data, monkeypatch):
+    """With only --data, a recalibration that lowers val mAP@.5:.95 is reported and dropped; --calib keeps it."""
+    import yoloslim.workflows.prune as wf
+
+    def fake_evaluate(models, *args):  # the recalibrated model ("after") scores lower than the plain cut
+        scores = {"before": 0.3, "pruned": 0.2, "after": 0.1}
+        return {k: {"map50": scores[k], "map": scores[k] / 2} for k in models}
+
+    monkeypatch.setattr(wf, "_evaluate", fake_evaluate)
+    common = ["prune", "--weights", str(weights), "--method", "l1", "--ratio", "0.3", "--data", str(tiny_data),
+              "--latency-runs", "0", "--workers", "0"]
+    out, js = tmp_path / "p.safetensors", tmp_path / "r.json"
+    assert main([*common, "--out", str(out), "--json", str(js)]) == 0
+    report = json.loads(js.read_text())
+    assert report["calib"]["kept"] is False and report["calib"]["images"] == 16
+    assert report["after"]["map"] == 0.1 and report["recalibrated"]["map"] == 0.05
+    assert read_info(out).history[-1]["calib_kept"] is False
+    plain = tmp_path / "plain.safetensors"
+    assert main([*common, "--no-calib", "--out", str(plain)]) == 0
+    from yoloslim.engine.checkpoint import load_model
+
+    a, b = load_model(out)[0].state_dict(), load_model(plain)[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the file holds the un-recalibrated cut
+    forced, js2 = tmp_path / "forced.safetensors", tmp_path / "r2.json"
+    assert main([*common, "--calib", str(tiny_data), "--out", str(forced), "--json", str(js2)]) == 0
+    assert json.loads(js2.read_text())["calib"]["kept"] is True
+    assert "calib_kept" not in read_info(forced).history[-1]

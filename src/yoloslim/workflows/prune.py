@@ -123,7 +123,7 @@ def prune(weights: str, method: str = "auto", ratio: float | None = None, target
 
         lat = compare_latency({"before": model, "after": pruned}, imgsz, runs=latency_runs, warmup=3)
         before["latency_ms"], after["latency_ms"] = lat["before"]["median_ms"], lat["after"]["median_ms"]
-    uncalibrated_maps = None
+    uncalibrated_maps, recalibrated_maps, kept = None, None, True
     if data:
         models = {"before": model, "after": pruned} | ({"pruned": uncalibrated} if uncalibrated else {})
         maps = _evaluate(models, data, imgsz, batch, workers)
@@ -131,14 +131,23 @@ def prune(weights: str, method: str = "auto", ratio: float | None = None, target
         after.update(maps["after"])
         uncalibrated_maps = maps.get("pruned")
         if uncalibrated_maps and after["map"] < uncalibrated_maps["map"]:
-            logger.warning(f"BN recalibration lowered mAP@.5:.95 on the val split ({uncalibrated_maps['map']:.4f} -> "
-                           f"{after['map']:.4f}); --no-calib keeps the statistics the model was trained with")
+            lowered = (f"BN recalibration lowered mAP@.5:.95 on the val split ({uncalibrated_maps['map']:.4f} -> "
+                       f"{after['map']:.4f})")
+            if calib:  # asked for by name: keep it
+                logger.warning(f"{lowered}; kept, as --calib asks")
+            else:  # the --data default: keep the statistics the model was trained with
+                logger.warning(f"{lowered}: kept the trained statistics (--calib {data} forces recalibration)")
+                recalibrated_maps, kept = dict(after), False
+                pruned = uncalibrated
+                after.update(uncalibrated_maps)
+                save_model(out_path, pruned, ModelInfo(pruned.spec, info.names, info.imgsz, info.history).with_event(
+                    "pruned", **{**event, "calib_kept": False}))
     layers = _layer_rows(model, pruned, result)
     summary = {"weights": str(weights), "out": str(out_path), "method": method, "ratio": result.ratio,
                "imgsz": imgsz, "seconds": round(seconds, 3), "held": result.held,
                "removed_blocks": result.removed_blocks, "steps": step_log, "before": before, "after": after,
-               "calib": {"source": calib_source, "images": calibrated} if calibrated else None,
-               "uncalibrated": uncalibrated_maps, "layers": layers}
+               "calib": {"source": calib_source, "images": calibrated, "kept": kept} if calibrated else None,
+               "uncalibrated": uncalibrated_maps, "recalibrated": recalibrated_maps, "layers": layers}
     _print_report(summary)
     if json_file:
         write_json(json_file, summary)
@@ -216,6 +225,7 @@ def _print_report(s: dict[str, Any]) -> None:
                       r["c_out_after"] if r["c_out_after"] else "removed"] for r in changed]))
         print(f"({len(changed)} of {len(s['layers'])} convs changed)\n")
     pre = s.get("uncalibrated")  # mAP of the pruned model before BN recalibration
+    rec = s.get("recalibrated") or a  # and after it (``a`` unless recalibration was not kept)
     rows = []
     for key, label, fmt in (("params", "params", "{:,}"), ("gflops", f"GFLOPs @{s['imgsz']}", "{:.3f}"),
                             ("latency_ms", "CPU latency ms (median, batch 1)", "{:.2f}"),
@@ -223,12 +233,13 @@ def _print_report(s: dict[str, Any]) -> None:
         if b.get(key) is None:
             continue
         change = (a[key] - b[key]) / b[key] * 100 if b[key] else 0.0
-        mid = [fmt.format(pre.get(key, a[key]))] if pre else []
-        rows.append([label, fmt.format(b[key]), *mid, fmt.format(a[key]), f"{change:+.1f} %"])
+        mid = [fmt.format(pre.get(key, a[key])), fmt.format(rec.get(key, a[key]))] if pre else [fmt.format(a[key])]
+        rows.append([label, fmt.format(b[key]), *mid, f"{change:+.1f} %"])
     head = ["Metric", "Before", "Pruned", "Recalibrated"] if pre else ["Metric", "Before", "After"]
     print(table([*head, "Change"], rows))
     extra = f"; held by --min-channels: {', '.join(s['held'])}" if s["held"] else ""
     blocks = f"; removed blocks: {', '.join(s['removed_blocks'])}" if s["removed_blocks"] else ""
     if s.get("calib"):
-        print(f"batch norms recalibrated on {s['calib']['images']} images of {s['calib']['source']}")
+        kept = "" if s["calib"]["kept"] else " (not kept: it lowered mAP@.5:.95; the file has the Pruned model)"
+        print(f"batch norms recalibrated on {s['calib']['images']} images of {s['calib']['source']}{kept}")
     print(f"{s['method']} at ratio {s['ratio']:.4g} in {s['seconds']:.2f}s -> {s['out']}{extra}{blocks}")
