@@ -84,7 +84,7 @@ def calibration_images(source: str, imgsz: int, limit: int, batch: int = 16, see
     if not path.exists():
         raise UserError(f"--calib {source}: no such data set, folder, image or video")
     if not is_data_set(path):
-        open_source(str(path))  # fails now, with its clear line, on an empty folder or a bad file
+        open_source(str(path)).close()  # fails now, with its clear line, on an empty folder or a bad file
         return CalibrationImages(str(source), "images", imgsz, limit, batch)
     samples = load_data(path, warn=False).splits.get("train") or []
     if not samples:
