@@ -8,10 +8,12 @@ from yoloslim.errors import UserError
 from yoloslim.models import create_model
 from yoloslim.prune.allocate import plan_channels
 from yoloslim.prune.graph import ChannelGraph
-from yoloslim.prune.importance import BNScale, FilterNorm
+from yoloslim.prune.importance import BNScale, FilterNorm, GroupNorm, Taylor
 from yoloslim.prune.surgery import apply_plan, mask_model
 
-METHODS = {"slim": (BNScale(), True), "l1": (FilterNorm(1), False), "l2": (FilterNorm(2), False)}
+METHODS = {"slim": (BNScale(), True), "l1": (FilterNorm(1), False), "l2": (FilterNorm(2), False),
+           "group": (GroupNorm(), False), "group-global": (GroupNorm(normalize=True), True),
+           "taylor": (Taylor(), False), "taylor-global": (Taylor(normalize=True), True)}
 
 
 
@@ -31,7 +33,14 @@ def v5n():
 def test_masked_equals_compact(v5n, method):
     model, graph = v5n
     imp, global_rank = METHODS[method]
-    plan = plan_channels(model, graph, imp, ratio=0.5, global_rank=global_rank)
+    if isinstance(imp, Taylor):  # any gradients do to test the surgery
+        g = torch.Generator().manual_seed(1)
+        for p in model.parameters():
+            p.grad = torch.randn(p.shape, generator=g)
+    try:
+        plan = plan_channels(model, graph, imp, ratio=0.5, global_rank=global_rank, min_channels=1)
+    finally:
+        model.zero_grad(set_to_none=True)
     compact = apply_plan(model, plan).eval()
     masked = mask_model(model, plan).eval()
     x = torch.rand(2, 3, 64, 64)

@@ -12,7 +12,7 @@ from yoloslim.models.spec import ArchSpec
 from yoloslim.models.yolov3 import PRESETS
 from yoloslim.prune.allocate import plan_channels
 from yoloslim.prune.graph import ChannelGraph
-from yoloslim.prune.importance import BNScale, FilterNorm
+from yoloslim.prune.importance import BNScale, FilterNorm, GroupNorm
 from yoloslim.prune.layers import apply_layer_plan, find_blocks, mask_layers, plan_layers
 from yoloslim.prune.surgery import apply_plan, mask_model
 
@@ -39,7 +39,7 @@ def test_channel_pruning_masked_equals_compact(name):
     model = small_model(name)
     graph = ChannelGraph.trace(model)
     x = torch.rand(1, 3, 64, 64)
-    for imp, global_rank in ((BNScale(), True), (FilterNorm(1), False)):
+    for imp, global_rank in ((BNScale(), True), (FilterNorm(1), False), (GroupNorm(normalize=True), True)):
         plan = plan_channels(model, graph, imp, ratio=0.5, global_rank=global_rank, min_channels=1)
         compact, masked = apply_plan(model, plan).eval(), mask_model(model, plan).eval()
         with torch.no_grad():

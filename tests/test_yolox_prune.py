@@ -35,13 +35,16 @@ def _outputs(model, x):
 
 
 X = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2)) * 255
+# one training batch (uint8 images, [img, cls, cx, cy, w, h] targets) for the gradients of taylor
+BATCHES = [(torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(3)),
+            torch.tensor([[0, 0, 0.5, 0.5, 0.3, 0.4], [1, 1, 0.3, 0.6, 0.2, 0.2]]))]
 
 
 @pytest.mark.parametrize("name", ["yolox-nano", "yolox-s"])
-@pytest.mark.parametrize("method", ["slim", "l1", "l2", "layer"])
+@pytest.mark.parametrize("method", ["slim", "l1", "l2", "group", "taylor", "layer"])
 def test_masked_equals_compact(models, name, method):
     model, graph = models[name]
-    result = prune_model(model, PruneOptions(method=method, ratio=0.5), graph)
+    result = prune_model(model, PruneOptions(method=method, ratio=0.5), graph, batches=BATCHES)
     compact = result.model
     masked = mask_layers(model, result.plan) if method == "layer" else mask_model(model, result.plan)
     assert max_diff(_outputs(masked, X), _outputs(compact, X)) < 1e-4

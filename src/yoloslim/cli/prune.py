@@ -8,8 +8,10 @@ import argparse
 def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prune", help="prune a model (slim, l1, l2 or layer) into a compact model file")
     p.add_argument("--weights", required=True, help="a yoloslim model file (.safetensors)")
-    p.add_argument("--method", required=True, choices=["slim", "l1", "l2", "layer"],
-                   help="slim: global BN-γ threshold; l1/l2: filter norms; layer: remove residual blocks")
+    p.add_argument("--method", default="auto",
+                   help="auto (default: the criterion the benchmark found least damaging); slim: global BN-γ "
+                        "threshold; l1/l2: filter norms; group: group L2 norm (DepGraph); taylor: first-order "
+                        "Taylor on --data; layer: remove residual blocks")
     amount = p.add_mutually_exclusive_group(required=True)
     amount.add_argument("--ratio", type=float,
                         help="fraction of prunable channels (layer: of removable blocks)")
@@ -19,7 +21,8 @@ def add(sub: argparse._SubParsersAction) -> None:
                         help="parameters of the result as a fraction of the original")
     amount.add_argument("--blocks", type=int, help="layer: number of residual blocks to remove")
     p.add_argument("--global", dest="global_rank", action="store_true",
-                   help="l1/l2: one ranking over all channels instead of the same ratio per layer")
+                   help="l1/l2/group/taylor: one ranking over all channels instead of the same ratio per layer "
+                        "(group/taylor: each group's scores divided by their mean)")
     p.add_argument("--include", nargs="+", metavar="NAME",
                    help="prune only under these module-name prefixes (a stage or a single conv) and what is "
                         "coupled to them")
@@ -41,6 +44,12 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="prune in K steps (fine-tuned between them with --finetune-epochs)")
     p.add_argument("--finetune-epochs", type=int, default=0,
                    help="fine-tune epochs between --steps (needs --data)")
+    p.add_argument("--calib", metavar="SOURCE",
+                   help="recalibrate the pruned model's batch norms on these images: a data set (its train "
+                        "split) or a folder of images (default: --data's train split)")
+    p.add_argument("--calib-images", type=int, default=None, metavar="N",
+                   help="recalibrate on at most N images (default 256)")
+    p.add_argument("--no-calib", action="store_true", help="do not recalibrate the batch norms, even with --data")
     p.add_argument("--out", help="output model file (default: <weights>-<method>.safetensors)")
     p.add_argument("--json", dest="json_file",
                    help="also write before/after figures and per-layer widths as JSON")
@@ -54,5 +63,6 @@ def _run(a: argparse.Namespace) -> int:
           target_params=a.target_params, blocks=a.blocks, global_rank=a.global_rank, include=a.include,
           round_to=a.round_to, min_channels=a.min_channels, fold_bias=a.fold_bias, data=a.data, imgsz=a.imgsz,
           batch=a.batch, workers=a.workers, out=a.out, json_file=a.json_file, latency_runs=a.latency_runs,
-          steps=a.steps, finetune_epochs=a.finetune_epochs, class_map=a.class_map)
+          steps=a.steps, finetune_epochs=a.finetune_epochs, calib=a.calib, no_calib=a.no_calib,
+          class_map=a.class_map, **({"calib_images": a.calib_images} if a.calib_images is not None else {}))
     return 0

@@ -4,7 +4,9 @@ Each step re-scores the model it starts from (after fine-tuning, importance refl
 network). A ``ratio`` r is split so that every step removes ``1 - (1 - r)^(1/K)`` of the channels
 left (K steps compound to r); a FLOPs / params target F is approached as ``F^(k/K)`` of the original
 after step k, so the last step lands on F itself; ``layer`` spreads its blocks over the steps.
-The fine-tuning is passed in as a function so that this module does not depend on the trainer.
+The fine-tuning is passed in as a function so that this module does not depend on the trainer; so is
+the batch-norm recalibration that follows every step but the last (the caller recalibrates the final
+model itself, to report its mAP before and after).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from yoloslim.engine.checkpoint import ModelInfo, load_model, save_model
@@ -27,6 +30,8 @@ from yoloslim.prune.pipeline import PruneOptions, PruneResult, prune_model
 
 # fn(step model file, run folder) -> (fine-tuned model file, final metrics)
 Finetune = Callable[[Path, Path], tuple[Path, dict[str, Any]]]
+# fn(step model) -> images used: re-estimates its batch norms in place
+Recalibrate = Callable[[nn.Module], int]
 
 
 @dataclass
@@ -39,11 +44,14 @@ class StepRecord:
     file: str
     fraction: float  # FLOPs (params with a params target) of the original, after this step
     finetuned: str | None = None
+    calib_images: int = 0  # images its batch norms were recalibrated on (0: not recalibrated)
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
 def prune_in_steps(model: nn.Module, info: ModelInfo, opts: PruneOptions, steps: int, step_dir: Path,
                    source: str = "", finetune: Finetune | None = None,
+                   recalibrate: Recalibrate | None = None,
+                   batches: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
                    ) -> tuple[PruneResult, ModelInfo, list[StepRecord]]:
     """Prune ``model`` in ``steps`` steps; every step's model is written to ``step_dir``.
 
@@ -55,12 +63,16 @@ def prune_in_steps(model: nn.Module, info: ModelInfo, opts: PruneOptions, steps:
         step_dir: folder for ``step{k}.safetensors`` and the fine-tuning runs ``finetune{k}``.
         source: the original model file, recorded in the history.
         finetune: fine-tunes a step's model file between steps (not after the last).
+        recalibrate: re-estimates a step's batch norms right after its cut, before it is saved,
+            fine-tuned and re-scored (not after the last step).
+        batches: training ``(imgs, targets)`` for gradient-based methods (re-scored on each step's model).
 
     Returns:
         The last step's result (``model`` is the final compact model, ``renamed`` and
         ``removed_blocks`` relative to the original), its metadata, and one record per step.
     """
     opts.check()
+    opts = opts.resolve(bool(batches))
     if steps < 2:
         raise UserError(f"iterative pruning needs at least 2 steps, got {steps}")
     measure = _measure(opts)
@@ -73,14 +85,16 @@ def prune_in_steps(model: nn.Module, info: ModelInfo, opts: PruneOptions, steps:
     for k in range(1, steps + 1):
         step = _step_options(opts, k, steps, total_blocks, original, measure(current))
         logger.info(f"pruning step {k}/{steps}: {_amount(step)}")
-        result = prune_model(current, step)
+        result = prune_model(current, step, batches=batches)
+        calibrated = recalibrate(result.model) if recalibrate is not None and k < steps else 0
         names = {o: (result.renamed.get(n, n) if n is not None else None) for o, n in names.items()}
         current_info = ModelInfo(result.model.spec, info.names, info.imgsz, current_info.history).with_event(
-            "pruned", method=opts.method, ratio=round(result.ratio, 6), step=f"{k}/{steps}", source=source)
+            "pruned", method=opts.method, ratio=round(result.ratio, 6), step=f"{k}/{steps}", source=source,
+            **({"calib_images": calibrated} if calibrated else {}))
         step_file = save_model(Path(step_dir) / f"step{k}.safetensors", result.model, current_info)
         current = result.model
         rec = StepRecord(k, _amount(step), round(result.ratio, 6), str(step_file),
-                         round(measure(current) / original, 4))
+                         round(measure(current) / original, 4), calib_images=calibrated)
         if finetune is not None and k < steps:
             best, metrics = finetune(step_file, Path(step_dir) / f"finetune{k}")
             current, current_info = load_model(best)

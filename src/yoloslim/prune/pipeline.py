@@ -6,20 +6,34 @@ plan; the ``prune`` workflow, the demo and the benchmarks all go through it.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 from yoloslim.engine.checkpoint import unwrap
 from yoloslim.errors import UserError
 from yoloslim.log import logger
 from yoloslim.prune.allocate import plan_channels
+from yoloslim.prune.gradients import accumulate_gradients
 from yoloslim.prune.graph import ChannelGraph
 from yoloslim.prune.importance import importance_for
 from yoloslim.prune.layers import LayerPlan, apply_layer_plan, block_renames, plan_layers, rename_key
 from yoloslim.prune.surgery import ChannelPlan, apply_plan, fold_bias
 
-METHODS = ("slim", "l1", "l2", "layer")
+METHODS = ("auto", "slim", "l1", "l2", "group", "taylor", "layer")
+NEEDS_GRADIENTS = ("taylor",)
+
+
+def auto_method(has_data: bool) -> tuple[str, bool]:
+    """What ``--method auto`` (the default) runs, as ``(method, global ranking)``.
+
+    The least damaging criterion at equal FLOPs in bench/criteria.py (docs/BENCHMARKS.md, "Pruning
+    criteria"): first-order Taylor ranked globally over per-group-normalised scores when there is
+    training data for its gradients, else DepGraph's group norm per layer.
+    """
+    return ("taylor", True) if has_data else ("group", False)
 
 
 @dataclass
@@ -27,7 +41,9 @@ class PruneOptions:
     """What to prune and how much (the ``yoloslim prune`` flags).
 
     Attributes:
-        method: ``slim`` (global BN-γ threshold), ``l1`` / ``l2`` (filter norms), ``layer`` (residual blocks).
+        method: ``slim`` (global BN-γ threshold), ``l1`` / ``l2`` (filter norms), ``group`` (DepGraph's
+            group L2 norm), ``taylor`` (first-order Taylor, needs gradients), ``layer`` (residual blocks),
+            ``auto`` (:func:`auto_method`).
         ratio: fraction of the prunable channels (or removable blocks) to remove.
         target_flops: instead, FLOPs of the result as a fraction of the original.
         target_params: instead, parameters of the result as a fraction of the original.
@@ -40,7 +56,7 @@ class PruneOptions:
         fold_bias: fold removed channels' constant act(β) into the next convs' biases.
     """
 
-    method: str = "slim"
+    method: str = "auto"
     ratio: float | None = None
     target_flops: float | None = None
     target_params: float | None = None
@@ -50,6 +66,14 @@ class PruneOptions:
     round_to: int = 1
     min_channels: int = 0
     fold_bias: bool = False
+
+    def resolve(self, has_data: bool) -> PruneOptions:
+        """These options with ``auto`` replaced by :func:`auto_method`'s choice (an explicit ``--global`` stays)."""
+        if self.method != "auto":
+            return self
+        method, global_rank = auto_method(has_data)
+        return dataclasses.replace(self, method=method,
+                                   global_rank=global_rank if self.global_rank is None else self.global_rank)
 
     def check(self) -> None:
         if self.method not in METHODS:
@@ -81,19 +105,23 @@ class PruneResult:
     removed_blocks: list[str] = field(default_factory=list)  # layer pruning, by their names before
 
 
-def prune_model(model: nn.Module, opts: PruneOptions, graph: ChannelGraph | None = None) -> PruneResult:
-    """Prune ``model`` (unchanged) into a new compact model.
+def prune_model(model: nn.Module, opts: PruneOptions, graph: ChannelGraph | None = None,
+                batches: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> PruneResult:
+    """Prune ``model`` (unchanged but for the gradients ``taylor`` computes and clears) into a new compact model.
 
     Args:
         model: a yoloslim detector (``model.spec`` is rebuilt with the new widths / depths).
         opts: method and amount.
         graph: the model's channel graph, when already traced.
+        batches: ``(imgs, targets)`` of the training data, for the methods in :data:`NEEDS_GRADIENTS`.
     """
     opts.check()
+    opts = opts.resolve(bool(batches))
     model = unwrap(model)
     graph = graph or ChannelGraph.trace(model)
     include = list(opts.include) or None
-    if opts.method == "layer":
+    method = opts.method
+    if method == "layer":
         plan = plan_layers(model, graph, ratio=opts.ratio, blocks=opts.blocks, target_flops=opts.target_flops,
                            target_params=opts.target_params, include=include)
         names = ", ".join(b.name for b in plan.blocks) or "-"
@@ -102,11 +130,20 @@ def prune_model(model: nn.Module, opts: PruneOptions, graph: ChannelGraph | None
         renamed = {n: rename_key(n, renames) for n, _ in model.named_modules() if n}
         return PruneResult(apply_layer_plan(model, plan), plan, plan.ratio, renamed={
             k: v for k, v in renamed.items() if k != v}, removed_blocks=[b.name for b in plan.blocks])
-    global_rank = opts.method == "slim" if opts.global_rank is None else opts.global_rank
-    plan = plan_channels(model, graph, importance_for(opts.method), ratio=opts.ratio,
-                         target_flops=opts.target_flops, target_params=opts.target_params,
-                         global_rank=global_rank, include=include,
-                         round_to=opts.round_to, min_channels=opts.min_channels)
+    global_rank = method == "slim" if opts.global_rank is None else opts.global_rank
+    if method in NEEDS_GRADIENTS:
+        if not batches:
+            raise UserError(f"--method {method} needs --data: its scores come from the loss gradients on a few "
+                            "batches of the train split")
+        accumulate_gradients(model, batches, imgsz=int(batches[0][0].shape[-1]))
+    try:
+        plan = plan_channels(model, graph, importance_for(method, global_rank), ratio=opts.ratio,
+                             target_flops=opts.target_flops, target_params=opts.target_params,
+                             global_rank=global_rank, include=include,
+                             round_to=opts.round_to, min_channels=opts.min_channels)
+    finally:
+        if method in NEEDS_GRADIENTS:
+            model.zero_grad(set_to_none=True)
     compact = apply_plan(model, plan)
     unfolded = fold_bias(model, compact, plan) if opts.fold_bias else []
     if unfolded:

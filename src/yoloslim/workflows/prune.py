@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 from torch import nn
 
+from yoloslim.data.calibration import calibration_images
 from yoloslim.data.class_map import match_classes
 from yoloslim.data.dataset import DetectionDataset, create_loader, load_data
 from yoloslim.data.source import DataSource
@@ -17,28 +19,32 @@ from yoloslim.engine.evaluate import evaluate
 from yoloslim.engine.profile import count_params, profile, total_gflops
 from yoloslim.errors import UserError
 from yoloslim.log import logger
+from yoloslim.models.decode import preprocess
 from yoloslim.models.head_classes import select_classes
-from yoloslim.prune.iterative import prune_in_steps
-from yoloslim.prune.pipeline import PruneOptions, PruneResult, prune_model
+from yoloslim.prune.gradients import train_batches
+from yoloslim.prune.iterative import Recalibrate, prune_in_steps
+from yoloslim.prune.pipeline import NEEDS_GRADIENTS, PruneOptions, PruneResult, prune_model
+from yoloslim.prune.recalibrate import CALIB_IMAGES, recalibrate_bn
 from yoloslim.workflows.report import table, write_json
 
 
-def prune(weights: str, method: str, ratio: float | None = None, target_flops: float | None = None,
+def prune(weights: str, method: str = "auto", ratio: float | None = None, target_flops: float | None = None,
           target_params: float | None = None, blocks: int | None = None, global_rank: bool = False,
           include: list[str] | None = None, round_to: int = 1, min_channels: int = 0, fold_bias: bool = False,
           data: str | None = None, imgsz: int | None = None, batch: int = 16, workers: int = 2,
           out: str | None = None, json_file: str | None = None, latency_runs: int = 20,
-          steps: int = 1, finetune_epochs: int = 0, class_map: str | None = None) -> dict[str, Any]:
+          steps: int = 1, finetune_epochs: int = 0, calib: str | None = None, calib_images: int = CALIB_IMAGES,
+          no_calib: bool = False, class_map: str | None = None) -> dict[str, Any]:
     """Prune ``weights``, write the compact model and print the Metric / Before / After table.
 
     Args:
         weights: a yoloslim model file.
-        method: ``slim``, ``l1``, ``l2`` or ``layer``.
+        method: one of :data:`yoloslim.prune.pipeline.METHODS` (``auto``: the benchmark's winner).
         ratio: fraction of prunable channels (removable blocks for ``layer``) to remove.
         target_flops: instead, the pruned model's FLOPs as a fraction of the original.
         target_params: instead, its parameters as a fraction of the original.
         blocks: for ``layer``, how many blocks to remove.
-        global_rank: l1/l2: one ranking over all channels instead of the same ratio per layer.
+        global_rank: one ranking over all channels instead of the same ratio per layer.
         include: module-name prefixes: prune only there (plus what is coupled to them).
         round_to: pruned widths are multiples of this.
         min_channels: keep this many channels of a group a ratio would empty, instead of refusing.
@@ -52,6 +58,10 @@ def prune(weights: str, method: str, ratio: float | None = None, target_flops: f
         latency_runs: timed batch-1 runs per model, alternating (0: skip latency).
         steps: iterative pruning in this many steps (with ``finetune_epochs`` of training between them).
         finetune_epochs: epochs of fine-tuning after each step but the last (needs ``data``).
+        calib: recalibrate the pruned model's batch norms on these images (a data set's train split, a
+            folder of images, an image or a video); default: ``data``'s train split when given.
+        calib_images: recalibrate on at most this many images.
+        no_calib: do not recalibrate, even with ``data``.
         class_map: a YAML file mapping ``data``'s class names to the model's (default: by name; a
             subset of the model's classes is scored, and fine-tuned, alone).
 
@@ -62,6 +72,7 @@ def prune(weights: str, method: str, ratio: float | None = None, target_flops: f
                         blocks=blocks, global_rank=global_rank or None, include=list(include or []),
                         round_to=round_to, min_channels=min_channels, fold_bias=fold_bias)
     opts.check()
+    opts = opts.resolve(bool(data))
     if steps < 1:
         raise UserError(f"--steps must be at least 1, got {steps}")
     if finetune_epochs < 0:
@@ -70,10 +81,12 @@ def prune(weights: str, method: str, ratio: float | None = None, target_flops: f
         raise UserError("--class-map maps the classes of --data to the model's; give --data too")
     if finetune_epochs and not data:
         raise UserError("--finetune-epochs needs --data (the data set to fine-tune on between steps)")
+    if calib and no_calib:
+        raise UserError("--calib and --no-calib contradict each other; give one of them")
     if finetune_epochs and steps == 1:
         raise UserError("--finetune-epochs fine-tunes between --steps; with one step, prune and then run "
                         "`yoloslim train --weights PRUNED --data DATA`")
-    out_path = Path(out) if out else Path(weights).with_name(f"{Path(weights).stem}-{method}.safetensors")
+    out_path = Path(out) if out else Path(weights).with_name(f"{Path(weights).stem}-{opts.method}.safetensors")
     check_writable(out_path, "--out")
     check_writable(json_file, "--json")
     model, info = load_model(weights)
@@ -84,18 +97,24 @@ def prune(weights: str, method: str, ratio: float | None = None, target_flops: f
     if imgsz <= 0 or imgsz % stride:
         raise UserError(f"--imgsz must be a positive multiple of {stride}, got {imgsz}")
     source = _measuring_data(data, names_before, model.spec.nc, class_map) if data else None
+    calib_source = None if no_calib else (calib or data)
+    recal = _recalibrator(calib_source, imgsz, calib_images, batch) if calib_source else None
+    method = opts.method
+    batches = train_batches(data, imgsz, batch, workers=workers) if method in NEEDS_GRADIENTS and data else None
     t0 = time.perf_counter()
     step_log: list[dict[str, Any]] = []
     if steps == 1:
-        result = prune_model(model, opts)
+        result = prune_model(model, opts, batches=batches)
     else:
         finetune = _finetuner(data, finetune_epochs, imgsz, batch, workers, class_map) if finetune_epochs else None
         step_dir = out_path.with_name(f"{out_path.stem}-steps")
         result, info, records = prune_in_steps(model, info, opts, steps, step_dir, source=str(weights),
-                                               finetune=finetune)
+                                               finetune=finetune, recalibrate=recal, batches=batches)
         step_log = [dataclasses.asdict(r) for r in records]
     seconds = time.perf_counter() - t0
     pruned = result.model.eval()
+    uncalibrated = copy.deepcopy(pruned) if recal and data else None  # for the report's mAP before recalibration
+    calibrated = recal(pruned) if recal else 0
     event = {"method": method, "ratio": round(result.ratio, 6), "source": str(weights)}
     if steps > 1:
         event.update(steps=steps, finetune_epochs=finetune_epochs)
@@ -103,7 +122,8 @@ def prune(weights: str, method: str, ratio: float | None = None, target_flops: f
                        ("include", include), ("round_to", round_to if round_to != 1 else None),
                        ("min_channels", min_channels or None), ("held", result.held or None),
                        ("removed_blocks", result.removed_blocks or None), ("fold_bias", fold_bias or None),
-                       ("global", global_rank or None)):
+                       ("global", opts.global_rank or None), ("calib", calib_source if calibrated else None),
+                       ("calib_images", calibrated or None)):
         if value is not None:
             event[key] = value
     new_info = ModelInfo(pruned.spec, info.names, info.imgsz, info.history).with_event("pruned", **event)
@@ -116,16 +136,33 @@ def prune(weights: str, method: str, ratio: float | None = None, target_flops: f
 
         lat = compare_latency({"before": model, "after": pruned}, imgsz, runs=latency_runs, warmup=3)
         before["latency_ms"], after["latency_ms"] = lat["before"]["median_ms"], lat["after"]["median_ms"]
+    uncalibrated_maps, recalibrated_maps, kept = None, None, True
     if source is not None:
-        maps = _evaluate({"before": (model, names_before), "after": (pruned, new_info.names)}, source, imgsz,
-                         batch, workers, class_map)
+        models = {"before": (model, names_before), "after": (pruned, new_info.names)}
+        if uncalibrated:
+            models["pruned"] = (uncalibrated, new_info.names)
+        maps = _evaluate(models, source, imgsz, batch, workers, class_map)
         before.update(maps["before"])
         after.update(maps["after"])
+        uncalibrated_maps = maps.get("pruned")
+        if uncalibrated_maps and after["map"] < uncalibrated_maps["map"]:
+            lowered = (f"BN recalibration lowered mAP@.5:.95 on the val split ({uncalibrated_maps['map']:.4f} -> "
+                       f"{after['map']:.4f})")
+            if calib:  # asked for by name: keep it
+                logger.warning(f"{lowered}; kept, as --calib asks")
+            else:  # the --data default: keep the statistics the model was trained with
+                logger.warning(f"{lowered}: kept the trained statistics (--calib {data} forces recalibration)")
+                recalibrated_maps, kept = dict(after), False
+                pruned = uncalibrated
+                after.update(uncalibrated_maps)
+                save_model(out_path, pruned, ModelInfo(pruned.spec, info.names, info.imgsz, info.history).with_event(
+                    "pruned", **{**event, "calib_kept": False}))
     layers = _layer_rows(model, pruned, result)
     summary = {"weights": str(weights), "out": str(out_path), "method": method, "ratio": result.ratio,
                "imgsz": imgsz, "seconds": round(seconds, 3), "held": result.held,
                "removed_blocks": result.removed_blocks, "steps": step_log, "before": before, "after": after,
-               "layers": layers}
+               "calib": {"source": calib_source, "images": calibrated, "kept": kept} if calibrated else None,
+               "uncalibrated": uncalibrated_maps, "recalibrated": recalibrated_maps, "layers": layers}
     _print_report(summary)
     if json_file:
         write_json(json_file, summary)
@@ -142,6 +179,18 @@ def _finetuner(data: str | None, epochs: int, imgsz: int, batch: int, workers: i
         return run.best, {k: v for k, v in run.metrics.items() if isinstance(v, (int, float))}
 
     return finetune
+
+
+def _recalibrator(source: str, imgsz: int, limit: int, batch: int) -> Recalibrate:
+    """``fn(model) -> images used``: BN recalibration on ``source`` (the images are resolved now, so a
+    bad ``--calib`` fails before any pruning)."""
+    images = calibration_images(source, imgsz, limit, batch)
+    logger.info(f"BN recalibration on up to {limit} images of {source} ({images.kind})")
+
+    def recalibrate(model: nn.Module) -> int:
+        return recalibrate_bn(model, (preprocess(x, model.spec) for x in images))
+
+    return recalibrate
 
 
 def _figures(model: nn.Module, imgsz: int) -> dict[str, Any]:
@@ -198,6 +247,8 @@ def _print_report(s: dict[str, Any]) -> None:
                     [[r["name"], r["c_in_before"], r["c_in_after"], r["c_out_before"],
                       r["c_out_after"] if r["c_out_after"] else "removed"] for r in changed]))
         print(f"({len(changed)} of {len(s['layers'])} convs changed)\n")
+    pre = s.get("uncalibrated")  # mAP of the pruned model before BN recalibration
+    rec = s.get("recalibrated") or a  # and after it (``a`` unless recalibration was not kept)
     rows = []
     for key, label, fmt in (("params", "params", "{:,}"), ("gflops", f"GFLOPs @{s['imgsz']}", "{:.3f}"),
                             ("latency_ms", "CPU latency ms (median, batch 1)", "{:.2f}"),
@@ -205,8 +256,13 @@ def _print_report(s: dict[str, Any]) -> None:
         if b.get(key) is None:
             continue
         change = (a[key] - b[key]) / b[key] * 100 if b[key] else 0.0
-        rows.append([label, fmt.format(b[key]), fmt.format(a[key]), f"{change:+.1f} %"])
-    print(table(["Metric", "Before", "After", "Change"], rows))
+        mid = [fmt.format(pre.get(key, a[key])), fmt.format(rec.get(key, a[key]))] if pre else [fmt.format(a[key])]
+        rows.append([label, fmt.format(b[key]), *mid, f"{change:+.1f} %"])
+    head = ["Metric", "Before", "Pruned", "Recalibrated"] if pre else ["Metric", "Before", "After"]
+    print(table([*head, "Change"], rows))
     extra = f"; held by --min-channels: {', '.join(s['held'])}" if s["held"] else ""
     blocks = f"; removed blocks: {', '.join(s['removed_blocks'])}" if s["removed_blocks"] else ""
+    if s.get("calib"):
+        kept = "" if s["calib"]["kept"] else " (not kept: it lowered mAP@.5:.95; the file has the Pruned model)"
+        print(f"batch norms recalibrated on {s['calib']['images']} images of {s['calib']['source']}{kept}")
     print(f"{s['method']} at ratio {s['ratio']:.4g} in {s['seconds']:.2f}s -> {s['out']}{extra}{blocks}")
