@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from yoloslim.cli.options import add_device, add_threads
+
 
 def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prune", help="prune a model (slim, l1, l2 or layer) into a compact model file")
@@ -39,6 +41,8 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="prune in K steps (fine-tuned between them with --finetune-epochs)")
     p.add_argument("--finetune-epochs", type=int, default=0,
                    help="fine-tune epochs between --steps (needs --data)")
+    add_device(p)
+    add_threads(p)
     p.add_argument("--out", help="output model file (default: <weights>-<method>.safetensors)")
     p.add_argument("--json", dest="json_file",
                    help="also write before/after figures and per-layer widths as JSON")
@@ -52,5 +56,5 @@ def _run(a: argparse.Namespace) -> int:
           target_params=a.target_params, blocks=a.blocks, global_rank=a.global_rank, include=a.include,
           round_to=a.round_to, min_channels=a.min_channels, fold_bias=a.fold_bias, data=a.data, imgsz=a.imgsz,
           batch=a.batch, workers=a.workers, out=a.out, json_file=a.json_file, latency_runs=a.latency_runs,
-          steps=a.steps, finetune_epochs=a.finetune_epochs)
+          steps=a.steps, finetune_epochs=a.finetune_epochs, device=a.device)
     return 0

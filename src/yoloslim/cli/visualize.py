@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from yoloslim.cli.options import add_threads
+
 
 def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("visualize", help="save a grid image of chosen layers' feature maps for one input")
@@ -16,6 +18,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--imgsz", type=int, default=None, help="input size (default: the model file's)")
     p.add_argument("--max-channels", type=int, default=64, help="channels shown per layer (default 64)")
     p.add_argument("--json", dest="json_file", help="also write the list of written files as JSON")
+    add_threads(p)
     p.set_defaults(func=lambda a: _run(a))
 
 

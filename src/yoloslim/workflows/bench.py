@@ -8,6 +8,7 @@ from typing import Any
 from torch import nn
 
 from yoloslim.deploy.bench import BACKENDS, Latency, benchmark
+from yoloslim.device import resolve_device
 from yoloslim.engine.checkpoint import load_model
 from yoloslim.engine.profile import count_params, profile, total_gflops
 from yoloslim.errors import UserError
@@ -18,7 +19,7 @@ RATIO_KEYS = ("params", "gflops", "torch_ms", "torch_unfused_ms", "onnxruntime_m
 
 def bench(weights: str, vs: str | None = None, imgsz: int | None = None, backend: str = "both",
           threads: int | None = None, runs: int = 50, warmup: int = 5, unfused: bool = False,
-          max_seconds: float = 120.0, json_file: str | None = None) -> dict[str, Any]:
+          max_seconds: float = 120.0, json_file: str | None = None, device: str | None = None) -> dict[str, Any]:
     """Measure ``weights`` (and ``vs``, alternately in the same loop) and print the figures and ratios.
 
     Args:
@@ -32,6 +33,7 @@ def bench(weights: str, vs: str | None = None, imgsz: int | None = None, backend
         warmup: untimed runs per candidate.
         unfused: also time PyTorch without Conv+BN fusion (``torch_unfused_ms``).
         max_seconds: time budget of the timed loop.
+        device: where PyTorch runs (None: cuda when available, else cpu); ONNX Runtime runs on the CPU.
         json_file: write ``{"params", "gflops", "torch_ms", "onnxruntime_ms", "fps", ..., "vs": {...,
             "ratios": {...}}}``.
 
@@ -44,10 +46,11 @@ def bench(weights: str, vs: str | None = None, imgsz: int | None = None, backend
     if runs < 1 or warmup < 0 or (threads is not None and threads < 1):
         raise UserError(f"--runs and --threads must be at least 1 and --warmup at least 0, "
                         f"got {runs}, {threads} and {warmup}")
-    model, info = load_model(weights)
+    dev = resolve_device(device)
+    model, info = load_model(weights, device=dev)
     models = {"weights": model}
     if vs:
-        models["vs"], _ = load_model(vs)
+        models["vs"], _ = load_model(vs, device=dev)
     imgsz = int(imgsz or info.imgsz)
     for m in models.values():
         stride = max(m.spec.strides)
@@ -55,7 +58,7 @@ def bench(weights: str, vs: str | None = None, imgsz: int | None = None, backend
             raise UserError(f"--imgsz must be a positive multiple of {stride}, got {imgsz}")
     kinds = (*backends, "torch_unfused") if unfused else backends
     lat = benchmark(models, imgsz, kinds, threads, runs, warmup, max_seconds)
-    summary = {"weights": str(weights), "imgsz": imgsz, "batch": 1, "threads": threads,
+    summary = {"weights": str(weights), "imgsz": imgsz, "batch": 1, "threads": threads, "device": str(dev),
                **figures(model, imgsz, lat["weights"])}
     rows = [_row(Path(weights).name, summary, kinds)]
     if vs:
@@ -64,7 +67,7 @@ def bench(weights: str, vs: str | None = None, imgsz: int | None = None, backend
         summary["vs"] = other
         rows.append(_row(Path(vs).name, other, kinds))
     head = ["model", "params", "GFLOPs"] + [f"{b} ms (p90)" for b in kinds] + [f"{b} FPS" for b in backends]
-    print(f"batch 1, {imgsz}x{imgsz}, threads {threads or 'default'}, "
+    print(f"batch 1, {imgsz}x{imgsz}, PyTorch on {dev}, threads {threads or 'default'}, "
           f"{min(x.runs for d in lat.values() for x in d.values())}+ runs each, alternating")
     print(table(head, rows))
     if unfused:

@@ -7,8 +7,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
+from yoloslim.device import resolve_device
 from yoloslim.engine.checkpoint import ModelInfo, load_model, save_model
 from yoloslim.engine.profile import count_params, profile, total_gflops
 from yoloslim.errors import UserError
@@ -23,7 +25,7 @@ def prune(weights: str, method: str, ratio: float | None = None, target_flops: f
           include: list[str] | None = None, round_to: int = 1, min_channels: int = 0, fold_bias: bool = False,
           data: str | None = None, imgsz: int | None = None, batch: int = 16, workers: int = 2,
           out: str | None = None, json_file: str | None = None, latency_runs: int = 20,
-          steps: int = 1, finetune_epochs: int = 0) -> dict[str, Any]:
+          steps: int = 1, finetune_epochs: int = 0, device: str | None = None) -> dict[str, Any]:
     """Prune ``weights``, write the compact model and print the Metric / Before / After table.
 
     Args:
@@ -47,6 +49,8 @@ def prune(weights: str, method: str, ratio: float | None = None, target_flops: f
         latency_runs: timed batch-1 runs per model, alternating (0: skip latency).
         steps: iterative pruning in this many steps (with ``finetune_epochs`` of training between them).
         finetune_epochs: epochs of fine-tuning after each step but the last (needs ``data``).
+        device: where the latency, the mAP and the fine-tuning run (None: cuda when available, else
+            cpu); the pruning itself runs on the CPU.
 
     Returns:
         The summary written to ``json_file``.
@@ -64,6 +68,7 @@ def prune(weights: str, method: str, ratio: float | None = None, target_flops: f
     if finetune_epochs and steps == 1:
         raise UserError("--finetune-epochs fine-tunes between --steps; with one step, prune and then run "
                         "`yoloslim train --weights PRUNED --data DATA`")
+    dev = resolve_device(device)  # a missing GPU is refused before any work
     model, info = load_model(weights)
     model.eval()
     imgsz = int(imgsz or info.imgsz)
@@ -76,7 +81,7 @@ def prune(weights: str, method: str, ratio: float | None = None, target_flops: f
     if steps == 1:
         result = prune_model(model, opts)
     else:
-        finetune = _finetuner(data, finetune_epochs, imgsz, batch, workers) if finetune_epochs else None
+        finetune = _finetuner(data, finetune_epochs, imgsz, batch, workers, dev) if finetune_epochs else None
         step_dir = out_path.with_name(f"{out_path.stem}-steps")
         result, info, records = prune_in_steps(model, info, opts, steps, step_dir, source=str(weights),
                                                finetune=finetune)
@@ -98,18 +103,19 @@ def prune(weights: str, method: str, ratio: float | None = None, target_flops: f
     logger.info(f"pruned in {seconds:.2f}s -> {out_path}")
 
     before, after = _figures(model, imgsz), _figures(pruned, imgsz)
+    model, pruned = model.to(dev), pruned.to(dev)
     if latency_runs > 0:
         from yoloslim.deploy.bench import compare_latency
 
         lat = compare_latency({"before": model, "after": pruned}, imgsz, runs=latency_runs, warmup=3)
         before["latency_ms"], after["latency_ms"] = lat["before"]["median_ms"], lat["after"]["median_ms"]
     if data:
-        maps = _evaluate({"before": model, "after": pruned}, data, imgsz, batch, workers)
+        maps = _evaluate({"before": model, "after": pruned}, data, imgsz, batch, workers, dev)
         before.update(maps["before"])
         after.update(maps["after"])
     layers = _layer_rows(model, pruned, result)
     summary = {"weights": str(weights), "out": str(out_path), "method": method, "ratio": result.ratio,
-               "imgsz": imgsz, "seconds": round(seconds, 3), "held": result.held,
+               "imgsz": imgsz, "device": str(dev), "seconds": round(seconds, 3), "held": result.held,
                "removed_blocks": result.removed_blocks, "steps": step_log, "before": before, "after": after,
                "layers": layers}
     _print_report(summary)
@@ -118,13 +124,13 @@ def prune(weights: str, method: str, ratio: float | None = None, target_flops: f
     return summary
 
 
-def _finetuner(data: str | None, epochs: int, imgsz: int, batch: int, workers: int):
+def _finetuner(data: str | None, epochs: int, imgsz: int, batch: int, workers: int, device: torch.device):
     """``fn(model_file, run_dir) -> best model file``: fine-tuning between pruning steps."""
     from yoloslim.engine.train import TrainConfig, train
 
     def finetune(model_file: Path, run_dir: Path) -> tuple[Path, dict[str, Any]]:
         run = train(TrainConfig(data=str(data), weights=str(model_file), epochs=epochs, batch=batch,
-                                imgsz=imgsz, workers=workers, out=str(run_dir)))
+                                imgsz=imgsz, workers=workers, out=str(run_dir), device=str(device)))
         return run.best, {k: v for k, v in run.metrics.items() if isinstance(v, (int, float))}
 
     return finetune
@@ -136,7 +142,7 @@ def _figures(model: nn.Module, imgsz: int) -> dict[str, Any]:
 
 
 def _evaluate(models: dict[str, nn.Module], data: str, imgsz: int, batch: int,
-              workers: int) -> dict[str, dict]:
+              workers: int, device: torch.device) -> dict[str, dict]:
     """mAP@.5 and mAP@.5:.95 of each model on the data set's val split."""
     from yoloslim.data.dataset import DetectionDataset, create_loader, load_data
     from yoloslim.engine.evaluate import evaluate
@@ -148,7 +154,7 @@ def _evaluate(models: dict[str, nn.Module], data: str, imgsz: int, batch: int,
     loader = create_loader(DetectionDataset(samples, imgsz), batch_size=batch, shuffle=False, workers=workers)
     out = {}
     for label, model in models.items():
-        m = evaluate(model, loader, source.names).metrics
+        m = evaluate(model, loader, source.names, device=device).metrics
         out[label] = {"map50": round(float(m.map50), 5), "map": round(float(m.map), 5)}
     return out
 
@@ -178,7 +184,8 @@ def _print_report(s: dict[str, Any]) -> None:
         print(f"({len(changed)} of {len(s['layers'])} convs changed)\n")
     rows = []
     for key, label, fmt in (("params", "params", "{:,}"), ("gflops", f"GFLOPs @{s['imgsz']}", "{:.3f}"),
-                            ("latency_ms", "CPU latency ms (median, batch 1)", "{:.2f}"),
+                            ("latency_ms", f"{_device_label(s['device'])} latency ms (median, batch 1)",
+                             "{:.2f}"),
                             ("map50", "mAP@.5", "{:.4f}"), ("map", "mAP@.5:.95", "{:.4f}")):
         if b.get(key) is None:
             continue
@@ -188,3 +195,8 @@ def _print_report(s: dict[str, Any]) -> None:
     extra = f"; held by --min-channels: {', '.join(s['held'])}" if s["held"] else ""
     blocks = f"; removed blocks: {', '.join(s['removed_blocks'])}" if s["removed_blocks"] else ""
     print(f"{s['method']} at ratio {s['ratio']:.4g} in {s['seconds']:.2f}s -> {s['out']}{extra}{blocks}")
+
+
+def _device_label(device: str) -> str:
+    """``CPU`` for the report's latency row as before; ``cuda:0`` and the like as they are."""
+    return "CPU" if device == "cpu" else device
