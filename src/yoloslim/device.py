@@ -10,8 +10,8 @@ there is one :class:`~yoloslim.errors.UserError` line, never a traceback from de
 default, :func:`default_threads`, is ``OMP_NUM_THREADS`` when the user set it, else half the CPUs
 this process may use, at least 1 and at most 4:
 
-- ``os.cpu_count()`` counts logical CPUs; on most machines two of them share a physical core, and a
-  second thread per core buys PyTorch's convolutions little;
+- ``os.cpu_count()`` counts logical CPUs; on most machines two of them share a physical core, and
+  PyTorch's own default is one thread per physical core (this counts the CPUs the process may use);
 - a thread that loses its core to another process stalls every parallel operation at its barrier:
   on a busy 2-core machine PyTorch's own default (one thread per core) made ``predict`` about 90
   times slower than one thread (issue 11), so leaving room for the data-loader workers and for
