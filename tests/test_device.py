@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+import yoloslim.data.dataset as dataset_mod
 import yoloslim.device as device_mod
 from yoloslim.cli import build_parser, main
 from yoloslim.data.dataset import DetectionDataset, create_loader, load_data
@@ -227,3 +228,24 @@ def test_commands_refuse_an_absent_gpu_and_half_on_cpu_in_one_line(no_gpu, tiny_
         assert "--half runs float16 on a CUDA device only" in capsys.readouterr().err
     assert not (tmp_path / "t").exists() and not (tmp_path / "p").exists()
     assert not (tmp_path / "x.safetensors").exists()
+
+
+class _ThreadCount(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, i: int) -> int:
+        return torch.get_num_threads()
+
+
+def test_loader_workers_run_on_one_thread(tiny_data):
+    """A worker process inherits the parent's thread count; with --threads 2 and --workers 2 that would be
+    six threads on the cores, so every worker sets its own to 1."""
+    source = load_data(tiny_data)
+    loader = create_loader(DetectionDataset(source.splits["val"], 64), 4, shuffle=False, workers=1)
+    assert loader.worker_init_fn is dataset_mod._worker_init
+    torch.set_num_threads(2)
+    counts = torch.utils.data.DataLoader(_ThreadCount(), batch_size=1, num_workers=1,
+                                         worker_init_fn=dataset_mod._worker_init)
+    assert [int(c) for c in counts] == [1, 1]
+    assert torch.get_num_threads() == 2
