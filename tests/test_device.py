@@ -243,9 +243,14 @@ def test_loader_workers_run_on_one_thread(tiny_data):
     six threads on the cores, so every worker sets its own to 1."""
     source = load_data(tiny_data)
     loader = create_loader(DetectionDataset(source.splits["val"], 64), 4, shuffle=False, workers=1)
-    assert loader.worker_init_fn is dataset_mod._worker_init
+    assert loader.worker_init_fn is dataset_mod._worker_init and not loader.pin_memory
     torch.set_num_threads(2)
     counts = torch.utils.data.DataLoader(_ThreadCount(), batch_size=1, num_workers=1,
                                          worker_init_fn=dataset_mod._worker_init)
     assert [int(c) for c in counts] == [1, 1]
     assert torch.get_num_threads() == 2
+
+
+def test_loaders_pin_memory_when_a_gpu_is_there(two_gpus, tiny_data):
+    source = load_data(tiny_data)
+    assert create_loader(DetectionDataset(source.splits["val"], 64), 4, shuffle=False, workers=0).pin_memory
