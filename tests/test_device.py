@@ -187,9 +187,9 @@ def test_omp_num_threads_wins_and_bad_counts_are_refused(monkeypatch):
 
 
 def test_threads_flag_reaches_torch(capsys):
-    assert main(["info", "--model", "yolov5n", "--threads", "2"]) == 0
+    assert main(["info", "--model", "yolov5n", "--imgsz", "64", "--threads", "2"]) == 0
     assert torch.get_num_threads() == 2
-    assert main(["info", "--model", "yolov5n", "--threads", "0"]) == 2
+    assert main(["info", "--model", "yolov5n", "--imgsz", "64", "--threads", "0"]) == 2
     assert capsys.readouterr().err.strip() == "error: --threads must be at least 1, got 0"
 
 
