@@ -130,7 +130,7 @@ def test_each_backend_has_its_own_loop(monkeypatch):
 
 @pytest.mark.parametrize("args,message", [
     (["--imgsz", "70"], "multiple of 32"),
-    (["--threads", "0"], "--runs and --threads must be at least 1"),
+    (["--threads", "0"], "--threads must be at least 1"),
     (["--runs", "0"], "--runs and --threads must be at least 1"),
     (["--vs", "missing.safetensors"], "no such file"),
 ])

@@ -11,6 +11,8 @@ import importlib
 import sys
 
 from yoloslim import __version__
+from yoloslim.cli.options import add_aliases
+from yoloslim.device import set_threads
 from yoloslim.errors import UserError
 
 # Subcommands in the order `--help` lists them; each is a module of this package.
@@ -27,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"yoloslim.cli.{name}").add(sub)
+    add_aliases(parser)
     return parser
 
 
@@ -37,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if hasattr(args, "threads"):  # one meaning everywhere: PyTorch's (and ONNX Runtime's) intra-op threads
+            args.threads = set_threads(args.threads)
         result = args.func(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -46,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except BrokenPipeError:  # output piped into `head` and the like
         return 0
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # a TrainingInterrupted says how to resume
+        print(str(e) or "interrupted", file=sys.stderr)
         return 130
     return int(result or 0)
 

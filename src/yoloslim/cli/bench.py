@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from yoloslim.cli.options import add_device, add_threads
+
 
 def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="params, GFLOPs and batch-1 latency (PyTorch fused, ONNX Runtime)")
@@ -12,7 +14,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--imgsz", type=int, default=None, help="input size (default: the model file's)")
     p.add_argument("--backend", default="both", choices=["torch", "onnxruntime", "both"],
                    help="what to time (default both)")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads for PyTorch and ONNX Runtime")
+    add_threads(p)
+    add_device(p)
     p.add_argument("--runs", type=int, default=50, help="timed runs per candidate (default 50)")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs per candidate first (default 5)")
     p.add_argument("--max-seconds", type=float, default=120.0,
@@ -28,5 +31,6 @@ def _run(a: argparse.Namespace) -> int:
     from yoloslim.workflows.bench import bench
 
     bench(weights=a.weights, vs=a.vs, imgsz=a.imgsz, backend=a.backend, threads=a.threads, runs=a.runs,
-          warmup=a.warmup, unfused=a.unfused, max_seconds=a.max_seconds, json_file=a.json_file, per_layer=a.per_layer)
+          warmup=a.warmup, unfused=a.unfused, max_seconds=a.max_seconds, json_file=a.json_file, per_layer=a.per_layer,
+          device=a.device)
     return 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from yoloslim.cli.options import add_threads
+
 
 def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the main job on the built-in synthetic data set: train, sparsity-train, "
@@ -18,6 +20,7 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="fine-tuning epochs of the pruned model (default: the preset's)")
     p.add_argument("--workers", type=int, default=None,
                    help="data loader processes (default: 0 with --quick, 2 otherwise)")
+    add_threads(p)
     p.set_defaults(func=_run)
 
 

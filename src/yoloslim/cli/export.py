@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from yoloslim.cli.options import add_threads
+
 
 def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a model to ONNX (fused, decoded, checked against PyTorch)")
@@ -18,6 +20,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--conf", type=float, default=0.25, help="with --nms: score threshold (default 0.25)")
     p.add_argument("--iou", type=float, default=0.45, help="with --nms: IoU threshold (default 0.45)")
     p.add_argument("--max-det", type=int, default=300, help="with --nms: boxes per class+image (300)")
+    add_threads(p)
     p.add_argument("--out", help="the .onnx file (default: <weights name>.onnx next to the weights)")
     p.add_argument("--json", dest="json_file", help="also write the summary as JSON")
     p.set_defaults(func=lambda a: _run(a))

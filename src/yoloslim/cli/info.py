@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from yoloslim.cli.options import add_threads
+
 
 def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="architecture, per-layer channels, params and FLOPs of a model")
@@ -14,6 +16,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--imgsz", type=int, default=640, help="image size for FLOPs (default 640)")
     p.add_argument("--layers", action="store_true", help="print the per-layer table")
     p.add_argument("--json", dest="json_file", help="also write the summary as JSON")
+    add_threads(p)
     p.set_defaults(func=lambda a: _run(a))
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from yoloslim.cli.options import add_device, add_threads
+
 
 def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="detect objects in images, videos or a camera")
@@ -16,7 +18,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fuse", action="store_true", help="fold Conv+BN first (same detections, faster)")
     p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"], help="default torch")
     p.add_argument("--onnx", help="exported file for --backend onnxruntime (default: <weights name>.onnx)")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    add_threads(p)
+    add_device(p, half=True)
     p.add_argument("--save-txt", action="store_true", help="also write YOLO txt: cls cx cy w h conf")
     p.add_argument("--out", help="output folder (default: a new runs/predict/expN)")
     p.add_argument("--json", dest="json_file", help="also write the detections as JSON")
@@ -28,5 +31,5 @@ def _run(a: argparse.Namespace) -> int:
 
     predict(source=a.source, weights=a.weights, imgsz=a.imgsz, conf=a.conf, iou=a.iou, max_det=a.max_det,
             fuse=a.fuse, backend=a.backend, onnx=a.onnx, save_txt=a.save_txt, out=a.out, threads=a.threads,
-            json_file=a.json_file)
+            json_file=a.json_file, device=a.device, half=a.half)
     return 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from yoloslim.cli.options import add_device, add_threads
+
 
 def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prune", help="prune a model (slim, l1, l2 or layer) into a compact model file")
@@ -50,6 +52,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calib-images", type=int, default=None, metavar="N",
                    help="recalibrate on at most N images (default 256)")
     p.add_argument("--no-calib", action="store_true", help="do not recalibrate the batch norms, even with --data")
+    add_device(p)
+    add_threads(p)
     p.add_argument("--out", help="output model file (default: <weights>-<method>.safetensors)")
     p.add_argument("--json", dest="json_file",
                    help="also write before/after figures and per-layer widths as JSON")
@@ -64,5 +68,6 @@ def _run(a: argparse.Namespace) -> int:
           round_to=a.round_to, min_channels=a.min_channels, fold_bias=a.fold_bias, data=a.data, imgsz=a.imgsz,
           batch=a.batch, workers=a.workers, out=a.out, json_file=a.json_file, latency_runs=a.latency_runs,
           steps=a.steps, finetune_epochs=a.finetune_epochs, calib=a.calib, no_calib=a.no_calib,
-          class_map=a.class_map, **({"calib_images": a.calib_images} if a.calib_images is not None else {}))
+          class_map=a.class_map, device=a.device,
+          **({"calib_images": a.calib_images} if a.calib_images is not None else {}))
     return 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from yoloslim.cli.options import add_device, add_threads
+
 
 def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a detector (from scratch, from weights, with BN sparsity, or a "
@@ -41,7 +43,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="run folder (default: a new runs/train/expN)")
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN_DIR_OR_STATE",
                    help="continue an interrupted run (default: the latest under runs/train)")
-    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    add_device(p)
+    add_threads(p)
     p.add_argument("--json", dest="json_file", help="also write the final numbers as JSON")
     p.add_argument("--no-plots", action="store_true",
                    help="skip the pictures written into the run folder at the end (results.png, PR curve, ...)")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from yoloslim.cli.options import add_device, add_threads
+
 
 def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("val", help="score a model on a data set: P, R, mAP@.5, mAP@.5:.95, per class, speed")
@@ -16,7 +18,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--conf", type=float, default=0.001, help="NMS confidence threshold (default 0.001)")
     p.add_argument("--iou", type=float, default=0.6, help="NMS IoU threshold (default 0.6)")
     p.add_argument("--max-det", type=int, default=300, help="detections per image (default 300)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda:N (default cpu)")
+    add_device(p, half=True)
+    add_threads(p)
     p.add_argument("--workers", type=int, default=2, help="data loader processes (default 2)")
     p.add_argument("--json", dest="json_file", help="also write the metrics as JSON")
     p.add_argument("--save-json", metavar="DIR",
@@ -35,5 +38,5 @@ def _run(a: argparse.Namespace) -> int:
 
     val(weights=a.weights, data=a.data, imgsz=a.imgsz, batch=a.batch, split=a.split, conf=a.conf, iou=a.iou,
         max_det=a.max_det, device=a.device, workers=a.workers, json_file=a.json_file, save_json=a.save_json,
-        class_map=a.class_map, plots=a.plots)
+        class_map=a.class_map, plots=a.plots, half=a.half)
     return 0

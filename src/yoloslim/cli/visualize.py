@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from yoloslim.cli.options import add_threads
+
 
 def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("visualize", help="save a grid image of chosen layers' feature maps for one input")
@@ -19,6 +21,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mark-pruned", metavar="METHOD:RATIO",
                    help="frame in red the channels `prune --method METHOD --ratio RATIO` would remove "
                         "(e.g. l1:0.5; METHOD slim, l1 or l2)")
+    add_threads(p)
     p.set_defaults(func=lambda a: _run(a))
 
 

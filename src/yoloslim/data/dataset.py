@@ -260,4 +260,4 @@ def create_loader(dataset: DetectionDataset, batch_size: int, shuffle: bool, wor
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                       collate_fn=collate,
                       worker_init_fn=_worker_init if workers else None, drop_last=False,
-                      persistent_workers=False)
+                      persistent_workers=False, pin_memory=torch.cuda.is_available())  # pinned: faster copies to a GPU

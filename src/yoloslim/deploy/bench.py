@@ -58,13 +58,18 @@ class Latency:
 
 
 def torch_runner(model: nn.Module, imgsz: int, fuse: bool = True) -> Callable[[], Any]:
-    """One batch-1 forward of ``model`` (fused copy by default) on a fixed input, without autograd."""
+    """One batch-1 forward of ``model`` (fused copy by default) on a fixed input, without autograd, on
+    the model's device (a CUDA run waits for the GPU to finish, so that the time is the run's)."""
     net = fuse_model(model) if fuse else _eval_copy(model)
-    x = check_input(model.spec, 1, imgsz, imgsz)
+    param = next(net.parameters())
+    x = check_input(model.spec, 1, imgsz, imgsz).to(param.device, param.dtype)
 
     def run() -> Any:
         with torch.inference_mode():
-            return net(x)
+            out = net(x)
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+        return out
 
     return run
 

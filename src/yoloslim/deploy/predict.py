@@ -86,7 +86,8 @@ class Predictor:
     """Runs a detector on BGR images and returns :class:`Detections` in original pixels.
 
     Args:
-        model: a yoloslim PyTorch detector (None with ``onnx``).
+        model: a yoloslim PyTorch detector (None with ``onnx``); it runs on the device and in the dtype
+            of its parameters (e.g. moved to CUDA and ``.half()``).
         onnx: an exported ``.onnx`` file to run in ONNX Runtime instead of PyTorch.
         imgsz: letterbox size (a multiple of the largest stride).
         conf: minimum score.
@@ -110,7 +111,9 @@ class Predictor:
         if model is not None:
             self.spec: ArchSpec = model.spec
             net = fuse_model(model) if fuse else model.eval()
-            self._torch = DecodedModel(net).eval()
+            param = next(net.parameters())
+            self._torch = DecodedModel(net).to(param.device).eval()
+            self._device, self._dtype = param.device, param.dtype
             self._onnx = None
         else:
             self._onnx = OnnxModel(onnx, threads=threads)
@@ -129,7 +132,7 @@ class Predictor:
         t1 = time.perf_counter()
         if self._torch is not None:
             with torch.inference_mode():
-                pred = self._torch(x)  # (1, N, 5 + nc)
+                pred = self._torch(x.to(self._device, self._dtype))  # (1, N, 5 + nc)
         else:
             pred = self._onnx(x)
         t2 = time.perf_counter()

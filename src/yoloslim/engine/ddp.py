@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from yoloslim.device import resolve_device
+
 
 @dataclass
 class Dist:
@@ -38,13 +40,20 @@ def from_env() -> Dist:
                 int(os.environ.get("WORLD_SIZE", 1)))
 
 
-def setup(d: Dist, device: str) -> torch.device:
+def process_device(d: Dist, device: str | None) -> torch.device:
+    """This process's device for ``--device device``: under ``torchrun`` every process takes the GPU of
+    its local rank (an index given on the command line would put them all on one GPU)."""
+    dev = resolve_device(device, d.local_rank)
+    if d.enabled and dev.type == "cuda":
+        dev = resolve_device(f"cuda:{d.local_rank}")
+    return dev
+
+
+def setup(d: Dist, device: str | None) -> torch.device:
     """Join the process group when ``d`` has more than one process; return this process's device."""
-    if device.startswith("cuda"):
-        dev = torch.device("cuda", d.local_rank) if d.enabled else torch.device(device)
+    dev = process_device(d, device)
+    if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    else:
-        dev = torch.device(device)
     if d.enabled and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         dist.init_process_group(backend, rank=d.rank, world_size=d.world_size)

@@ -69,6 +69,7 @@ def evaluate(model: nn.Module, loader: Any, names: list[str], conf: float = 0.00
     samples = dataset.samples
     index = {str(s.path): i for i, s in enumerate(samples)}
     device = torch.device(device)
+    dtype = next((p.dtype for p in unwrap(model).parameters()), torch.float32)  # float16 after `val --half`
     decoder = Decoder(spec).to(device)
     metrics = DetectionMetrics(names)
     was_training = model.training
@@ -79,14 +80,14 @@ def evaluate(model: nn.Module, loader: Any, names: list[str], conf: float = 0.00
     try:
         size = getattr(dataset, "imgsz", None)
         if size:  # warm-up run: the first call's one-off costs stay out of the timings
-            model(preprocess(torch.zeros((1, 3, size, size), dtype=torch.uint8, device=device), spec))
+            model(preprocess(torch.zeros((1, 3, size, size), dtype=torch.uint8, device=device), spec).to(dtype))
         for imgs, targets, paths, infos in tqdm(loader, desc="val", unit="batch", disable=not progress,
                                                 leave=False):
             t0 = _now(device)
-            x = preprocess(imgs.to(device, non_blocking=True), spec)  # (b, 3, S, S) float
+            x = preprocess(imgs.to(device, non_blocking=True), spec).to(dtype)  # (b, 3, S, S) float
             t1 = _now(device)
             raw = model(x)
-            pred = decoder(raw)  # (b, N, 5 + nc)
+            pred = decoder(raw).float()  # (b, N, 5 + nc)
             t2 = _now(device)
             dets = non_max_suppression(pred, conf_thres=conf, iou_thres=iou, max_det=max_det)
             t3 = _now(device)

@@ -54,7 +54,9 @@ from yoloslim.engine.train_epoch import (  # noqa: F401 (TrainingDiverged: re-ex
     Parts,
     Progress,
     TrainingDiverged,
+    TrainingInterrupted,
     end_of_epoch,
+    make_scaler,
     restore_state,
     save_checkpoints,
     train_one_epoch,
@@ -88,7 +90,8 @@ class TrainConfig:
         epochs: epochs in total.
         batch: batch size over all processes.
         imgsz: training and validation image size (a multiple of the largest stride).
-        device: ``cpu``, ``cuda`` or ``cuda:N``.
+        device: ``cpu``, ``cuda``, ``cuda:N``, ``N`` or ``mps``; "" for cuda when available, else cpu
+            (see :mod:`yoloslim.device`).
         workers: data-loader worker processes.
         out: the run folder (default: a new ``project/expN``).
         project: where numbered run folders go.
@@ -126,7 +129,7 @@ class TrainConfig:
     epochs: int = 100
     batch: int = 16
     imgsz: int = 640
-    device: str = "cpu"
+    device: str = ""
     workers: int = 2
     out: str | None = None
     project: str = "runs/train"
@@ -166,13 +169,16 @@ def train(cfg: TrainConfig) -> TrainResult:
     device = ddp.setup(d, cfg.device)
     if not d.main:
         logger.remove()  # rank 0 speaks for the job; the others' errors still raise
+    started: list[Path] = []  # the run folder, once _train has chosen it
     try:
-        return _train(cfg, d, device)
+        return _train(cfg, d, device, started)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted.of_run(started[0] if started else None) from None
     finally:
         ddp.cleanup(d)
 
 
-def _train(cfg: TrainConfig, d: ddp.Dist, device: torch.device) -> TrainResult:
+def _train(cfg: TrainConfig, d: ddp.Dist, device: torch.device, started: list[Path]) -> TrainResult:
     cfg, state = _resume_config(cfg)
     _check_config(cfg)
     _seed_everything(cfg.seed + d.rank)
@@ -190,6 +196,7 @@ def _train(cfg: TrainConfig, d: ddp.Dist, device: torch.device) -> TrainResult:
     if teacher is not None:
         check_teacher(teacher.info.spec, info.spec, teacher.path)
     run_dir = _run_dir(cfg, d)  # created only once the inputs are known to be good
+    started.append(run_dir)
     if d.main:
         setup_logging(run_dir)
         write_args(run_dir, dataclasses.asdict(cfg), hyp.to_dict())
@@ -205,7 +212,7 @@ def _train(cfg: TrainConfig, d: ddp.Dist, device: torch.device) -> TrainResult:
     weight_decay = hyp.weight_decay * cfg.batch * accumulate / cfg.nominal_batch
     optimizer = build_optimizer(model, hyp.lr0, hyp.momentum, weight_decay)
     ema = ModelEMA(model)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+    scaler = make_scaler(device)
     parts = Parts(model, model, optimizer, scaler, ema, loss_fn, None)
     progress = restore_state(parts, state) if state else Progress()
     parts.net = ddp.wrap(model, d, device)

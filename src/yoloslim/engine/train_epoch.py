@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +22,7 @@ from yoloslim.engine.ema import ModelEMA
 from yoloslim.engine.hyp import Hyp
 from yoloslim.engine.optim import lr_factor, set_epoch_lr, warmup, warmup_accumulate
 from yoloslim.engine.run_files import ResultsCSV, Scalars, gamma_histogram, rng_state, set_rng_state
-from yoloslim.engine.train_setup import save_epoch
+from yoloslim.engine.train_setup import STATE_FILE, save_epoch
 from yoloslim.errors import UserError
 from yoloslim.log import logger
 from yoloslim.models.decode import preprocess
@@ -32,6 +33,20 @@ if TYPE_CHECKING:
 
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite; the run stopped and kept its last good checkpoint."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the message says how to go on (the command line prints it, exit 130)."""
+
+    @classmethod
+    def of_run(cls, run_dir: Path | None) -> TrainingInterrupted:
+        if run_dir is None:
+            return cls("interrupted before training started; nothing was written")
+        if not (run_dir / "weights" / STATE_FILE).is_file():
+            return cls(f"interrupted before the first checkpoint of {run_dir} was written; nothing to resume, "
+                       "start the run again")
+        return cls(f"interrupted; the last saved epoch is kept: resume with "
+                   f"`yoloslim train --resume {shlex.quote(str(run_dir))}`")
 
 
 @dataclass
@@ -66,7 +81,6 @@ def train_one_epoch(parts: Parts, loader, epoch: int, cfg: TrainConfig, hyp: Hyp
     factor = lr_factor(epoch, cfg.epochs, hyp.lrf, cfg.cos_lr)
     set_epoch_lr(parts.optimizer, factor)
     spec = parts.model.spec
-    amp = device.type == "cuda"
     sums: dict[str, float] = {}
     pending = 0  # backward passes since the last optimizer step
     bar = tqdm(loader, total=nb, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not d.main, leave=True,
@@ -78,8 +92,7 @@ def train_one_epoch(parts: Parts, loader, epoch: int, cfg: TrainConfig, hyp: Hyp
             warmup(parts.optimizer, it, n_warmup, factor, hyp.momentum, hyp.warmup_momentum,
                    hyp.warmup_bias_lr)
         x = preprocess(imgs.to(device, non_blocking=True), spec)  # (b, 3, S, S) float
-        autocast = torch.autocast("cuda") if amp else contextlib.nullcontext()
-        with autocast:
+        with amp_autocast(device):
             raw = parts.net(x)
             loss, items = (parts.loss_fn(raw, targets.to(device)) if parts.distill is None
                            else parts.distill.combine(raw, x, targets.to(device), parts.loss_fn))
@@ -98,6 +111,16 @@ def train_one_epoch(parts: Parts, loader, epoch: int, cfg: TrainConfig, hyp: Hyp
         bar.set_postfix_str(" ".join(f"{k} {v:.4f}" for k, v in means.items()) + f" objs {len(targets)}")
     bar.close()
     return {k: v / max(nb, 1) for k, v in sums.items()}
+
+
+def make_scaler(device: torch.device) -> torch.amp.GradScaler:
+    """The AMP gradient scaler: enabled on CUDA (float16 gradients need it), a no-op elsewhere."""
+    return torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+
+
+def amp_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Mixed precision for the forward pass and the loss on CUDA; float32 (a null context) elsewhere."""
+    return torch.autocast("cuda") if device.type == "cuda" else contextlib.nullcontext()
 
 
 def optimizer_step(parts: Parts, epoch: int, epochs: int, n_backward: int) -> None:

@@ -9,6 +9,7 @@ from torch import nn
 
 from yoloslim.deploy.bench import BACKENDS, Latency, benchmark
 from yoloslim.deploy.layer_latency import OTHER, LayerLatency, layer_of, per_layer_latency
+from yoloslim.device import resolve_device
 from yoloslim.engine.checkpoint import check_writable, load_model
 from yoloslim.engine.profile import count_params, profile, total_gflops
 from yoloslim.errors import UserError
@@ -19,7 +20,8 @@ RATIO_KEYS = ("params", "gflops", "torch_ms", "torch_unfused_ms", "onnxruntime_m
 
 def bench(weights: str, vs: str | None = None, imgsz: int | None = None, backend: str = "both",
           threads: int | None = None, runs: int = 50, warmup: int = 5, unfused: bool = False,
-          max_seconds: float = 120.0, json_file: str | None = None, per_layer: bool = False) -> dict[str, Any]:
+          max_seconds: float = 120.0, json_file: str | None = None, per_layer: bool = False,
+          device: str | None = None) -> dict[str, Any]:
     """Measure ``weights`` (and ``vs``, alternately in the same loop) and print the figures and ratios.
 
     Args:
@@ -35,6 +37,7 @@ def bench(weights: str, vs: str | None = None, imgsz: int | None = None, backend
         max_seconds: time budget of the timed loop.
         per_layer: also measure ``weights`` layer by layer on each backend (``runs`` runs, see
             :mod:`yoloslim.deploy.layer_latency`), print the table and add ``"per_layer": {backend: {...}}``.
+        device: where PyTorch runs (None: cuda when available, else cpu); ONNX Runtime runs on the CPU.
         json_file: write ``{"params", "gflops", "torch_ms", "onnxruntime_ms", "fps", ..., "vs": {...,
             "ratios": {...}}}``.
 
@@ -48,10 +51,11 @@ def bench(weights: str, vs: str | None = None, imgsz: int | None = None, backend
         raise UserError(f"--runs and --threads must be at least 1 and --warmup at least 0, "
                         f"got {runs}, {threads} and {warmup}")
     check_writable(json_file, "--json")
-    model, info = load_model(weights)
+    dev = resolve_device(device)
+    model, info = load_model(weights, device=dev)
     models = {"weights": model}
     if vs:
-        models["vs"], _ = load_model(vs)
+        models["vs"], _ = load_model(vs, device=dev)
     imgsz = int(imgsz or info.imgsz)
     for m in models.values():
         stride = max(m.spec.strides)
@@ -59,7 +63,7 @@ def bench(weights: str, vs: str | None = None, imgsz: int | None = None, backend
             raise UserError(f"--imgsz must be a positive multiple of {stride}, got {imgsz}")
     kinds = (*backends, "torch_unfused") if unfused else backends
     lat = benchmark(models, imgsz, kinds, threads, runs, warmup, max_seconds)
-    summary = {"weights": str(weights), "imgsz": imgsz, "batch": 1, "threads": threads,
+    summary = {"weights": str(weights), "imgsz": imgsz, "batch": 1, "threads": threads, "device": str(dev),
                **figures(model, imgsz, lat["weights"])}
     rows = [_row(Path(weights).name, summary, kinds)]
     if vs:
@@ -68,7 +72,7 @@ def bench(weights: str, vs: str | None = None, imgsz: int | None = None, backend
         summary["vs"] = other
         rows.append(_row(Path(vs).name, other, kinds))
     head = ["model", "params", "GFLOPs"] + [f"{b} ms (p90)" for b in kinds] + [f"{b} FPS" for b in backends]
-    print(f"batch 1, {imgsz}x{imgsz}, threads {threads or 'default'}, "
+    print(f"batch 1, {imgsz}x{imgsz}, PyTorch on {dev}, threads {threads or 'default'}, "
           f"{min(x.runs for d in lat.values() for x in d.values())}+ runs each, alternating")
     print(table(head, rows))
     if unfused:

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from yoloslim.deploy.draw import draw_detections, draw_fps
 from yoloslim.deploy.predict import Detections, Predictor
 from yoloslim.deploy.sources import Frame, Source, open_source
+from yoloslim.device import check_half, resolve_device
 from yoloslim.engine.checkpoint import atomic_write, check_writable, load_model
 from yoloslim.errors import UserError
 from yoloslim.workflows.report import write_json
@@ -30,7 +31,7 @@ def predict(source: str, weights: str | None = None, imgsz: int | None = None, c
             iou: float = 0.45, max_det: int = 300, fuse: bool = False, backend: str = "torch",
             onnx: str | None = None, save_txt: bool = False, out: str | None = None,
             threads: int | None = None, json_file: str | None = None,
-            progress: bool = True) -> dict[str, Any]:
+            progress: bool = True, device: str | None = None, half: bool = False) -> dict[str, Any]:
     """Run a detector over ``source`` and write the annotated result to ``out``.
 
     Args:
@@ -45,9 +46,12 @@ def predict(source: str, weights: str | None = None, imgsz: int | None = None, c
         onnx: the exported file for ``onnxruntime`` (default: ``<weights stem>.onnx`` next to the weights).
         save_txt: also write YOLO-format txt files under ``out/labels``.
         out: output folder (default: a new ``runs/predict/expN``).
-        threads: ONNX Runtime intra-op threads.
+        threads: ONNX Runtime intra-op threads (PyTorch's are the process's, set by the command line).
         json_file: write the summary (and every image's detections) as JSON.
         progress: show a tqdm bar.
+        device: where the torch backend runs (None: cuda when available, else cpu); ONNX Runtime runs
+            on the CPU.
+        half: float16 inference (torch backend on CUDA).
 
     Returns:
         ``{"source", "kind", "out", "frames", "detections", "fps", "speed_ms", "results": [...]}``.
@@ -58,7 +62,8 @@ def predict(source: str, weights: str | None = None, imgsz: int | None = None, c
     check_writable(json_file, "--json")
     src = open_source(source)  # a missing source fails before the model loads
     try:
-        predictor, names = _predictor(weights, imgsz, conf, iou, max_det, fuse, backend, onnx, threads)
+        predictor, names = _predictor(weights, imgsz, conf, iou, max_det, fuse, backend, onnx, threads,
+                                      device, half)
         out_dir = _out_dir(out, src)
         run = _run_images if src.kind == "image" else _run_stream
         results, frames, seconds = run(src, predictor, names, out_dir, save_txt, progress)
@@ -82,13 +87,20 @@ def predict(source: str, weights: str | None = None, imgsz: int | None = None, c
 
 
 def _predictor(weights: str | None, imgsz: int | None, conf: float, iou: float, max_det: int, fuse: bool,
-               backend: str, onnx: str | None, threads: int | None) -> tuple[Predictor, list[str]]:
+               backend: str, onnx: str | None, threads: int | None, device: str | None = None,
+               half: bool = False) -> tuple[Predictor, list[str]]:
     if backend == "torch":
         if weights is None:
             raise UserError("--weights is required with --backend torch")
-        model, info = load_model(weights)
+        dev = resolve_device(device)
+        check_half(half, dev)
+        model, info = load_model(weights, device=dev)
+        if half:
+            model.half()
         size = int(imgsz or info.imgsz)
         return Predictor(model, imgsz=size, conf=conf, iou=iou, max_det=max_det, fuse=fuse), info.names
+    if half:
+        raise UserError("--half is for the torch backend on CUDA; ONNX Runtime runs the exported file as it is")
     if onnx is None:
         if weights is None:
             raise UserError("--backend onnxruntime needs --onnx FILE (or --weights, exported beside it)")

@@ -8,12 +8,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from yoloslim.data.calibration import calibration_images
 from yoloslim.data.class_map import match_classes
 from yoloslim.data.dataset import DetectionDataset, create_loader, load_data
 from yoloslim.data.source import DataSource
+from yoloslim.device import resolve_device
 from yoloslim.engine.checkpoint import ModelInfo, check_writable, load_model, save_model
 from yoloslim.engine.evaluate import evaluate
 from yoloslim.engine.profile import count_params, profile, total_gflops
@@ -34,7 +36,8 @@ def prune(weights: str, method: str = "auto", ratio: float | None = None, target
           data: str | None = None, imgsz: int | None = None, batch: int = 16, workers: int = 2,
           out: str | None = None, json_file: str | None = None, latency_runs: int = 20,
           steps: int = 1, finetune_epochs: int = 0, calib: str | None = None, calib_images: int = CALIB_IMAGES,
-          no_calib: bool = False, class_map: str | None = None) -> dict[str, Any]:
+          no_calib: bool = False, class_map: str | None = None,
+          device: str | None = None) -> dict[str, Any]:
     """Prune ``weights``, write the compact model and print the Metric / Before / After table.
 
     Args:
@@ -64,6 +67,8 @@ def prune(weights: str, method: str = "auto", ratio: float | None = None, target
         no_calib: do not recalibrate, even with ``data``.
         class_map: a YAML file mapping ``data``'s class names to the model's (default: by name; a
             subset of the model's classes is scored, and fine-tuned, alone).
+        device: where the latency, the mAP and the fine-tuning run (None: cuda when available, else
+            cpu); the pruning and the recalibration run on the CPU.
 
     Returns:
         The summary written to ``json_file``.
@@ -89,6 +94,7 @@ def prune(weights: str, method: str = "auto", ratio: float | None = None, target
     out_path = Path(out) if out else Path(weights).with_name(f"{Path(weights).stem}-{opts.method}.safetensors")
     check_writable(out_path, "--out")
     check_writable(json_file, "--json")
+    dev = resolve_device(device)  # a missing GPU is refused before any work
     model, info = load_model(weights)
     names_before = list(info.names)
     model.eval()
@@ -106,7 +112,7 @@ def prune(weights: str, method: str = "auto", ratio: float | None = None, target
     if steps == 1:
         result = prune_model(model, opts, batches=batches)
     else:
-        finetune = _finetuner(data, finetune_epochs, imgsz, batch, workers, class_map) if finetune_epochs else None
+        finetune = _finetuner(data, finetune_epochs, imgsz, batch, workers, class_map, dev) if finetune_epochs else None
         step_dir = out_path.with_name(f"{out_path.stem}-steps")
         result, info, records = prune_in_steps(model, info, opts, steps, step_dir, source=str(weights),
                                                finetune=finetune, recalibrate=recal, batches=batches)
@@ -131,6 +137,8 @@ def prune(weights: str, method: str = "auto", ratio: float | None = None, target
     logger.info(f"pruned in {seconds:.2f}s -> {out_path}")
 
     before, after = _figures(model, imgsz), _figures(pruned, imgsz)
+    model, pruned = model.to(dev), pruned.to(dev)
+    uncalibrated = uncalibrated.to(dev) if uncalibrated is not None else None
     if latency_runs > 0:
         from yoloslim.deploy.bench import compare_latency
 
@@ -141,7 +149,7 @@ def prune(weights: str, method: str = "auto", ratio: float | None = None, target
         models = {"before": (model, names_before), "after": (pruned, new_info.names)}
         if uncalibrated:
             models["pruned"] = (uncalibrated, new_info.names)
-        maps = _evaluate(models, source, imgsz, batch, workers, class_map)
+        maps = _evaluate(models, source, imgsz, batch, workers, dev, class_map)
         before.update(maps["before"])
         after.update(maps["after"])
         uncalibrated_maps = maps.get("pruned")
@@ -159,7 +167,7 @@ def prune(weights: str, method: str = "auto", ratio: float | None = None, target
                     "pruned", **{**event, "calib_kept": False}))
     layers = _layer_rows(model, pruned, result)
     summary = {"weights": str(weights), "out": str(out_path), "method": method, "ratio": result.ratio,
-               "imgsz": imgsz, "seconds": round(seconds, 3), "held": result.held,
+               "imgsz": imgsz, "device": str(dev), "seconds": round(seconds, 3), "held": result.held,
                "removed_blocks": result.removed_blocks, "steps": step_log, "before": before, "after": after,
                "calib": {"source": calib_source, "images": calibrated, "kept": kept} if calibrated else None,
                "uncalibrated": uncalibrated_maps, "recalibrated": recalibrated_maps, "layers": layers}
@@ -169,13 +177,15 @@ def prune(weights: str, method: str = "auto", ratio: float | None = None, target
     return summary
 
 
-def _finetuner(data: str | None, epochs: int, imgsz: int, batch: int, workers: int, class_map: str | None):
+def _finetuner(data: str | None, epochs: int, imgsz: int, batch: int, workers: int, class_map: str | None,
+               device: torch.device):
     """``fn(model_file, run_dir) -> best model file``: fine-tuning between pruning steps."""
     from yoloslim.engine.train import TrainConfig, train
 
     def finetune(model_file: Path, run_dir: Path) -> tuple[Path, dict[str, Any]]:
         run = train(TrainConfig(data=str(data), weights=str(model_file), epochs=epochs, batch=batch,
-                                imgsz=imgsz, workers=workers, out=str(run_dir), class_map=class_map))
+                                imgsz=imgsz, workers=workers, out=str(run_dir), class_map=class_map,
+                                device=str(device)))
         return run.best, {k: v for k, v in run.metrics.items() if isinstance(v, (int, float))}
 
     return finetune
@@ -209,7 +219,7 @@ def _measuring_data(data: str, names: list[str], nc: int, class_map: str | None)
 
 
 def _evaluate(models: dict[str, tuple[nn.Module, list[str]]], source: DataSource, imgsz: int, batch: int,
-              workers: int, class_map: str | None = None) -> dict[str, dict]:
+              workers: int, device: torch.device, class_map: str | None = None) -> dict[str, dict]:
     """mAP@.5 and mAP@.5:.95 of each ``(model, class names)`` on the data set's val split, on its classes."""
     samples = source.splits.get("val") or source.splits.get("test")
     loader = create_loader(DetectionDataset(samples, imgsz), batch_size=batch, shuffle=False, workers=workers)
@@ -219,7 +229,7 @@ def _evaluate(models: dict[str, tuple[nn.Module, list[str]]], source: DataSource
         if not match.identity:
             logger.info(f"{label}: scoring {match.describe()}")
             model = select_classes(model, match.ids)
-        m = evaluate(model, loader, source.names).metrics
+        m = evaluate(model, loader, source.names, device=device).metrics
         out[label] = {"map50": round(float(m.map50), 5), "map": round(float(m.map), 5)}
     return out
 
@@ -251,7 +261,8 @@ def _print_report(s: dict[str, Any]) -> None:
     rec = s.get("recalibrated") or a  # and after it (``a`` unless recalibration was not kept)
     rows = []
     for key, label, fmt in (("params", "params", "{:,}"), ("gflops", f"GFLOPs @{s['imgsz']}", "{:.3f}"),
-                            ("latency_ms", "CPU latency ms (median, batch 1)", "{:.2f}"),
+                            ("latency_ms", f"{_device_label(s['device'])} latency ms (median, batch 1)",
+                             "{:.2f}"),
                             ("map50", "mAP@.5", "{:.4f}"), ("map", "mAP@.5:.95", "{:.4f}")):
         if b.get(key) is None:
             continue
@@ -266,3 +277,8 @@ def _print_report(s: dict[str, Any]) -> None:
         kept = "" if s["calib"]["kept"] else " (not kept: it lowered mAP@.5:.95; the file has the Pruned model)"
         print(f"batch norms recalibrated on {s['calib']['images']} images of {s['calib']['source']}{kept}")
     print(f"{s['method']} at ratio {s['ratio']:.4g} in {s['seconds']:.2f}s -> {s['out']}{extra}{blocks}")
+
+
+def _device_label(device: str) -> str:
+    """``CPU`` for the report's latency row as before; ``cuda:0`` and the like as they are."""
+    return "CPU" if device == "cpu" else device

@@ -25,7 +25,8 @@ def train(data: str | None = None, model: str | None = None, weights: str | None
     ``resume`` continues an interrupted run (its folder or state file; "" for the latest) with the
     settings it was started with; giving one of those settings too is refused rather than ignored.
     ``epochs``, ``batch`` and ``imgsz`` None take TrainConfig's defaults. ``device`` None picks CUDA
-    when available. ``distill_weight`` None takes TrainConfig's default; it needs ``teacher``.
+    when available (:func:`yoloslim.device.default_device`). ``distill_weight`` None takes TrainConfig's default;
+    it needs ``teacher``.
     """
     if resume is not None:
         _refuse_new_settings(data=data, model=model, weights=weights, hyp=hyp, epochs=epochs, batch=batch,
@@ -42,7 +43,7 @@ def train(data: str | None = None, model: str | None = None, weights: str | None
     sizes = {k: v for k, v in {"epochs": epochs, "batch": batch, "imgsz": imgsz,
                                "distill_weight": distill_weight}.items() if v is not None}
     cfg = TrainConfig(data=data or "", model=model, weights=weights, **sizes,
-                      device=device or _default_device(), workers=workers, out=out, resume=resume, seed=seed,
+                      device=device or "", workers=workers, out=out, resume=resume, seed=seed,
                       hyp=hyp, cos_lr=cos_lr, sparsity=sparsity, sparsity_schedule=sparsity_schedule,
                       sparsity_bias=sparsity_bias, patience=patience, augment=not no_augment, cache=cache,
                       no_aug_epochs=no_aug_epochs, teacher=teacher,
@@ -78,10 +79,4 @@ def summary_table(result: TrainResult) -> str:
 def summary_dict(result: TrainResult) -> dict[str, Any]:
     return {"best": str(result.best), "last": str(result.last), "run_dir": str(result.run_dir),
             **result.metrics}
-
-
-def _default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from yoloslim.data.class_map import match_classes
 from yoloslim.data.dataset import DetectionDataset, create_loader, load_data
+from yoloslim.device import check_half, resolve_device
 from yoloslim.engine.checkpoint import check_writable, load_model
 from yoloslim.engine.evaluate import EvalResult, evaluate
 from yoloslim.errors import UserError
@@ -19,9 +18,9 @@ from yoloslim.workflows.report import table, write_json
 
 
 def val(weights: str, data: str, imgsz: int | None = None, batch: int = 16, split: str = "val",
-        conf: float = 0.001, iou: float = 0.6, max_det: int = 300, device: str = "cpu", workers: int = 2,
+        conf: float = 0.001, iou: float = 0.6, max_det: int = 300, device: str | None = None, workers: int = 2,
         json_file: str | None = None, save_json: str | None = None, class_map: str | None = None,
-        plots: str | None = None) -> dict[str, Any]:
+        plots: str | None = None, half: bool = False) -> dict[str, Any]:
     """Evaluate ``weights`` on ``split`` of ``data``; print the table, optionally write JSON files.
 
     Args:
@@ -33,7 +32,7 @@ def val(weights: str, data: str, imgsz: int | None = None, batch: int = 16, spli
         conf: NMS confidence threshold.
         iou: NMS IoU threshold.
         max_det: detections per image.
-        device: e.g. ``"cpu"`` or ``"cuda:0"``.
+        device: e.g. ``"cpu"`` or ``"cuda:0"`` (None: cuda when available, else cpu).
         workers: data loader processes.
         json_file: write the summary here.
         save_json: write ``predictions.json`` and ``ground_truth.json`` (COCO) into this folder.
@@ -42,6 +41,7 @@ def val(weights: str, data: str, imgsz: int | None = None, batch: int = 16, spli
             those classes only (see :mod:`yoloslim.data.class_map`).
         plots: write the pictures (PR and F1 curves, confusion matrix, validation images with ground
             truth and predictions) into this folder; see :func:`yoloslim.viz.run_plots.write_val_plots`.
+        half: run the model in float16 (CUDA only).
 
     Returns:
         The summary written by ``json_file``: map50, map, precision, recall, per_class, speed_ms, ...
@@ -52,11 +52,13 @@ def val(weights: str, data: str, imgsz: int | None = None, batch: int = 16, spli
         raise UserError(f"--conf and --iou must be between 0 and 1, got {conf} and {iou}")
     if batch < 1 or max_det < 1:
         raise UserError(f"--batch and --max-det must be at least 1, got {batch} and {max_det}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: CUDA is not available here; use --device cpu")
+    device = resolve_device(device)
+    check_half(half, device)
     check_writable(json_file, "--json")
     check_writable(save_json, "--save-json", folder=True)
     model, info = load_model(weights, device=device)
+    if half:
+        model.half()
     source = load_data(data)
     if split not in source.splits or not source.splits[split]:
         have = ", ".join(k for k, v in source.splits.items() if v) or "none"
