@@ -10,7 +10,8 @@ Plain functions in a visible order, no callbacks::
         end_of_epoch (rank 0): check the weights -> validate the EMA model -> results.csv, log, γ histogram
         save_checkpoints (rank 0): best fitness -> last/best.safetensors (EMA) -> last_state.pt
 
-SGD (Nesterov) with three parameter groups, linear warm-up of learning rates and momentum over
+SGD (Nesterov), Adam or AdamW (``auto``: AdamW for short runs, SGD for long ones) with three
+parameter groups, linear warm-up of learning rates and momentum over
 ``max(warmup_epochs · batches, 100)`` iterations (none when ``warmup_epochs`` is 0), a
 linear or cosine schedule, EMA of the weights, gradient accumulation to a nominal batch of 64, AMP
 on CUDA. An epoch never leaves gradients pending (a last partial accumulation is applied at its
@@ -35,7 +36,7 @@ from yoloslim.engine import ddp
 from yoloslim.engine.checkpoint import ModelInfo, unwrap
 from yoloslim.engine.ema import ModelEMA
 from yoloslim.engine.hyp import hyp_from_dict, load_hyp
-from yoloslim.engine.optim import build_optimizer
+from yoloslim.engine.optim import build_optimizer, choose_optimizer, optimizer_name, optimizer_steps
 from yoloslim.engine.run_files import (
     ResultsCSV,
     Scalars,
@@ -62,6 +63,7 @@ from yoloslim.errors import UserError
 from yoloslim.log import logger, setup_logging
 from yoloslim.loss import make_loss
 from yoloslim.models import build_model
+from yoloslim.prune.sparsity import BNSparsity, check_target
 
 
 @dataclass
@@ -83,7 +85,12 @@ class TrainConfig:
         seed: seed of initialisation, shuffling and augmentation.
         hyp: a YAML file overriding :class:`Hyp` keys (augmentation keys included).
         cos_lr: cosine instead of linear learning-rate decay.
+        optimizer: ``SGD``, ``Adam``, ``AdamW`` or ``auto`` (AdamW with a small learning rate up to
+            10k optimiser steps, SGD beyond; see :func:`yoloslim.engine.optim.choose_optimizer`).
+            ``SGD`` with the default hyp is the YOLOv5 recipe.
         sparsity: L1 strength on prunable BN γ (0 = off).
+        sparsity_target: instead of a strength, the fraction of prunable γ to bring to 0 by the end
+            (strength from the schedule; 0 = off).
         sparsity_schedule: ``constant`` or ``linear``.
         sparsity_bias: also penalise BN β.
         patience: stop after this many epochs without a better fitness.
@@ -112,7 +119,9 @@ class TrainConfig:
     seed: int = 0
     hyp: str | None = None
     cos_lr: bool = False
+    optimizer: str = "auto"
     sparsity: float = 0.0
+    sparsity_target: float = 0.0
     sparsity_schedule: str = "constant"
     sparsity_bias: bool = False
     patience: int = 100
@@ -170,15 +179,21 @@ def _train(cfg: TrainConfig, d: ddp.Dist, device: torch.device) -> TrainResult:
 
     accumulate = max(round(cfg.nominal_batch / cfg.batch), 1)
     weight_decay = hyp.weight_decay * cfg.batch * accumulate / cfg.nominal_batch
-    optimizer = build_optimizer(model, hyp.lr0, hyp.momentum, weight_decay)
+    steps = optimizer_steps(len(train_ds), cfg.batch, cfg.nominal_batch, cfg.epochs)
+    choice = choose_optimizer(cfg.optimizer, hyp.lr0, hyp.momentum, hyp.warmup_bias_lr, steps, len(source.names))
+    optimizer = build_optimizer(model, choice.lr, choice.momentum, weight_decay, choice.name)
+    # what the steps use (``auto`` may replace lr0, momentum, warmup_bias_lr); the state keeps the hyp as given
+    step_hyp = dataclasses.replace(hyp, lr0=choice.lr, momentum=choice.momentum,
+                                   warmup_bias_lr=choice.warmup_bias_lr)
     ema = ModelEMA(model)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     parts = Parts(model, model, optimizer, scaler, ema, loss_fn, None)
     progress = restore_state(parts, state) if state else Progress()
     parts.net = ddp.wrap(model, d, device)
-    parts.sparsity = _make_sparsity(cfg, model)
+    parts.sparsity = _make_sparsity(cfg, model, len(train_loader))
 
-    event = "sparse-trained" if cfg.sparsity > 0 else ("fine-tuned" if cfg.weights else "trained")
+    sparse = cfg.sparsity > 0 or cfg.sparsity_target > 0
+    event = "sparse-trained" if sparse else ("fine-tuned" if cfg.weights else "trained")
     csv = ResultsCSV(run_dir / "results.csv", keep_epochs_below=progress.start_epoch + 1 if state else None)
     scalars = Scalars(run_dir, enabled=d.main)
     if d.main:
@@ -186,6 +201,8 @@ def _train(cfg: TrainConfig, d: ddp.Dist, device: torch.device) -> TrainResult:
                     f"on {cfg.data} at epoch {progress.start_epoch + 1}/{cfg.epochs}: {len(train_ds)} train "
                     f"images, batch {cfg.batch}, {cfg.imgsz} px, {device}"
                     f"{f' x {d.world_size}' if d.enabled else ''}; run folder {run_dir}")
+        logger.info(f"optimizer {choice.name} (--optimizer {cfg.optimizer}, {steps} steps), lr0 {choice.lr:g}, "
+                    f"momentum {choice.momentum:g}, warm-up bias lr {choice.warmup_bias_lr:g}")
     nb = len(train_loader)
     n_warmup = max(round(hyp.warmup_epochs * nb), 100) if hyp.warmup_epochs > 0 else 0
     metrics: dict[str, Any] = {}
@@ -196,7 +213,7 @@ def _train(cfg: TrainConfig, d: ddp.Dist, device: torch.device) -> TrainResult:
         if sampler is not None:
             sampler.set_epoch(epoch)
         t0 = time.time()
-        train_losses = train_one_epoch(parts, train_loader, epoch, cfg, hyp, n_warmup, d, device, run_dir)
+        train_losses = train_one_epoch(parts, train_loader, epoch, cfg, step_hyp, n_warmup, d, device, run_dir)
         stop = False
         if d.main:
             validate = cfg.val_every_epoch or epoch == cfg.epochs - 1
@@ -222,6 +239,7 @@ def _resume_config(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None
         return cfg, None
     state_path = find_resume_state(cfg.resume, cfg.project)
     state = read_resume_state(state_path)
+    state["config"].setdefault("optimizer", "SGD")  # saved before --optimizer existed: SGD was the only one
     saved = dataclasses.replace(from_dict(TrainConfig, state["config"], source=str(state_path)), resume=None,
                                 device=cfg.device, workers=cfg.workers, out=str(state_path.parent.parent))
     if state["epoch"] >= saved.epochs:
@@ -230,12 +248,11 @@ def _resume_config(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None
     return saved, state
 
 
-def _make_sparsity(cfg: TrainConfig, model: nn.Module):
-    if cfg.sparsity <= 0:
+def _make_sparsity(cfg: TrainConfig, model: nn.Module, batches_per_epoch: int):
+    if cfg.sparsity <= 0 and cfg.sparsity_target <= 0:
         return None
-    from yoloslim.prune.sparsity import BNSparsity
-
-    return BNSparsity(unwrap(model), cfg.sparsity, cfg.sparsity_schedule, cfg.sparsity_bias)
+    return BNSparsity(unwrap(model), cfg.sparsity, cfg.sparsity_schedule, cfg.sparsity_bias,
+                      target=cfg.sparsity_target, batches_per_epoch=batches_per_epoch)
 
 
 def _check_config(cfg: TrainConfig) -> None:
@@ -247,6 +264,10 @@ def _check_config(cfg: TrainConfig) -> None:
         raise UserError(f"--batch must be at least 1, got {cfg.batch}")
     if cfg.sparsity < 0:
         raise UserError(f"--sparsity must be >= 0, got {cfg.sparsity}")
+    optimizer_name(cfg.optimizer)
+    check_target(cfg.sparsity_target)
+    if cfg.sparsity > 0 and cfg.sparsity_target > 0:
+        raise UserError("give --sparsity SR (a fixed strength) or --sparsity-target F (a fraction), not both")
     if cfg.sparsity_schedule not in ("constant", "linear"):
         raise UserError(f"--sparsity-schedule must be constant or linear, got {cfg.sparsity_schedule!r}")
 

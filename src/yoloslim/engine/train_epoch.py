@@ -50,7 +50,7 @@ class Parts:
 
     model: nn.Module  # the bare model
     net: nn.Module  # the model, or its DDP wrapper
-    optimizer: torch.optim.SGD
+    optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     ema: ModelEMA
     loss_fn: Any
@@ -171,6 +171,8 @@ def save_checkpoints(parts: Parts, cfg: TrainConfig, hyp: Hyp, info: ModelInfo, 
     details = {k: round(metrics[k], 5) for k in ("map50", "map") if k in metrics}
     if cfg.sparsity:
         details["sparsity"] = cfg.sparsity
+    if cfg.sparsity_target:
+        details["sparsity_target"] = cfg.sparsity_target
     epoch_info = info.with_event(event, epochs=epoch + 1, data=str(cfg.data), imgsz=cfg.imgsz, **details)
     save_last = stop or (epoch + 1) % cfg.save_every == 0 or epoch == cfg.epochs - 1
     if save_last or improved:
