@@ -5,9 +5,9 @@ import torch
 from torch import nn
 
 from test_prune_graph import toy
+from yoloslim.errors import UserError
 from yoloslim.models import create_model
 from yoloslim.prune.graph import ChannelGraph
-from yoloslim.errors import UserError
 from yoloslim.prune.sparsity import TARGET_RAMP, BNSparsity, gamma_stats, save_gamma_histogram
 
 
@@ -125,7 +125,8 @@ def test_sparsity_training_drives_gamma_below_1e_2(tiny_data, tmp_path):
     hyp = tmp_path / "hyp.yaml"
     hyp.write_text("warmup_epochs: 0\nlr0: 0.2\n")  # 40 steps: a strong penalty and large steps from the first
     res = train(data=str(tiny_data), model="yolov5n", epochs=5, batch=2, nominal_batch=2, imgsz=64, sparsity=10.0,
-                hyp=str(hyp), workers=0, out=str(tmp_path / "run"), device="cpu", val_every_epoch=False)
+                hyp=str(hyp), optimizer="SGD", workers=0, out=str(tmp_path / "run"), device="cpu",
+                val_every_epoch=False)
     with open(res.run_dir / "results.csv", newline="") as f:
         fractions = [float(row["sparsity/gamma_below_1e-2"]) for row in csv.DictReader(f)]
     assert len(fractions) == 5 and fractions == sorted(fractions), fractions  # never falls back
