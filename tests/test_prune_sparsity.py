@@ -82,6 +82,10 @@ def test_target_ramps_the_due_fraction_and_zeroes_exactly_the_smallest(tmp_path)
     kept = end.values[end.values > 0]
     # the channels that were not selected keep their γ: the largest 60 % of the start's, unchanged
     assert torch.equal(kept.sort().values, start.values.sort().values[-kept.numel():])
+    ema = create_model("yolov5n", nc=2)  # an EMA that has not caught up: every γ still 1
+    sp.hold_zeros(model, ema)
+    assert gamma_stats(ema).fraction_below == pytest.approx(end.fraction_below)
+    assert float(gamma_stats(ema).values.max()) == 1.0
     with pytest.raises(UserError, match="--sparsity-target must be a fraction in"):
         BNSparsity(model, 0.0, target=1.5, batches_per_epoch=5)
     with pytest.raises(UserError, match="not both"):

@@ -7,6 +7,7 @@ Plain functions in a visible order, no callbacks::
       for each epoch:
         train_one_epoch: forward -> loss -> backward -> [every `accumulate` batches]
                          unscale -> sparsity.apply -> clip -> optimizer.step -> EMA update
+                         -> sparsity.hold_zeros (a sparsity target's zeros reach the EMA)
         end_of_epoch (rank 0): check the weights -> validate the EMA model -> results.csv, log, γ histogram
         save_checkpoints (rank 0): best fitness -> last/best.safetensors (EMA) -> last_state.pt
 

@@ -113,6 +113,8 @@ def optimizer_step(parts: Parts, epoch: int, epochs: int, n_backward: int) -> No
     parts.scaler.update()
     parts.optimizer.zero_grad(set_to_none=True)
     parts.ema.update(parts.model)
+    if parts.sparsity is not None:
+        parts.sparsity.hold_zeros(parts.model, parts.ema.ema)
 
 
 def end_of_epoch(parts: Parts, val_loader, names: list[str], epoch: int, cfg: TrainConfig,

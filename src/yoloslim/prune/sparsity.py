@@ -163,6 +163,20 @@ class BNSparsity:
                 w[pick] = torch.sign(w[pick]) * (w[pick].abs() - lam).clamp(min=0.0)
         return lam
 
+    @torch.no_grad()
+    def hold_zeros(self, model: nn.Module, ema_model: nn.Module) -> None:
+        """With a target: the γ the shrink holds at 0 in ``model`` are 0 in ``ema_model`` too.
+
+        Call after the EMA update. The EMA's average lags the model by up to ~10k steps (decay
+        0.9999), so on a long run the saved (EMA) model would not show the sparsity without this.
+        """
+        if self.target <= 0:
+            return
+        model, ema_model = unwrap(model), unwrap(ema_model)
+        for name in self.masks:
+            gamma, ema_gamma = model.get_submodule(name).weight, ema_model.get_submodule(name).weight
+            ema_gamma[gamma == 0] = 0.0
+
     def gamma_stats(self, model: nn.Module, threshold: float = 1e-2, bins: int = 50) -> GammaStats:
         """|γ| statistics of the prunable channels (what the penalty acts on)."""
         values = torch.cat([bn.weight.detach().abs().float().cpu()[mask.bool().cpu()]
