@@ -15,7 +15,10 @@ split, as ``yoloslim val --imgsz 160`` does. Recipes:
 - ``old``: ``--optimizer SGD`` with the default hyp: YOLOv5's hyp.scratch-low (lr0 0.01, momentum
   0.937, 3 warm-up epochs, bias warm-up from 0.1), what ``train`` did before ``--optimizer``;
 - ``new``: ``--optimizer auto`` (here AdamW, lr 0.002·5/(4 + 8) = 0.000833, β1 0.9: 150 steps);
-- ``new-close``: ``new`` with mosaic and affine augmentation off for the last ``--close`` epochs.
+- ``new-close``: ``new`` with mosaic and affine augmentation off for the last ``--close`` epochs
+  (10, as ultralytics' ``close_mosaic``);
+- ``new-nb``: ``new`` with an optimizer step on every batch (nominal batch = ``--batch``: 600 steps
+  instead of 150).
 
 A run already finished in ``<work>/<recipe>`` is read back instead of trained again. Results go to
 ``<work>/recipe.json`` and a Markdown table for docs/BENCHMARKS.md is printed with the command line.
@@ -39,6 +42,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "old": {"optimizer": "SGD"},
     "new": {"optimizer": "auto"},
     "new-close": {"optimizer": "auto", "close": True},
+    "new-nb": {"optimizer": "auto", "step_every_batch": True},
 }
 
 
@@ -52,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--imgsz", type=int, default=160)
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--close", type=int, default=5, help="no-augmentation epochs of new-close")
+    ap.add_argument("--close", type=int, default=10, help="no-augmentation epochs of new-close")
     ap.add_argument("--workers", type=int, default=2)
     return ap.parse_args(argv)
 
@@ -66,11 +70,13 @@ def run_recipe(name: str, data: Path, args: argparse.Namespace) -> dict[str, Any
     recipe = RECIPES[name]
     cfg = TrainConfig(data=str(data), model=args.model, epochs=args.epochs, batch=args.batch, imgsz=args.imgsz,
                       workers=args.workers, device="cpu", out=str(out), optimizer=recipe["optimizer"],
-                      no_aug_epochs=args.close if recipe.get("close") else 0)
+                      no_aug_epochs=args.close if recipe.get("close") else 0,
+                      nominal_batch=args.batch if recipe.get("step_every_batch") else TrainConfig.nominal_batch)
     result = train(cfg)
     m = result.metrics
     row = {"recipe": name, "optimizer": recipe["optimizer"], "epochs": args.epochs,
-           "no_aug_epochs": cfg.no_aug_epochs, "map50": round(m["map50"], 4), "map": round(m["map"], 4),
+           "no_aug_epochs": cfg.no_aug_epochs, "nominal_batch": cfg.nominal_batch,
+           "map50": round(m["map50"], 4), "map": round(m["map"], 4),
            "best_epoch": m.get("best_epoch"), "weights": str(result.last)}
     write_json(summary, row)
     return row
