@@ -65,3 +65,12 @@ def test_unknown_optimizer_is_one_clear_line(tiny_data, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1 and "--optimizer must be one of SGD, Adam, AdamW, auto" in err[0], err
     assert not (tmp_path / "run").exists()
+
+
+def test_nominal_batch_below_one_is_one_clear_line(tiny_data, tmp_path, capsys):
+    from yoloslim.cli import main
+
+    code = main(["train", "--data", str(tiny_data), "--model", "yolov5n", "--nominal-batch", "0",
+                 "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and err == ["error: --nominal-batch must be at least 1, got 0"], err

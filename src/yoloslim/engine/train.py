@@ -263,6 +263,8 @@ def _check_config(cfg: TrainConfig) -> None:
         raise UserError(f"save_every must be at least 1, got {cfg.save_every}")
     if cfg.batch < 1:
         raise UserError(f"--batch must be at least 1, got {cfg.batch}")
+    if cfg.nominal_batch < 1:
+        raise UserError(f"--nominal-batch must be at least 1, got {cfg.nominal_batch}")
     if cfg.sparsity < 0:
         raise UserError(f"--sparsity must be >= 0, got {cfg.sparsity}")
     optimizer_name(cfg.optimizer)
