@@ -18,7 +18,8 @@ split, as ``yoloslim val --imgsz 160`` does. Recipes:
 - ``new-close``: ``new`` with mosaic and affine augmentation off for the last ``--close`` epochs
   (10, as ultralytics' ``close_mosaic``);
 - ``new-nb``: ``new`` with an optimizer step on every batch (nominal batch = ``--batch``: 600 steps
-  instead of 150).
+  instead of 150);
+- ``new-nb-close``: both.
 
 A run already finished in ``<work>/<recipe>`` is read back instead of trained again. Results go to
 ``<work>/recipe.json`` and a Markdown table for docs/BENCHMARKS.md is printed with the command line.
@@ -43,6 +44,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "new": {"optimizer": "auto"},
     "new-close": {"optimizer": "auto", "close": True},
     "new-nb": {"optimizer": "auto", "step_every_batch": True},
+    "new-nb-close": {"optimizer": "auto", "step_every_batch": True, "close": True},
 }
 
 
