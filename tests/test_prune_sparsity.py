@@ -5,9 +5,10 @@ import torch
 from torch import nn
 
 from test_prune_graph import toy
+from yoloslim.errors import UserError
 from yoloslim.models import create_model
 from yoloslim.prune.graph import ChannelGraph
-from yoloslim.prune.sparsity import BNSparsity, gamma_stats, save_gamma_histogram
+from yoloslim.prune.sparsity import TARGET_RAMP, BNSparsity, gamma_stats, save_gamma_histogram
 
 
 def grads_after(model, sparsity=None, epoch=0, epochs=10):
@@ -56,6 +57,64 @@ def test_gamma_stats_and_histogram(tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_target_ramps_the_due_fraction_and_zeroes_exactly_the_smallest(tmp_path):
+    """A target with no training at all: the selected fraction follows the cubic ramp, the smallest |γ|
+    are shrunk first, the rest are untouched, and by the ramp's end exactly the target fraction is 0."""
+    model = create_model("yolov5n", nc=2)
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(0)
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.copy_(torch.rand(m.num_features, generator=gen) * 0.9 + 0.1)  # 0.1 .. 1.0
+    start = gamma_stats(model)
+    sp = BNSparsity(model, 0.0, target=0.4, batches_per_epoch=5)
+    assert sp.due_fraction(0, 100) == 0.0 and sp.due_fraction(round(TARGET_RAMP[1] * 100), 100) == 0.4
+    assert 0.0 < sp.due_fraction(30, 100) < 0.4 and sp.due_fraction(99, 100) == 0.4
+    epochs, fractions = 20, []
+    for epoch in range(epochs):
+        for _ in range(5):
+            sp.apply(model, epoch, epochs)
+        fractions.append(sp.gamma_stats(model).fraction_below)
+    assert fractions == sorted(fractions) and fractions[0] == 0.0
+    end = gamma_stats(model)
+    assert end.fraction_below == pytest.approx(0.4, abs=1 / end.values.numel())
+    assert float((end.values == 0).float().mean()) == pytest.approx(0.4, abs=1 / end.values.numel())
+    kept = end.values[end.values > 0]
+    # the channels that were not selected keep their γ: the largest 60 % of the start's, unchanged
+    assert torch.equal(kept.sort().values, start.values.sort().values[-kept.numel():])
+    ema = create_model("yolov5n", nc=2)  # an EMA that has not caught up: every γ still 1
+    sp.hold_zeros(model, ema)
+    assert gamma_stats(ema).fraction_below == pytest.approx(end.fraction_below)
+    assert float(gamma_stats(ema).values.max()) == 1.0
+    with pytest.raises(UserError, match="--sparsity-target must be a fraction in"):
+        BNSparsity(model, 0.0, target=1.5, batches_per_epoch=5)
+    with pytest.raises(UserError, match="not both"):
+        BNSparsity(model, 1e-3, target=0.5, batches_per_epoch=5)
+
+
+@pytest.mark.slow
+def test_sparsity_target_reaches_its_fraction_in_a_short_run(tiny_data, tmp_path):
+    """``train --sparsity auto --sparsity-target 0.5`` from scratch in 4 short epochs, with the default
+    optimiser: the prunable fraction under 1e-2 crosses 0.5, and the γ split into a spike at 0 and
+    channels that stay large (two modes, nothing in between)."""
+    import csv
+
+    from yoloslim.engine.checkpoint import load_model
+    from yoloslim.workflows.train import train
+
+    res = train(data=str(tiny_data), model="yolov5n", epochs=4, batch=4, nominal_batch=4, imgsz=64,
+                sparsity="auto", sparsity_target=0.5, workers=0, out=str(tmp_path / "run"), device="cpu",
+                val_every_epoch=False)
+    with open(res.run_dir / "results.csv", newline="") as f:
+        fractions = [float(row["sparsity/gamma_below_1e-2"]) for row in csv.DictReader(f)]
+    assert fractions == sorted(fractions) and fractions[0] < 0.5 <= fractions[-1], fractions
+    model, info = load_model(res.last)  # the EMA weights the run saved
+    saved = gamma_stats(model)
+    assert saved.fraction_below >= 0.5
+    assert float(saved.values.sort().values[int(0.6 * saved.values.numel())]) > 0.5  # the kept mode stays large
+    assert info.history[-1]["action"] == "sparse-trained" and info.history[-1]["sparsity_target"] == 0.5
+
+
 @pytest.mark.slow
 def test_sparsity_training_drives_gamma_below_1e_2(tiny_data, tmp_path):
     """``yoloslim train --sparsity`` through the real loop from scratch: the fraction of prunable γ below 1e-2
@@ -70,7 +129,8 @@ def test_sparsity_training_drives_gamma_below_1e_2(tiny_data, tmp_path):
     hyp = tmp_path / "hyp.yaml"
     hyp.write_text("warmup_epochs: 0\nlr0: 0.2\n")  # 40 steps: a strong penalty and large steps from the first
     res = train(data=str(tiny_data), model="yolov5n", epochs=5, batch=2, nominal_batch=2, imgsz=64, sparsity=10.0,
-                hyp=str(hyp), workers=0, out=str(tmp_path / "run"), device="cpu", val_every_epoch=False)
+                hyp=str(hyp), optimizer="SGD", workers=0, out=str(tmp_path / "run"), device="cpu",
+                val_every_epoch=False)
     with open(res.run_dir / "results.csv", newline="") as f:
         fractions = [float(row["sparsity/gamma_below_1e-2"]) for row in csv.DictReader(f)]
     assert len(fractions) == 5 and fractions == sorted(fractions), fractions  # never falls back

@@ -138,7 +138,7 @@ def test_sparsity_training_drives_gamma_toward_zero_and_logs_it(tiny_data, tmp_p
     hyp = tmp_path / "hyp.yaml"
     hyp.write_text("warmup_epochs: 0\n")
     res = train(_cfg(tiny_data, tmp_path / "run", model=None, weights=str(path), sparsity=0.1, hyp=str(hyp),
-                     nominal_batch=4, val_every_epoch=False))
+                     optimizer="SGD", nominal_batch=4, val_every_epoch=False))
     fractions = [float(r["sparsity/gamma_below_1e-2"]) for r in _rows(res.run_dir / "results.csv")]
     assert before + 0.05 < fractions[0] < fractions[1]
     assert res.metrics["gamma_below_1e-2"] == pytest.approx(fractions[1], abs=1e-5)
@@ -198,6 +198,9 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_data, tmp_pa
     sa = load_state(straight.run_dir / "weights" / "last_state.pt")
     sb = load_state(resumed.run_dir / "weights" / "last_state.pt")
     assert all(torch.equal(sa["model"][k], sb["model"][k]) for k in sa["model"])
+    groups = sa["optimizer"]["param_groups"]  # --optimizer auto on 2 epochs: AdamW, lr 0.002·5/(4 + 8 classes)
+    assert [tuple(g["betas"]) for g in groups] == [(0.9, 0.999)] * 3
+    assert [g["initial_lr"] for g in groups] == [0.000833] * 3 and "decoupled_weight_decay" in groups[1]
     assert _rows(straight.run_dir / "results.csv") == _rows(resumed.run_dir / "results.csv")
     assert [r["epoch"] for r in _rows(resumed.run_dir / "results.csv")] == ["1", "2"]
 
@@ -230,7 +233,7 @@ def test_absurd_learning_rate_stops_before_any_checkpoint(tiny_data, tmp_path):
     hyp = tmp_path / "hyp.yaml"
     hyp.write_text("lr0: 1.0e+38\nwarmup_epochs: 0\n")
     with pytest.raises(TrainingDiverged) as err:
-        train(_cfg(tiny_data, tmp_path / "run", hyp=str(hyp), nominal_batch=4, epochs=1))
+        train(_cfg(tiny_data, tmp_path / "run", hyp=str(hyp), optimizer="SGD", nominal_batch=4, epochs=1))
     msg = str(err.value)
     assert "\n" not in msg and "at epoch 1, batch" in msg and "no checkpoint was written" in msg
     assert not (tmp_path / "run" / "weights" / "last.safetensors").exists()

@@ -20,7 +20,7 @@ def test_tiny_model_overfits_eight_synthetic_images(tmp_path):
     hyp = tmp_path / "hyp.yaml"
     hyp.write_text("lr0: 0.1\nwarmup_epochs: 0\n")
     res = train(TrainConfig(data=str(data), model="yolov5n", epochs=250, batch=8, nominal_batch=8,
-                            imgsz=96, workers=0, seed=0, hyp=str(hyp), augment=False,
+                            imgsz=96, workers=0, seed=0, hyp=str(hyp), optimizer="SGD", augment=False,
                             val_every_epoch=False, save_every=1000, device="cpu", out=str(tmp_path / "run")))
     assert res.metrics["map50"] > 0.6, res.metrics
     assert res.best.is_file() and res.last.is_file()

@@ -43,7 +43,8 @@ def test_tiny_yolox_overfits_eight_synthetic_images(tmp_path):
     hyp = tmp_path / "hyp.yaml"
     hyp.write_text("lr0: 0.2\nlrf: 0.05\nmomentum: 0.9\nwarmup_epochs: 1\n")  # 1 epoch = 1 step: the 100-step floor
     res = train(TrainConfig(data=str(data), weights=str(init), epochs=400, batch=8, nominal_batch=8,
-                            imgsz=96, workers=0, seed=0, hyp=str(hyp), augment=False, cos_lr=True,
+                            imgsz=96, workers=0, seed=0, hyp=str(hyp), optimizer="SGD", augment=False,
+                            cos_lr=True,
                             cache=True, val_every_epoch=False, save_every=1000, device="cpu",
                             out=str(tmp_path / "run")))
     assert res.metrics["map50"] > 0.6, res.metrics

@@ -19,9 +19,19 @@ def add(sub: argparse._SubParsersAction) -> None:
                         "the head keeps the rows of the matched classes)")
     p.add_argument("--epochs", type=int, help="epochs (default 100)")
     p.add_argument("--batch", type=int, help="batch size over all processes (default 16)")
+    p.add_argument("--nominal-batch", type=int, default=64, metavar="N",
+                   help="accumulate gradients to N images per optimizer step (default 64); on a short budget, "
+                        "N = --batch (a step on every batch) converges faster")
     p.add_argument("--imgsz", type=int, help="image size (default 640)")
-    p.add_argument("--sparsity", type=float, default=0.0, metavar="SR",
-                   help="L1 strength on the prunable BN γ (network slimming; e.g. 1e-3; default off)")
+    p.add_argument("--optimizer", default="auto", metavar="SGD|Adam|AdamW|auto",
+                   help="optimizer; auto = AdamW with a small lr up to 10k steps, SGD beyond (default auto); "
+                        "SGD with the default hyp is the YOLOv5 recipe")
+    p.add_argument("--sparsity", type=_sparsity, default=0.0, metavar="SR|auto",
+                   help="L1 strength on the prunable BN γ (network slimming; e.g. 1e-3; default off); auto: "
+                        "reach --sparsity-target")
+    p.add_argument("--sparsity-target", type=float, default=None, metavar="F",
+                   help="bring this fraction of prunable BN γ to 0 by the end, strength from the schedule "
+                        "(implies --sparsity auto; default 0.5 with --sparsity auto)")
     p.add_argument("--sparsity-schedule", choices=["constant", "linear"], default="constant",
                    help="constant SR, or linear = SR·(1 − 0.9·epoch/epochs) (default constant)")
     p.add_argument("--sparsity-bias", action="store_true", help="also penalise BN β")
@@ -55,9 +65,19 @@ def _run(a: argparse.Namespace) -> int:
     from yoloslim.workflows.train import train
 
     train(data=a.data, model=a.model, weights=a.weights, epochs=a.epochs, batch=a.batch, imgsz=a.imgsz,
-          sparsity=a.sparsity, sparsity_schedule=a.sparsity_schedule, sparsity_bias=a.sparsity_bias,
+          optimizer=a.optimizer, sparsity=a.sparsity, sparsity_target=a.sparsity_target,
+          sparsity_schedule=a.sparsity_schedule, sparsity_bias=a.sparsity_bias,
           hyp=a.hyp, cos_lr=a.cos_lr, workers=a.workers, seed=a.seed, out=a.out, resume=a.resume,
           device=a.device, patience=a.patience, cache=a.cache, no_augment=a.no_augment,
-          no_aug_epochs=a.no_aug_epochs, json_file=a.json_file, class_map=a.class_map,
-          no_plots=a.no_plots, teacher=a.teacher, distill_weight=a.distill_weight)
+          no_aug_epochs=a.no_aug_epochs, nominal_batch=a.nominal_batch, json_file=a.json_file,
+          class_map=a.class_map, no_plots=a.no_plots, teacher=a.teacher, distill_weight=a.distill_weight)
     return 0
+
+
+def _sparsity(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or auto, got {text!r}") from None

@@ -1,42 +1,122 @@
-"""Optimiser, learning-rate schedule and warm-up, as plain functions."""
+"""Optimiser choice, learning-rate schedule and warm-up, as plain functions."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
+from yoloslim.errors import UserError
+
 # names of the three parameter groups, in the optimiser's order
 GROUPS = ("bias", "weight", "bn_weight")
+# what ``--optimizer`` accepts (case-insensitive)
+OPTIMIZERS = ("SGD", "Adam", "AdamW", "auto")
+# ``auto`` picks SGD above this many optimiser steps (at the nominal batch), AdamW at or below it
+AUTO_SGD_ABOVE_STEPS = 10_000
 
 
-def build_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
-    """SGD with Nesterov momentum and three parameter groups.
+@dataclass(frozen=True)
+class OptimizerChoice:
+    """What a run optimises with: the torch optimiser's name and the settings ``auto`` may replace.
+
+    Attributes:
+        name: ``SGD``, ``Adam`` or ``AdamW``.
+        lr: initial learning rate (the schedule's 1.0).
+        momentum: SGD momentum, or Adam's β1.
+        warmup_bias_lr: the bias group's learning rate at the start of warm-up.
+    """
+
+    name: str
+    lr: float
+    momentum: float
+    warmup_bias_lr: float
+
+
+def optimizer_name(name: str) -> str:
+    """The canonical spelling of ``name`` (one of :data:`OPTIMIZERS`, any case); a clear error otherwise."""
+    canon = {o.lower(): o for o in OPTIMIZERS}.get(str(name).lower())
+    if canon is None:
+        raise UserError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
+    return canon
+
+
+def optimizer_steps(n_images: int, batch: int, nominal_batch: int, epochs: int) -> int:
+    """Optimiser steps of a run at the nominal batch, as ``auto`` counts them: ⌈n / max(batch, nbs)⌉·epochs."""
+    return math.ceil(n_images / max(batch, nominal_batch)) * epochs
+
+
+def choose_optimizer(name: str, lr0: float, momentum: float, warmup_bias_lr: float, steps: int,
+                     nc: int) -> OptimizerChoice:
+    """Resolve ``--optimizer`` (``auto`` included) into an optimiser and its learning rate.
+
+    ``auto`` chooses as the ultralytics trainer documents: for a long run (more than
+    :data:`AUTO_SGD_ABOVE_STEPS` optimiser steps) SGD with lr 0.01 and momentum 0.9; for a short
+    one AdamW with ``lr = round(0.002·5 / (4 + nc), 6)`` and β1 0.9; either way the bias warm-up
+    starts from 0. ``auto`` so replaces ``lr0``, ``momentum`` and ``warmup_bias_lr`` of the hyp. An
+    explicit name keeps them, except that Adam and AdamW start the bias warm-up from 0 too (a bias
+    learning rate of 0.1 throws Adam's normalised steps far off). ``SGD`` with the default hyp is
+    the YOLOv5 recipe.
+
+    Args:
+        name: one of :data:`OPTIMIZERS` (any case).
+        lr0: the hyp's initial learning rate.
+        momentum: the hyp's momentum (β1 for Adam).
+        warmup_bias_lr: the hyp's bias learning rate at the start of warm-up.
+        steps: optimiser steps of the run (:func:`optimizer_steps`).
+        nc: number of classes.
+    """
+    name = optimizer_name(name)
+    if name == "auto":
+        if steps > AUTO_SGD_ABOVE_STEPS:
+            name, lr0, momentum = "SGD", 0.01, 0.9
+        else:
+            name, lr0, momentum = "AdamW", round(0.002 * 5 / (4 + nc), 6), 0.9
+        warmup_bias_lr = 0.0
+    elif name != "SGD":
+        warmup_bias_lr = 0.0
+    return OptimizerChoice(name, lr0, momentum, warmup_bias_lr)
+
+
+def build_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: float,
+                    name: str = "SGD") -> torch.optim.Optimizer:
+    """SGD (Nesterov), Adam or AdamW with three parameter groups.
 
     Group 0 holds every bias (no decay; its warm-up starts from ``warmup_bias_lr``), group 1 the
-    conv and linear weights (with ``weight_decay``), group 2 the normalisation weights (no decay).
+    conv and linear weights (with ``weight_decay``: L2 for SGD and Adam, decoupled for AdamW), group
+    2 the normalisation weights (no decay).
 
     Args:
         model: the model (not a DDP wrapper, or one: parameters are the same).
         lr: initial learning rate.
-        momentum: momentum.
-        weight_decay: L2 weight decay for group 1.
+        momentum: SGD momentum, or Adam's β1 (β2 is 0.999).
+        weight_decay: weight decay for group 1.
+        name: ``SGD``, ``Adam`` or ``AdamW`` (any case; resolve ``auto`` with :func:`choose_optimizer`).
     """
+    kind = optimizer_name(name)
+    if kind == "auto":
+        raise ValueError("build_optimizer: resolve 'auto' with choose_optimizer first")
     bias, weight, bn_weight = [], [], []
     norm_types = tuple(v for k, v in nn.__dict__.items() if "Norm" in k and isinstance(v, type))
     for module in model.modules():
-        for name, p in module.named_parameters(recurse=False):
+        for pname, p in module.named_parameters(recurse=False):
             if not p.requires_grad:
                 continue
-            if name == "bias":
+            if pname == "bias":
                 bias.append(p)
             elif isinstance(module, norm_types):
                 bn_weight.append(p)
             else:
                 weight.append(p)
-    opt = torch.optim.SGD(bias, lr=lr, momentum=momentum, nesterov=True, weight_decay=0.0)
+    if kind == "SGD":
+        opt: torch.optim.Optimizer = torch.optim.SGD(bias, lr=lr, momentum=momentum, nesterov=True,
+                                                     weight_decay=0.0)
+    else:
+        adam = torch.optim.Adam if kind == "Adam" else torch.optim.AdamW
+        opt = adam(bias, lr=lr, betas=(momentum, 0.999), weight_decay=0.0)
     opt.add_param_group({"params": weight, "weight_decay": weight_decay})
     opt.add_param_group({"params": bn_weight, "weight_decay": 0.0})
     for g in opt.param_groups:
@@ -63,13 +143,15 @@ def warmup(opt: torch.optim.Optimizer, it: int, n_warmup: int, factor: float, mo
     """Interpolate learning rates and momentum over the first ``n_warmup`` iterations.
 
     The bias learning rate falls from ``warmup_bias_lr`` and the others rise from 0, all towards
-    ``initial_lr · factor``; momentum rises from ``warmup_momentum`` to ``momentum``.
+    ``initial_lr · factor``; SGD's momentum rises from ``warmup_momentum`` to ``momentum`` (Adam's
+    β1 stays as it is).
     """
     xi = [0, n_warmup]
     for j, g in enumerate(opt.param_groups):
         start = warmup_bias_lr if j == 0 else 0.0
         g["lr"] = float(np.interp(it, xi, [start, g["initial_lr"] * factor]))
-        g["momentum"] = float(np.interp(it, xi, [warmup_momentum, momentum]))
+        if "momentum" in g:
+            g["momentum"] = float(np.interp(it, xi, [warmup_momentum, momentum]))
 
 
 def warmup_accumulate(it: int, n_warmup: int, nominal: int, batch: int) -> int:

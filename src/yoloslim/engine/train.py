@@ -7,10 +7,12 @@ Plain functions in a visible order, no callbacks::
       for each epoch:
         train_one_epoch: forward -> loss -> backward -> [every `accumulate` batches]
                          unscale -> sparsity.apply -> clip -> optimizer.step -> EMA update
+                         -> sparsity.hold_zeros (a sparsity target's zeros reach the EMA)
         end_of_epoch (rank 0): check the weights -> validate the EMA model -> results.csv, log, γ histogram
         save_checkpoints (rank 0): best fitness -> last/best.safetensors (EMA) -> last_state.pt
 
-SGD (Nesterov) with three parameter groups, linear warm-up of learning rates and momentum over
+SGD (Nesterov), Adam or AdamW (``auto``: AdamW for short runs, SGD for long ones) with three
+parameter groups, linear warm-up of learning rates and momentum over
 ``max(warmup_epochs · batches, 100)`` iterations (none when ``warmup_epochs`` is 0), a
 linear or cosine schedule, EMA of the weights, gradient accumulation to a nominal batch of 64, AMP
 on CUDA. An epoch never leaves gradients pending (a last partial accumulation is applied at its
@@ -43,7 +45,7 @@ from yoloslim.engine.distill_setup import (
 )
 from yoloslim.engine.ema import ModelEMA
 from yoloslim.engine.hyp import hyp_from_dict, load_hyp
-from yoloslim.engine.optim import build_optimizer
+from yoloslim.engine.optim import build_optimizer, choose_optimizer, optimizer_name, optimizer_steps
 from yoloslim.engine.run_files import (
     ResultsCSV,
     Scalars,
@@ -74,6 +76,7 @@ from yoloslim.log import logger, setup_logging
 from yoloslim.loss import make_loss
 from yoloslim.loss.distill import DistillLoss
 from yoloslim.models import build_model
+from yoloslim.prune.sparsity import BNSparsity, check_target
 from yoloslim.viz.run_plots import write_training_plots
 
 DISTILL_WEIGHT = 1.0  # best of 0.5/1/2/4 on a pruned YOLOv5n: docs/BENCHMARKS.md, "Distillation"
@@ -99,7 +102,12 @@ class TrainConfig:
         seed: seed of initialisation, shuffling and augmentation.
         hyp: a YAML file overriding :class:`Hyp` keys (augmentation keys included).
         cos_lr: cosine instead of linear learning-rate decay.
+        optimizer: ``SGD``, ``Adam``, ``AdamW`` or ``auto`` (AdamW with a small learning rate up to
+            10k optimiser steps, SGD beyond; see :func:`yoloslim.engine.optim.choose_optimizer`).
+            ``SGD`` with the default hyp is the YOLOv5 recipe.
         sparsity: L1 strength on prunable BN γ (0 = off).
+        sparsity_target: instead of a strength, the fraction of prunable γ to bring to 0 by the end
+            (strength from the schedule; 0 = off).
         sparsity_schedule: ``constant`` or ``linear``.
         sparsity_bias: also penalise BN β.
         patience: stop after this many epochs without a better fitness.
@@ -137,7 +145,9 @@ class TrainConfig:
     seed: int = 0
     hyp: str | None = None
     cos_lr: bool = False
+    optimizer: str = "auto"
     sparsity: float = 0.0
+    sparsity_target: float = 0.0
     sparsity_schedule: str = "constant"
     sparsity_bias: bool = False
     patience: int = 100
@@ -210,17 +220,23 @@ def _train(cfg: TrainConfig, d: ddp.Dist, device: torch.device, started: list[Pa
 
     accumulate = max(round(cfg.nominal_batch / cfg.batch), 1)
     weight_decay = hyp.weight_decay * cfg.batch * accumulate / cfg.nominal_batch
-    optimizer = build_optimizer(model, hyp.lr0, hyp.momentum, weight_decay)
+    steps = optimizer_steps(len(train_ds), cfg.batch, cfg.nominal_batch, cfg.epochs)
+    choice = choose_optimizer(cfg.optimizer, hyp.lr0, hyp.momentum, hyp.warmup_bias_lr, steps, len(source.names))
+    optimizer = build_optimizer(model, choice.lr, choice.momentum, weight_decay, choice.name)
+    # what the steps use (``auto`` may replace lr0, momentum, warmup_bias_lr); the state keeps the hyp as given
+    step_hyp = dataclasses.replace(hyp, lr0=choice.lr, momentum=choice.momentum,
+                                   warmup_bias_lr=choice.warmup_bias_lr)
     ema = ModelEMA(model)
     scaler = make_scaler(device)
     parts = Parts(model, model, optimizer, scaler, ema, loss_fn, None)
     progress = restore_state(parts, state) if state else Progress()
     parts.net = ddp.wrap(model, d, device)
-    parts.sparsity = _make_sparsity(cfg, model)
+    parts.sparsity = _make_sparsity(cfg, model, len(train_loader))
     if teacher is not None:
         parts.distill = DistillLoss(teacher.model, cfg.distill_weight, detection=not label_free)
 
-    event = "sparse-trained" if cfg.sparsity > 0 else ("fine-tuned" if cfg.weights else "trained")
+    sparse = cfg.sparsity > 0 or cfg.sparsity_target > 0
+    event = "sparse-trained" if sparse else ("fine-tuned" if cfg.weights else "trained")
     csv = ResultsCSV(run_dir / "results.csv", keep_epochs_below=progress.start_epoch + 1 if state else None)
     scalars = Scalars(run_dir, enabled=d.main)
     if d.main:
@@ -228,6 +244,8 @@ def _train(cfg: TrainConfig, d: ddp.Dist, device: torch.device, started: list[Pa
                     f"on {cfg.data} at epoch {progress.start_epoch + 1}/{cfg.epochs}: {len(train_ds)} train "
                     f"images, batch {cfg.batch}, {cfg.imgsz} px, {device}"
                     f"{f' x {d.world_size}' if d.enabled else ''}; run folder {run_dir}")
+        logger.info(f"optimizer {choice.name} (--optimizer {cfg.optimizer}, {steps} steps), lr0 {choice.lr:g}, "
+                    f"momentum {choice.momentum:g}, warm-up bias lr {choice.warmup_bias_lr:g}")
         if teacher is not None:
             n_val = len(source.splits["val"])
             logger.info(f"distilling from {cfg.teacher} (weight {cfg.distill_weight})"
@@ -244,7 +262,7 @@ def _train(cfg: TrainConfig, d: ddp.Dist, device: torch.device, started: list[Pa
         if sampler is not None:
             sampler.set_epoch(epoch)
         t0 = time.time()
-        train_losses = train_one_epoch(parts, train_loader, epoch, cfg, hyp, n_warmup, d, device, run_dir)
+        train_losses = train_one_epoch(parts, train_loader, epoch, cfg, step_hyp, n_warmup, d, device, run_dir)
         stop = False
         if d.main:
             validate = cfg.val_every_epoch or epoch == cfg.epochs - 1
@@ -276,6 +294,7 @@ def _resume_config(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None
         return cfg, None
     state_path = find_resume_state(cfg.resume, cfg.project)
     state = read_resume_state(state_path)
+    state["config"].setdefault("optimizer", "SGD")  # saved before --optimizer existed: SGD was the only one
     saved = dataclasses.replace(from_dict(TrainConfig, state["config"], source=str(state_path)), resume=None,
                                 device=cfg.device, workers=cfg.workers, plots=cfg.plots,
                                 out=str(state_path.parent.parent))
@@ -285,12 +304,11 @@ def _resume_config(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None
     return saved, state
 
 
-def _make_sparsity(cfg: TrainConfig, model: nn.Module):
-    if cfg.sparsity <= 0:
+def _make_sparsity(cfg: TrainConfig, model: nn.Module, batches_per_epoch: int):
+    if cfg.sparsity <= 0 and cfg.sparsity_target <= 0:
         return None
-    from yoloslim.prune.sparsity import BNSparsity
-
-    return BNSparsity(unwrap(model), cfg.sparsity, cfg.sparsity_schedule, cfg.sparsity_bias)
+    return BNSparsity(unwrap(model), cfg.sparsity, cfg.sparsity_schedule, cfg.sparsity_bias,
+                      target=cfg.sparsity_target, batches_per_epoch=batches_per_epoch)
 
 
 def _check_config(cfg: TrainConfig) -> None:
@@ -300,10 +318,16 @@ def _check_config(cfg: TrainConfig) -> None:
         raise UserError(f"save_every must be at least 1, got {cfg.save_every}")
     if cfg.batch < 1:
         raise UserError(f"--batch must be at least 1, got {cfg.batch}")
+    if cfg.nominal_batch < 1:
+        raise UserError(f"--nominal-batch must be at least 1, got {cfg.nominal_batch}")
     if cfg.sparsity < 0:
         raise UserError(f"--sparsity must be >= 0, got {cfg.sparsity}")
     if cfg.distill_weight < 0:
         raise UserError(f"--distill-weight must be >= 0, got {cfg.distill_weight}")
+    optimizer_name(cfg.optimizer)
+    check_target(cfg.sparsity_target)
+    if cfg.sparsity > 0 and cfg.sparsity_target > 0:
+        raise UserError("give --sparsity SR (a fixed strength) or --sparsity-target F (a fraction), not both")
     if cfg.sparsity_schedule not in ("constant", "linear"):
         raise UserError(f"--sparsity-schedule must be constant or linear, got {cfg.sparsity_schedule!r}")
 

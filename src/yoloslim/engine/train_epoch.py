@@ -65,7 +65,7 @@ class Parts:
 
     model: nn.Module  # the bare model
     net: nn.Module  # the model, or its DDP wrapper
-    optimizer: torch.optim.SGD
+    optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     ema: ModelEMA
     loss_fn: Any
@@ -139,6 +139,8 @@ def optimizer_step(parts: Parts, epoch: int, epochs: int, n_backward: int) -> No
     parts.scaler.update()
     parts.optimizer.zero_grad(set_to_none=True)
     parts.ema.update(parts.model)
+    if parts.sparsity is not None:
+        parts.sparsity.hold_zeros(parts.model, parts.ema.ema)
 
 
 def end_of_epoch(parts: Parts, val_loader, names: list[str], epoch: int, cfg: TrainConfig,
@@ -199,6 +201,8 @@ def save_checkpoints(parts: Parts, cfg: TrainConfig, hyp: Hyp, info: ModelInfo, 
         details["sparsity"] = cfg.sparsity
     if cfg.teacher:
         details.update(teacher=cfg.teacher, distill_weight=cfg.distill_weight)
+    if cfg.sparsity_target:
+        details["sparsity_target"] = cfg.sparsity_target
     epoch_info = info.with_event(event, epochs=epoch + 1, data=str(cfg.data), imgsz=cfg.imgsz, **details)
     save_last = stop or (epoch + 1) % cfg.save_every == 0 or epoch == cfg.epochs - 1
     if save_last or improved:

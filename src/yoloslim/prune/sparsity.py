@@ -10,10 +10,24 @@ costs accuracy. ::
     loss.backward()
     sparsity.apply(model, epoch, epochs)
     optimizer.step()
+
+A constant L1 strength moves each γ by about lr·sr per step, so whether the γ separate within a
+budget depends on lr, the optimiser and the number of steps (Adam caps every step near lr). A
+*target* (``--sparsity-target 0.5``, or ``--sparsity auto``) asks for the result instead: the
+strength comes from the schedule, so that the requested fraction of prunable γ ends below the
+threshold. It shrinks the currently smallest |γ| directly (a proximal L1 step, soft-thresholding,
+as in Sparse Structure Selection, Huang & Wang 2018, arXiv:1707.01213), restricted to the
+fraction that is due: that fraction grows along the cubic ramp of gradual magnitude pruning (Zhu &
+Gupta 2017, arXiv:1710.01878) from 10 % to 75 % of the run's batches, and each selected γ is
+shrunk by ``q / remaining`` per batch (``q`` the largest selected |γ|), so that all of them reach 0
+by the end of the ramp; afterwards the smallest ``target`` fraction is held at 0. Channels keep
+their gradients throughout: one the loss needs grows back out of the selection and another takes
+its place. The γ histogram splits into a spike at 0 and the channels that carry the model.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +39,8 @@ from yoloslim.errors import UserError
 from yoloslim.prune.graph import ChannelGraph
 
 SCHEDULES = ("constant", "linear")
+# fractions of a target run's batches where the selected fraction starts to grow and reaches the target
+TARGET_RAMP = (0.1, 0.75)
 
 
 def prunable_bn_masks(graph: ChannelGraph) -> dict[str, torch.Tensor]:
@@ -41,28 +57,40 @@ def prunable_bn_masks(graph: ChannelGraph) -> dict[str, torch.Tensor]:
 
 
 class BNSparsity:
-    """L1 sub-gradient on the γ (and optionally β) of the prunable batch norms.
+    """L1 on the γ (and optionally β) of the prunable batch norms: a fixed strength, or a target fraction.
 
     Args:
         model: the model to train (its graph is traced once here).
-        sr: strength; the YOLOv5 slimming forks use 1e-4 .. 1e-3.
+        sr: strength; the YOLOv5 slimming forks use 1e-4 .. 1e-3 (0 with a ``target``).
         schedule: ``constant``, or ``linear`` = ``sr·(1 − 0.9·epoch/epochs)``.
         bias: also add ``sr·sign(β)`` to β's gradient (``--sparsity-bias``).
         graph: a graph already traced from ``model`` (traced here when None).
+        target: fraction of prunable γ to bring to 0 by the run's end, strength from the schedule
+            (see the module docstring); 0 = a fixed ``sr``.
+        batches_per_epoch: batches in one epoch (``apply`` is called once per batch); needed with a
+            ``target``.
     """
 
     def __init__(self, model: nn.Module, sr: float, schedule: str = "constant", bias: bool = False,
-                 graph: ChannelGraph | None = None) -> None:
+                 graph: ChannelGraph | None = None, target: float = 0.0, batches_per_epoch: int = 0) -> None:
         if sr < 0:
             raise UserError(f"--sparsity must be >= 0, got {sr}")
         if schedule not in SCHEDULES:
             raise UserError(f"--sparsity-schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+        check_target(target)
+        if target > 0 and sr > 0:
+            raise UserError("give --sparsity SR (a fixed strength) or --sparsity-target F (a fraction), not both")
+        if target > 0 and batches_per_epoch < 1:
+            raise ValueError("BNSparsity: a target needs batches_per_epoch")
         self.sr = sr
         self.schedule = schedule
         self.bias = bias
+        self.target = target
+        self.batches_per_epoch = batches_per_epoch
         self.graph = graph or ChannelGraph.trace(model)
         self.masks = prunable_bn_masks(self.graph)
         self._cache: tuple[int, list[tuple[nn.BatchNorm2d, torch.Tensor]]] | None = None
+        self._epoch, self._calls = -1, 0  # batches seen in the current epoch (target mode)
 
     def strength(self, epoch: int, epochs: int) -> float:
         """The penalty at ``epoch`` (0-based) of ``epochs``."""
@@ -84,8 +112,12 @@ class BNSparsity:
     def apply(self, model: nn.Module, epoch: int = 0, epochs: int = 1) -> float:
         """Add the penalty's sub-gradient to the prunable γ (and β) gradients; returns the strength used.
 
-        Call after ``backward()`` and before ``optimizer.step()`` (after unscaling under AMP).
+        Call after ``backward()`` and before ``optimizer.step()`` (after unscaling under AMP), once
+        per backward pass. With a ``target``, shrinks the selected γ in place instead and returns
+        the shrink applied.
         """
+        if self.target > 0:
+            return self._shrink_towards_target(model, epoch, epochs)
         s = self.strength(epoch, epochs)
         if s == 0:
             return s
@@ -97,11 +129,65 @@ class BNSparsity:
                 p.grad.add_(torch.sign(p.detach()) * mask, alpha=s)
         return s
 
+    def due_fraction(self, it: int, total: int) -> float:
+        """The fraction of prunable γ selected at batch ``it`` of ``total``: a cubic ramp from 0 to ``target``."""
+        start, end = (round(f * total) for f in TARGET_RAMP)
+        x = min(max((it - start) / max(end - start, 1), 0.0), 1.0)
+        return self.target * (1 - (1 - x) ** 3)
+
+    @torch.no_grad()
+    def _shrink_towards_target(self, model: nn.Module, epoch: int, epochs: int) -> float:
+        if epoch != self._epoch:
+            self._epoch, self._calls = epoch, 0
+        it, total = epoch * self.batches_per_epoch + self._calls, epochs * self.batches_per_epoch
+        self._calls += 1
+        pairs = self._targets(model)
+        if not pairs:
+            return 0.0
+        flat = torch.cat([bn.weight.detach().abs()[mask.bool()] for bn, mask in pairs])  # (n,) prunable |γ|
+        k = math.ceil(self.due_fraction(it, total) * flat.numel())
+        if k == 0:
+            return 0.0
+        smallest, index = flat.topk(k, largest=False)
+        remaining = round(TARGET_RAMP[1] * total) - it
+        lam = float(smallest[-1]) / remaining if remaining > 0 else math.inf
+        selected = torch.zeros_like(flat, dtype=torch.bool)
+        selected[index] = True
+        offset = 0
+        for bn, mask in pairs:
+            rows = mask.bool().nonzero().flatten()  # (m,) the prunable channels of this BN
+            pick = rows[selected[offset:offset + rows.numel()]]
+            offset += rows.numel()
+            if pick.numel():
+                w = bn.weight.data
+                w[pick] = torch.sign(w[pick]) * (w[pick].abs() - lam).clamp(min=0.0)
+        return lam
+
+    @torch.no_grad()
+    def hold_zeros(self, model: nn.Module, ema_model: nn.Module) -> None:
+        """With a target: the γ the shrink holds at 0 in ``model`` are 0 in ``ema_model`` too.
+
+        Call after the EMA update. The EMA's average lags the model by up to ~10k steps (decay
+        0.9999), so on a long run the saved (EMA) model would not show the sparsity without this.
+        """
+        if self.target <= 0:
+            return
+        model, ema_model = unwrap(model), unwrap(ema_model)
+        for name in self.masks:
+            gamma, ema_gamma = model.get_submodule(name).weight, ema_model.get_submodule(name).weight
+            ema_gamma[gamma == 0] = 0.0
+
     def gamma_stats(self, model: nn.Module, threshold: float = 1e-2, bins: int = 50) -> GammaStats:
         """|γ| statistics of the prunable channels (what the penalty acts on)."""
         values = torch.cat([bn.weight.detach().abs().float().cpu()[mask.bool().cpu()]
                             for bn, mask in self._targets(model)]) if self.masks else torch.zeros(0)
         return GammaStats.of(values, threshold, bins)
+
+
+def check_target(target: float) -> None:
+    """A sparsity target must be a fraction in [0, 1)."""
+    if not 0.0 <= target < 1.0:
+        raise UserError(f"--sparsity-target must be a fraction in [0, 1), got {target}")
 
 
 @dataclass

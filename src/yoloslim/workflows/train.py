@@ -11,10 +11,14 @@ from yoloslim.engine.train import train as run_training
 from yoloslim.errors import UserError
 from yoloslim.workflows.report import table, write_json
 
+# the fraction ``--sparsity auto`` brings to 0 when no ``--sparsity-target`` is given
+DEFAULT_SPARSITY_TARGET = 0.5
+
 
 def train(data: str | None = None, model: str | None = None, weights: str | None = None,
           epochs: int | None = None, batch: int | None = None, imgsz: int | None = None,
-          sparsity: float = 0.0, sparsity_schedule: str = "constant", sparsity_bias: bool = False,
+          optimizer: str = "auto", sparsity: float | str = 0.0, sparsity_target: float | None = None,
+          sparsity_schedule: str = "constant", sparsity_bias: bool = False,
           hyp: str | None = None, cos_lr: bool = False, workers: int = 2, seed: int = 0, out: str | None = None,
           resume: str | None = None, device: str | None = None, patience: int = 100, cache: bool = False,
           no_augment: bool = False, no_aug_epochs: int = 0, nominal_batch: int = 64, val_every_epoch: bool = True,
@@ -26,7 +30,8 @@ def train(data: str | None = None, model: str | None = None, weights: str | None
     settings it was started with; giving one of those settings too is refused rather than ignored.
     ``epochs``, ``batch`` and ``imgsz`` None take TrainConfig's defaults. ``device`` None picks CUDA
     when available (:func:`yoloslim.device.default_device`). ``distill_weight`` None takes TrainConfig's default;
-    it needs ``teacher``.
+    it needs ``teacher``. ``sparsity="auto"`` (or a ``sparsity_target``) brings ``sparsity_target``
+    (default :data:`DEFAULT_SPARSITY_TARGET`) of the prunable γ to 0 by the end.
     """
     if resume is not None:
         _refuse_new_settings(data=data, model=model, weights=weights, hyp=hyp, epochs=epochs, batch=batch,
@@ -38,13 +43,18 @@ def train(data: str | None = None, model: str | None = None, weights: str | None
             raise UserError("give exactly one of --model NAME (from scratch) or --weights CKPT")
     if distill_weight is not None and not teacher and resume is None:
         raise UserError("--distill-weight weighs the distillation from a teacher: give --teacher MODEL too")
+    if sparsity == "auto" or sparsity_target is not None:
+        if sparsity not in ("auto", 0, 0.0):
+            raise UserError("give --sparsity SR (a fixed strength) or --sparsity-target F (a fraction), not both")
+        sparsity, sparsity_target = 0.0, DEFAULT_SPARSITY_TARGET if sparsity_target is None else sparsity_target
     check_writable(out or (TrainConfig.project if resume is None else None), "--out", folder=True)
     check_writable(json_file, "--json")
     sizes = {k: v for k, v in {"epochs": epochs, "batch": batch, "imgsz": imgsz,
                                "distill_weight": distill_weight}.items() if v is not None}
     cfg = TrainConfig(data=data or "", model=model, weights=weights, **sizes,
                       device=device or "", workers=workers, out=out, resume=resume, seed=seed,
-                      hyp=hyp, cos_lr=cos_lr, sparsity=sparsity, sparsity_schedule=sparsity_schedule,
+                      hyp=hyp, cos_lr=cos_lr, optimizer=optimizer, sparsity=float(sparsity),
+                      sparsity_target=sparsity_target or 0.0, sparsity_schedule=sparsity_schedule,
                       sparsity_bias=sparsity_bias, patience=patience, augment=not no_augment, cache=cache,
                       no_aug_epochs=no_aug_epochs, teacher=teacher,
                       nominal_batch=nominal_batch, val_every_epoch=val_every_epoch, save_every=save_every,

@@ -1,0 +1,76 @@
+"""``--optimizer``: each name builds its torch optimiser with the three groups; ``auto`` chooses by run length."""
+
+import pytest
+import torch
+
+from yoloslim.engine.optim import (
+    AUTO_SGD_ABOVE_STEPS,
+    build_optimizer,
+    choose_optimizer,
+    optimizer_steps,
+    warmup,
+)
+from yoloslim.errors import UserError
+from yoloslim.models import create_model
+
+
+@pytest.mark.parametrize(("name", "cls"), [("SGD", torch.optim.SGD), ("Adam", torch.optim.Adam),
+                                           ("adamw", torch.optim.AdamW)])
+def test_each_name_builds_its_optimizer_with_three_groups(name, cls):
+    model = create_model("yolov5n", nc=2)
+    opt = build_optimizer(model, lr=0.003, momentum=0.9, weight_decay=5e-4, name=name)
+    assert type(opt) is cls
+    bias, weight, bn = opt.param_groups
+    n_bias = sum(1 for n, _ in model.named_parameters() if n.endswith(".bias"))
+    n_bn = sum(1 for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert (len(bias["params"]), len(bn["params"])) == (n_bias, n_bn)
+    assert len(weight["params"]) == len(list(model.parameters())) - n_bias - n_bn
+    assert (bias["weight_decay"], weight["weight_decay"], bn["weight_decay"]) == (0.0, 5e-4, 0.0)
+    assert all(g["lr"] == g["initial_lr"] == 0.003 for g in opt.param_groups)
+    if cls is torch.optim.SGD:
+        assert all(g["nesterov"] and g["momentum"] == 0.9 for g in opt.param_groups)
+    else:
+        assert all(g["betas"] == (0.9, 0.999) for g in opt.param_groups)
+        # warm-up ramps the learning rates and leaves Adam's β1 alone (no "momentum" key appears)
+        warmup(opt, 50, 100, 1.0, momentum=0.937, warmup_momentum=0.8, warmup_bias_lr=0.0)
+        assert weight["lr"] == pytest.approx(0.0015) and bias["lr"] == pytest.approx(0.0015)
+        assert "momentum" not in weight and weight["betas"] == (0.9, 0.999)
+
+
+def test_auto_picks_adamw_for_short_runs_and_sgd_for_long_ones():
+    # ultralytics counts optimiser steps at the nominal batch: ceil(images / max(batch, 64)) * epochs
+    assert optimizer_steps(320, 16, 64, 30) == 150
+    assert optimizer_steps(100, 128, 64, 3) == 3
+    short = choose_optimizer("auto", lr0=0.01, momentum=0.937, warmup_bias_lr=0.1, steps=AUTO_SGD_ABOVE_STEPS, nc=8)
+    assert (short.name, short.lr, short.momentum, short.warmup_bias_lr) == ("AdamW", 0.000833, 0.9, 0.0)
+    assert choose_optimizer("auto", 0.01, 0.937, 0.1, steps=10, nc=80).lr == pytest.approx(0.000119)
+    long = choose_optimizer("AUTO", 0.02, 0.937, 0.1, steps=AUTO_SGD_ABOVE_STEPS + 1, nc=8)
+    assert (long.name, long.lr, long.momentum, long.warmup_bias_lr) == ("SGD", 0.01, 0.9, 0.0)
+
+
+def test_explicit_names_keep_the_hyp_and_sgd_is_the_yolov5_recipe():
+    sgd = choose_optimizer("sgd", lr0=0.01, momentum=0.937, warmup_bias_lr=0.1, steps=150, nc=8)
+    assert (sgd.name, sgd.lr, sgd.momentum, sgd.warmup_bias_lr) == ("SGD", 0.01, 0.937, 0.1)
+    adam = choose_optimizer("Adam", lr0=0.001, momentum=0.937, warmup_bias_lr=0.1, steps=150, nc=8)
+    assert (adam.name, adam.lr, adam.momentum, adam.warmup_bias_lr) == ("Adam", 0.001, 0.937, 0.0)
+
+
+def test_unknown_optimizer_is_one_clear_line(tiny_data, tmp_path, capsys):
+    with pytest.raises(UserError, match=r"^--optimizer must be one of SGD, Adam, AdamW, auto, got 'adamx'$"):
+        choose_optimizer("adamx", 0.01, 0.937, 0.1, 150, 8)
+    from yoloslim.cli import main
+
+    code = main(["train", "--data", str(tiny_data), "--model", "yolov5n", "--optimizer", "adamx",
+                 "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and "--optimizer must be one of SGD, Adam, AdamW, auto" in err[0], err
+    assert not (tmp_path / "run").exists()
+
+
+def test_nominal_batch_below_one_is_one_clear_line(tiny_data, tmp_path, capsys):
+    from yoloslim.cli import main
+
+    code = main(["train", "--data", str(tiny_data), "--model", "yolov5n", "--nominal-batch", "0",
+                 "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and err == ["error: --nominal-batch must be at least 1, got 0"], err
