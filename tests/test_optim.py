@@ -2,11 +2,13 @@
 
 import pytest
 import torch
+import yaml
 
 from yoloslim.engine.optim import (
     AUTO_SGD_ABOVE_STEPS,
     build_optimizer,
     choose_optimizer,
+    nominal_batch_for,
     optimizer_steps,
     warmup,
 )
@@ -67,10 +69,36 @@ def test_unknown_optimizer_is_one_clear_line(tiny_data, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-def test_nominal_batch_below_one_is_one_clear_line(tiny_data, tmp_path, capsys):
+
+
+def test_negative_nominal_batch_is_one_clear_line(tiny_data, tmp_path, capsys):
     from yoloslim.cli import main
 
-    code = main(["train", "--data", str(tiny_data), "--model", "yolov5n", "--nominal-batch", "0",
+    code = main(["train", "--data", str(tiny_data), "--model", "yolov5n", "--nominal-batch", "-1",
                  "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code != 0 and err == ["error: --nominal-batch must be at least 1, got 0"], err
+    assert code != 0 and err == ["error: --nominal-batch must be at least 1 (or 0: auto), got -1"], err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("requested, optimizer, images, batch, epochs, expected", [
+    (32, "auto", 320, 16, 30, 32),          # given: kept
+    (0, "auto", 320, 16, 30, 16),           # auto, short (150 steps at 64): a step on every batch
+    (0, "AUTO", 320, 16, 30, 16),           # any spelling
+    (0, "SGD", 320, 16, 30, 64),            # YOLOv5's recipe accumulates to 64
+    (0, "AdamW", 320, 16, 30, 64),
+    (0, "auto", 64_000, 16, 11, 64),        # auto, long (11,000 steps at 64): accumulate as SGD does
+    (0, "auto", 64_000, 16, 10, 16),        # exactly 10,000 steps is still short
+])
+def test_nominal_batch_auto(requested, optimizer, images, batch, epochs, expected):
+    assert nominal_batch_for(requested, optimizer, images, batch, epochs) == expected
+
+
+def test_a_short_auto_run_steps_on_every_batch(tiny_data, tmp_path):
+    """The resolved nominal batch is what the run uses and records (args.yaml, and so the resume state)."""
+    from yoloslim.engine.train import TrainConfig, train
+
+    res = train(TrainConfig(data=str(tiny_data), model="yolov5n", epochs=1, batch=4, imgsz=64, workers=0,
+                            plots=False, device="cpu", out=str(tmp_path / "run")))
+    args = yaml.safe_load((res.run_dir / "args.yaml").read_text())
+    assert args["config"]["nominal_batch"] == 4

@@ -19,9 +19,9 @@ def add(sub: argparse._SubParsersAction) -> None:
                         "the head keeps the rows of the matched classes)")
     p.add_argument("--epochs", type=int, help="epochs (default 100)")
     p.add_argument("--batch", type=int, help="batch size over all processes (default 16)")
-    p.add_argument("--nominal-batch", type=int, default=64, metavar="N",
-                   help="accumulate gradients to N images per optimizer step (default 64); on a short budget, "
-                        "N = --batch (a step on every batch) converges faster")
+    p.add_argument("--nominal-batch", type=int, default=0, metavar="N",
+                   help="accumulate gradients to N images per optimizer step (default 0 = auto: --batch, a step "
+                        "on every batch, for --optimizer auto on a short run; else 64)")
     p.add_argument("--imgsz", type=int, help="image size (default 640)")
     p.add_argument("--optimizer", default="auto", metavar="SGD|Adam|AdamW|auto",
                    help="optimizer; auto = AdamW with a small lr up to 10k steps, SGD beyond (default auto); "

@@ -17,6 +17,9 @@ GROUPS = ("bias", "weight", "bn_weight")
 OPTIMIZERS = ("SGD", "Adam", "AdamW", "auto")
 # ``auto`` picks SGD above this many optimiser steps (at the nominal batch), AdamW at or below it
 AUTO_SGD_ABOVE_STEPS = 10_000
+# gradients are accumulated to this many images per step (YOLOv5's and ultralytics' nbs), except on a
+# short ``auto`` run (see :func:`nominal_batch_for`)
+NOMINAL_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,20 @@ def optimizer_name(name: str) -> str:
 def optimizer_steps(n_images: int, batch: int, nominal_batch: int, epochs: int) -> int:
     """Optimiser steps of a run at the nominal batch, as ``auto`` counts them: ⌈n / max(batch, nbs)⌉·epochs."""
     return math.ceil(n_images / max(batch, nominal_batch)) * epochs
+
+
+def nominal_batch_for(requested: int, optimizer: str, n_images: int, batch: int, epochs: int) -> int:
+    """The nominal batch a run accumulates to: ``requested`` when given (> 0), else (auto) the batch itself
+    (a step on every batch) for ``--optimizer auto`` on a short run, :data:`NOMINAL_BATCH` otherwise.
+
+    On a short budget the optimiser steps are what is scarce: YOLOv5n, 30 epochs of 320 images at
+    160 px, ``auto`` reached mAP@.5:.95 0.061 stepping on every batch of 16 against 0.022 accumulating
+    to 64 (docs/BENCHMARKS.md, "short budgets"). ``--optimizer SGD`` keeps YOLOv5's 64.
+    """
+    if requested > 0:
+        return requested
+    short = optimizer_steps(n_images, batch, NOMINAL_BATCH, epochs) <= AUTO_SGD_ABOVE_STEPS
+    return batch if optimizer.lower() == "auto" and short else NOMINAL_BATCH
 
 
 def choose_optimizer(name: str, lr0: float, momentum: float, warmup_bias_lr: float, steps: int,

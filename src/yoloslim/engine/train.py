@@ -14,8 +14,8 @@ Plain functions in a visible order, no callbacks::
 SGD (Nesterov), Adam or AdamW (``auto``: AdamW for short runs, SGD for long ones) with three
 parameter groups, linear warm-up of learning rates and momentum over
 ``max(warmup_epochs · batches, 100)`` iterations (none when ``warmup_epochs`` is 0), a
-linear or cosine schedule, EMA of the weights, gradient accumulation to a nominal batch of 64, AMP
-on CUDA. An epoch never leaves gradients pending (a last partial accumulation is applied at its
+linear or cosine schedule, EMA of the weights, gradient accumulation to a nominal batch (64, or
+every batch on a short ``auto`` run), AMP on CUDA. An epoch never leaves gradients pending (a last partial accumulation is applied at its
 end), so ``--resume`` from the end of an epoch gives the same weights as an uninterrupted run.
 """
 
@@ -45,7 +45,13 @@ from yoloslim.engine.distill_setup import (
 )
 from yoloslim.engine.ema import ModelEMA
 from yoloslim.engine.hyp import hyp_from_dict, load_hyp
-from yoloslim.engine.optim import build_optimizer, choose_optimizer, optimizer_name, optimizer_steps
+from yoloslim.engine.optim import (
+    build_optimizer,
+    choose_optimizer,
+    nominal_batch_for,
+    optimizer_name,
+    optimizer_steps,
+)
 from yoloslim.engine.run_files import (
     ResultsCSV,
     Scalars,
@@ -115,7 +121,9 @@ class TrainConfig:
         no_aug_epochs: the last this many epochs train without mosaic, mixup and affine warps (flips
             and HSV stay), and tell the loss (YOLOX switches its L1 term on); the official YOLOX
             recipe uses 15.
-        nominal_batch: gradients are accumulated to this many images per step.
+        nominal_batch: gradients are accumulated to this many images per step; 0 (auto): the batch
+            itself for ``optimizer`` auto on a short run, else 64 (see
+            :func:`yoloslim.engine.optim.nominal_batch_for`).
         cache: keep the images in RAM.
         val_every_epoch: validate every epoch (else only after the last).
         save_every: write ``last.safetensors`` and the resume state every this many epochs (and
@@ -153,7 +161,7 @@ class TrainConfig:
     patience: int = 100
     augment: bool = True
     no_aug_epochs: int = 0
-    nominal_batch: int = 64
+    nominal_batch: int = 0
     cache: bool = False
     val_every_epoch: bool = True
     save_every: int = 1
@@ -205,6 +213,8 @@ def _train(cfg: TrainConfig, d: ddp.Dist, device: torch.device, started: list[Pa
         raise UserError(f"--imgsz must be a multiple of {max(info.spec.strides)}, got {cfg.imgsz}")
     if teacher is not None:
         check_teacher(teacher.info.spec, info.spec, teacher.path)
+    cfg = dataclasses.replace(cfg, nominal_batch=nominal_batch_for(
+        cfg.nominal_batch, cfg.optimizer, len(source.splits["train"]), cfg.batch, cfg.epochs))
     run_dir = _run_dir(cfg, d)  # created only once the inputs are known to be good
     started.append(run_dir)
     if d.main:
@@ -318,8 +328,8 @@ def _check_config(cfg: TrainConfig) -> None:
         raise UserError(f"save_every must be at least 1, got {cfg.save_every}")
     if cfg.batch < 1:
         raise UserError(f"--batch must be at least 1, got {cfg.batch}")
-    if cfg.nominal_batch < 1:
-        raise UserError(f"--nominal-batch must be at least 1, got {cfg.nominal_batch}")
+    if cfg.nominal_batch < 0:
+        raise UserError(f"--nominal-batch must be at least 1 (or 0: auto), got {cfg.nominal_batch}")
     if cfg.sparsity < 0:
         raise UserError(f"--sparsity must be >= 0, got {cfg.sparsity}")
     if cfg.distill_weight < 0:
