@@ -16,7 +16,8 @@ parameter groups, linear warm-up of learning rates and momentum over
 ``max(warmup_epochs · batches, 100)`` iterations (none when ``warmup_epochs`` is 0), a
 linear or cosine schedule, EMA of the weights, gradient accumulation to a nominal batch (64, or
 every batch on a short ``auto`` run), AMP on CUDA. An epoch never leaves gradients pending (a last
-partial accumulation is applied at its end), so ``--resume`` from the end of an epoch gives the same weights as an uninterrupted run.
+partial accumulation is applied at its end), so ``--resume`` from the end of an epoch gives the
+same weights as an uninterrupted run.
 """
 
 from __future__ import annotations
