@@ -13,12 +13,12 @@ from test_fuse import smallest_preset_per_family
 from yoloslim.cli import main
 from yoloslim.deploy import onnx_export
 from yoloslim.deploy.onnx_export import OnnxModel, check_input, export_onnx, read_metadata, relative_diff
-from yoloslim.engine.checkpoint import ModelInfo, load_model, save_model
-from yoloslim.engine.nms import non_max_suppression
-from yoloslim.engine.profile import count_params
 from yoloslim.errors import UserError
 from yoloslim.models import MODELS, build_model, model_spec
 from yoloslim.models.decode import DecodedModel
+from yoloslim.models.io import ModelInfo, load_model, save_model
+from yoloslim.models.nms import non_max_suppression
+from yoloslim.models.profile import count_params
 
 NAMES = ["cat", "dog", "bird"]
 

@@ -10,8 +10,8 @@ from torch import nn
 
 from helpers import randomize_bn
 from yoloslim.deploy.fuse import count_batchnorms, fuse_conv_bn, fuse_model
-from yoloslim.engine.profile import count_params
 from yoloslim.models import MODELS, build_model
+from yoloslim.models.profile import count_params
 
 
 def _family_and_size(fn) -> tuple[str, int]:

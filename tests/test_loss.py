@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from yoloslim.engine.hyp import Hyp
 from yoloslim.errors import UserError
+from yoloslim.hyp import Hyp
 from yoloslim.loss import LOSSES, make_loss
 from yoloslim.loss.iou import paired_iou
 from yoloslim.models import create_model

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from yoloslim.engine.profile import count_params, profile, total_gflops
 from yoloslim.errors import UserError
 from yoloslim.models import build_model, create_model, model_spec
+from yoloslim.models.profile import count_params, profile, total_gflops
 from yoloslim.models.spec import ArchSpec
 
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import fx
 
-from yoloslim.engine.profile import conv_gflops, count_params, profile
 from yoloslim.errors import UserError
 from yoloslim.models import build_model, model_spec
+from yoloslim.models.profile import conv_gflops, count_params, profile
 from yoloslim.models.spec import ArchSpec
 from yoloslim.models.yolov3 import PRESETS
 

@@ -122,7 +122,7 @@ def test_exported_spec_is_the_pruned_one_after_reimport(tmp_path):
 
 
 def test_pruned_model_file_round_trips(tmp_path):
-    from yoloslim.engine.checkpoint import ModelInfo, load_model, save_model
+    from yoloslim.models.io import ModelInfo, load_model, save_model
 
     pruned = prune_both_ways(small_model("yolov3-mobilenetv2"))
     info = ModelInfo(pruned.spec, ["a", "b"], 64).with_event("pruned", method="slim+layer")

@@ -4,10 +4,10 @@ import pytest
 import torch
 import torch.fx
 
-from yoloslim.engine.profile import count_params, profile, total_gflops
 from yoloslim.errors import UserError
 from yoloslim.models import build_model, create_model, model_spec
 from yoloslim.models.decode import Decoder, preprocess
+from yoloslim.models.profile import count_params, profile, total_gflops
 from yoloslim.models.spec import ArchSpec
 
 # counted on models built from the official Megvii code with 80 classes

@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from helpers import max_diff, randomize_bn
-from yoloslim.engine.checkpoint import ModelInfo, load_model, save_model
 from yoloslim.models import create_model
+from yoloslim.models.io import ModelInfo, load_model, save_model
 from yoloslim.prune import ChannelGraph, PruneOptions, prune_model
 from yoloslim.prune.layers import mask_layers
 from yoloslim.prune.surgery import mask_model

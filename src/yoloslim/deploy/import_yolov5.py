@@ -24,10 +24,10 @@ import yaml
 from torch import nn
 
 from yoloslim.deploy.safe_unpickle import StandIn, load_torch_file
-from yoloslim.engine.checkpoint import ModelInfo, load_state_strict
 from yoloslim.errors import UserError
 from yoloslim.log import logger
 from yoloslim.models.blocks import Bottleneck
+from yoloslim.models.io import ModelInfo, load_state_strict
 from yoloslim.models.spec import ArchSpec
 from yoloslim.models.yolov5 import LAYERS, PRESETS, YOLOv5
 from yoloslim.safe_parse import load_yaml_file, yaml_error_reason

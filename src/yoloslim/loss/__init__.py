@@ -14,11 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from yoloslim.engine.checkpoint import unwrap
 from yoloslim.errors import UserError
 from yoloslim.loss.yolov3 import YOLOv3Loss
 from yoloslim.loss.yolov5 import YOLOv5Loss
 from yoloslim.loss.yolox import YOLOXLoss
+from yoloslim.models.io import unwrap
 
 LossFn = Callable[[list[torch.Tensor], torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
@@ -38,11 +38,11 @@ def make_loss(model: nn.Module, hyp: Any = None, imgsz: int = 640) -> LossFn:
 
     Args:
         model: the detector (or a DDP wrapper around it).
-        hyp: a :class:`yoloslim.engine.hyp.Hyp` (defaults when None).
+        hyp: a :class:`yoloslim.hyp.Hyp` (defaults when None).
         imgsz: training image size.
     """
     if hyp is None:
-        from yoloslim.engine.hyp import Hyp
+        from yoloslim.hyp import Hyp
 
         hyp = Hyp()
     spec = unwrap(model).spec

@@ -26,9 +26,9 @@ from torch import nn
 from yoloslim.deploy.darknet_io import load_darknet
 from yoloslim.deploy.import_yolov5 import import_yolov5
 from yoloslim.deploy.import_yolox import load_yolox_checkpoint
-from yoloslim.engine.checkpoint import ModelInfo, check_writable, load_model, save_model
-from yoloslim.engine.profile import count_params
 from yoloslim.errors import UserError
+from yoloslim.models.io import ModelInfo, check_writable, load_model, save_model
+from yoloslim.models.profile import count_params
 from yoloslim.safe_parse import load_yaml_file, yaml_error_reason
 from yoloslim.workflows.report import write_json
 
