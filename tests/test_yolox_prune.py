@@ -41,7 +41,7 @@ BATCHES = [(torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8, generator=t
 
 
 @pytest.mark.parametrize("name", ["yolox-nano", "yolox-s"])
-@pytest.mark.parametrize("method", ["slim", "l1", "l2", "group", "taylor", "layer"])
+@pytest.mark.parametrize("method", ["taylor", "layer"])  # slim, l1, group: tests/test_model_contract.py
 def test_masked_equals_compact(models, name, method):
     model, graph = models[name]
     result = prune_model(model, PruneOptions(method=method, ratio=0.5), graph, batches=BATCHES)
