@@ -24,8 +24,9 @@ from torch import nn
 from helpers import max_diff, randomize_bn
 from yoloslim.deploy.fuse import count_batchnorms, fuse_model
 from yoloslim.deploy.onnx_export import OnnxModel, check_input, export_onnx, read_metadata, relative_diff
+from yoloslim.errors import UserError
 from yoloslim.models import FAMILIES, MODELS, build_model, family_of
-from yoloslim.models.decode import DecodedModel
+from yoloslim.models.decode import DecodedModel, decode_style
 from yoloslim.models.family import DECODE_STYLES
 from yoloslim.models.io import ModelInfo, load_model, save_model
 from yoloslim.models.profile import count_params
@@ -104,6 +105,17 @@ def test_every_model_belongs_to_a_registered_family():
         assert isinstance(family.loss_class(), type)
         for source in family.importers:
             assert callable(family.importer(source))
+
+
+def test_a_spec_without_options_takes_its_familys_convention():
+    for family in FAMILIES.values():
+        spec = ArchSpec(family=family.name, name="bare", nc=1)
+        assert (spec.input_bgr, spec.input_scale, decode_style(spec)) == (
+            family.input_bgr, family.input_scale, family.decode)
+    spec = ArchSpec(family="yolox", name="x", nc=1, options={"input_bgr": False, "decode": "darknet"})
+    assert (spec.input_bgr, decode_style(spec)) == (False, "darknet")  # the spec's options win
+    with pytest.raises(UserError, match="unknown model family 'nosuch'"):
+        _ = ArchSpec(family="nosuch", name="x", nc=1).input_bgr
 
 
 @pytest.mark.parametrize("name", NAMES)
