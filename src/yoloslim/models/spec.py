@@ -11,9 +11,12 @@ import copy
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from yoloslim.errors import UserError
+
+if TYPE_CHECKING:
+    from yoloslim.models.family import Family
 
 # Bounds a spec read from a file must stay within (the largest presets use 1,280 channels, depth 9).
 MAX_WIDTH = 16384
@@ -156,7 +159,7 @@ class Widths:
             raise UserError(f"spec of {self.spec.name!r} names modules the model does not have: {sorted(extra)[:5]}")
 
 
-def _family(spec: ArchSpec) -> Any:
+def _family(spec: ArchSpec) -> Family:
     """The spec's :class:`~yoloslim.models.family.Family` record."""
     from yoloslim.models import family_of  # the registry imports the builders, which import this module
 
