@@ -69,11 +69,12 @@ from typing import Any
 from _common import Stopwatch, command_line, environment, md_table
 
 from yoloslim.data.synth import synthesize
-from yoloslim.engine.checkpoint import atomic_write, load_state, read_info
 from yoloslim.engine.train import TrainConfig, train
+from yoloslim.engine.train_state import load_state
 from yoloslim.errors import UserError
 from yoloslim.log import logger, setup_logging
 from yoloslim.models import MODELS
+from yoloslim.models.io import atomic_write, read_info
 from yoloslim.prune import METHODS
 from yoloslim.workflows.report import write_json
 
@@ -317,9 +318,9 @@ def entries(work: Path, args: argparse.Namespace) -> list[Entry]:
 def measure(work: Path, data: Path, args: argparse.Namespace) -> dict[str, Any]:
     """mAP, params, GFLOPs and latency of every saved model, with the ratios to the baselines."""
     from yoloslim.data.dataset import DetectionDataset, create_loader, load_data
-    from yoloslim.engine.checkpoint import load_model
     from yoloslim.engine.evaluate import evaluate
-    from yoloslim.engine.profile import count_params, profile, total_gflops
+    from yoloslim.models.io import load_model
+    from yoloslim.models.profile import count_params, profile, total_gflops
 
     present = [x for x in entries(work, args) if x.path.is_file()]
     if not present:

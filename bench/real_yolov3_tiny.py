@@ -48,10 +48,10 @@ from _common import command_line, md_table  # noqa: E402
 from yoloslim.cli import main as cli  # noqa: E402
 from yoloslim.data.letterbox import letterbox  # noqa: E402
 from yoloslim.deploy.predict import Predictor  # noqa: E402
-from yoloslim.engine.checkpoint import load_model  # noqa: E402
 from yoloslim.engine.metrics import DetectionMetrics  # noqa: E402
-from yoloslim.engine.profile import profile, total_gflops  # noqa: E402
 from yoloslim.models.decode import DecodedModel, preprocess  # noqa: E402
+from yoloslim.models.io import load_model  # noqa: E402
+from yoloslim.models.profile import profile, total_gflops  # noqa: E402
 from yoloslim.prune import PruneOptions, prune_model  # noqa: E402
 from yoloslim.prune.recalibrate import recalibrate_bn  # noqa: E402
 

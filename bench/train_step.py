@@ -24,8 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import command_line, environment, md_table  # noqa: E402
 
-from yoloslim.engine.hyp import Hyp  # noqa: E402
 from yoloslim.engine.optim import build_optimizer  # noqa: E402
+from yoloslim.hyp import Hyp  # noqa: E402
 from yoloslim.loss import make_loss  # noqa: E402
 from yoloslim.models import create_model  # noqa: E402
 from yoloslim.workflows.report import write_json  # noqa: E402

@@ -8,9 +8,9 @@ import pytest
 
 from yoloslim.cli import main
 from yoloslim.deploy.bench import MIN_RUNS, compare_latency, interleaved, measure_latency
-from yoloslim.engine.checkpoint import ModelInfo, save_model
-from yoloslim.engine.profile import count_params
 from yoloslim.models import build_model, model_spec
+from yoloslim.models.io import ModelInfo, save_model
+from yoloslim.models.profile import count_params
 
 LAT_KEYS = {"median_ms", "p90_ms", "mean_ms", "min_ms", "fps", "runs"}
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from yoloslim.engine.checkpoint import read_info
 from yoloslim.errors import UserError
+from yoloslim.models.io import read_info
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -112,8 +112,8 @@ def test_compress_toy_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 
 def test_prune_stage_holds_groups_a_ratio_would_empty(tmp_path: Path) -> None:
     """Slimming at 0.95 empties groups: retried with the fallback floor, which the model file records."""
-    from yoloslim.engine.checkpoint import ModelInfo, save_model
     from yoloslim.models import create_model
+    from yoloslim.models.io import ModelInfo, save_model
 
     compress = _compress()
     src = tmp_path / "m.safetensors"

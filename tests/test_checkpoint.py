@@ -4,9 +4,10 @@ import sys
 import pytest
 import torch
 
-from yoloslim.engine.checkpoint import ModelInfo, load_model, load_state, read_info, save_model, save_state
+from yoloslim.engine.train_state import load_state, save_state
 from yoloslim.errors import UserError
 from yoloslim.models import build_model, model_spec
+from yoloslim.models.io import ModelInfo, load_model, read_info, save_model
 
 
 def _model_file(tmp_path):
@@ -23,7 +24,7 @@ def test_save_load_round_trip_in_fresh_process(tmp_path):
     torch.save(x, tmp_path / "x.pt")
     ref = model(x)
     code = (
-        "import torch,sys; from yoloslim.engine.checkpoint import load_model;"
+        "import torch,sys; from yoloslim.models.io import load_model;"
         f"m,i=load_model(r'{path}'); m.eval(); x=torch.load(r'{tmp_path / 'x.pt'}');"
         f"torch.save([o for o in m(x)], r'{tmp_path / 'y.pt'}'); print(i.names, i.history[0]['action'])"
     )

@@ -11,12 +11,12 @@ import yaml
 
 from yoloslim.cli import main
 from yoloslim.data.class_map import match_classes
-from yoloslim.engine.checkpoint import ModelInfo, load_model, save_model
 from yoloslim.engine.train_setup import initial_model
 from yoloslim.errors import UserError
 from yoloslim.models import build_model, create_model, model_spec
 from yoloslim.models.decode import Decoder
 from yoloslim.models.head_classes import class_rows, select_classes
+from yoloslim.models.io import ModelInfo, load_model, save_model
 from yoloslim.workflows.prune import prune
 
 COCOISH = ["person", "airplane", "dining table", "motorcycle", "tv", "dog"]

@@ -13,9 +13,9 @@ from torch import nn
 
 from yoloslim.cli import COMMANDS, main
 from yoloslim.deploy.darknet_io import load_darknet, write_darknet
-from yoloslim.engine.checkpoint import load_model
 from yoloslim.models import build_model, model_spec
 from yoloslim.models.darknet_cfg import parse_cfg
+from yoloslim.models.io import load_model
 
 GUIDE = Path(__file__).resolve().parents[1] / "docs" / "prune-darknet-yolov3.md"
 SMALL = {"--epochs": "1", "--imgsz": "64", "--batch": "8"}  # the guide's numbers, made test-sized

@@ -9,10 +9,10 @@ from torch import nn
 
 from helpers import max_diff, randomize_bn
 from yoloslim.deploy.darknet_io import darknet_layers, import_darknet, load_darknet, write_darknet
-from yoloslim.engine.checkpoint import load_model
 from yoloslim.errors import UserError
 from yoloslim.models import build_model, create_model, model_spec
 from yoloslim.models.darknet_cfg import format_cfg, parse_cfg
+from yoloslim.models.io import load_model
 from yoloslim.models.yolov3 import spec_from_cfg
 
 # Every construct the importer must get exactly right: a size-2 stride-1 max-pool, a residual unit

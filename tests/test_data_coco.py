@@ -14,10 +14,10 @@ from yoloslim.cli import main
 from yoloslim.data.coco import load_coco
 from yoloslim.data.dataset import DetectionDataset, load_data
 from yoloslim.data.synth import CLASSES, render_image, synthesize
-from yoloslim.engine.checkpoint import ModelInfo, save_model
 from yoloslim.engine.metrics import DetectionMetrics
 from yoloslim.errors import UserError
 from yoloslim.models import create_model
+from yoloslim.models.io import ModelInfo, save_model
 
 
 @pytest.fixture(scope="module")

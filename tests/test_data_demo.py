@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from yoloslim.cli import main
-from yoloslim.engine.checkpoint import read_info
+from yoloslim.models.io import read_info
 from yoloslim.workflows.demo import QUICK, STEPS
 
 FIGURES = {"map50", "map", "params", "gflops", "latency_ms"}
@@ -77,8 +77,8 @@ def test_demo_prune_keeps_min_channels_when_the_ratio_would_empty_a_group(tiny_d
     import torch
     import yaml
 
-    from yoloslim.engine.checkpoint import ModelInfo, save_model
     from yoloslim.models import create_model
+    from yoloslim.models.io import ModelInfo, save_model
     from yoloslim.workflows.demo import DemoSlim, DemoTrain, step_prune
 
     model = create_model("yolov5n", nc=8)

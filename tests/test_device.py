@@ -21,12 +21,12 @@ from yoloslim.data.dataset import DetectionDataset, create_loader, load_data
 from yoloslim.deploy.predict import Predictor
 from yoloslim.device import check_half, default_threads, resolve_device, set_threads
 from yoloslim.engine import ddp
-from yoloslim.engine.checkpoint import ModelInfo, save_model
 from yoloslim.engine.ema import ModelEMA
 from yoloslim.engine.evaluate import evaluate
 from yoloslim.engine.train_epoch import Parts, amp_autocast, make_scaler, optimizer_step
 from yoloslim.errors import UserError
 from yoloslim.models import create_model
+from yoloslim.models.io import ModelInfo, save_model
 
 
 @pytest.fixture

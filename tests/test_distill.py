@@ -12,11 +12,12 @@ from helpers import randomize_bn
 from yoloslim.cli import main
 from yoloslim.data.dataset import DetectionDataset, create_loader, load_data
 from yoloslim.data.synth import CLASSES
-from yoloslim.engine.checkpoint import ModelInfo, load_model, load_state, read_info, save_model
 from yoloslim.engine.train import TrainConfig, train
+from yoloslim.engine.train_state import load_state
 from yoloslim.loss.distill import DistillLoss
 from yoloslim.models import create_model
 from yoloslim.models.decode import preprocess
+from yoloslim.models.io import ModelInfo, load_model, read_info, save_model
 
 
 def _input(model, seed=0):

@@ -8,17 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import randomize_bn
-from test_fuse import smallest_preset_per_family
 from yoloslim.cli import main
 from yoloslim.deploy import onnx_export
 from yoloslim.deploy.onnx_export import OnnxModel, check_input, export_onnx, read_metadata, relative_diff
-from yoloslim.engine.checkpoint import ModelInfo, load_model, save_model
-from yoloslim.engine.nms import non_max_suppression
-from yoloslim.engine.profile import count_params
 from yoloslim.errors import UserError
-from yoloslim.models import MODELS, build_model, model_spec
+from yoloslim.models import build_model, model_spec
 from yoloslim.models.decode import DecodedModel
+from yoloslim.models.io import ModelInfo, load_model, save_model
+from yoloslim.models.nms import non_max_suppression
+from yoloslim.models.profile import count_params
 
 NAMES = ["cat", "dog", "bird"]
 
@@ -122,19 +120,6 @@ def test_pruned_like_model_gives_smaller_file(tmp_path):
     size_ratio = b.stat().st_size / a.stat().st_size
     assert param_ratio < 0.4
     assert abs(size_ratio - param_ratio) < 0.05
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", [n for n in smallest_preset_per_family() if not n.startswith("yolov5")])
-def test_other_families_export_with_their_input_convention(name, tmp_path):
-    model = randomize_bn(build_model(MODELS[name](2)))
-    path = export_onnx(model, ModelInfo(model.spec, ["a", "b"], 64), tmp_path / "m.onnx", 64)  # checked
-    meta = read_metadata(path)
-    assert meta["family"] == model.spec.family
-    assert meta["input_channels"] == ("BGR" if model.spec.input_bgr else "RGB")
-    assert meta["input_range"] == ("0..255" if model.spec.input_scale == 1.0 else "0..1")
-    x = check_input(model.spec, 1, 64, 64, seed=7)
-    assert relative_diff(OnnxModel(path)(x).numpy(), torch_decoded(model, x)) < 1e-4
 
 
 def test_failed_parity_check_writes_no_file(weights, tmp_path, monkeypatch):

@@ -39,10 +39,10 @@ from yoloslim.deploy.darknet_io import load_darknet, write_darknet
 from yoloslim.deploy.import_yolov5 import import_yolov5
 from yoloslim.deploy.import_yolox import load_yolox_checkpoint
 from yoloslim.deploy.safe_unpickle import UnsafePickleError, load_torch_file
-from yoloslim.engine.checkpoint import FORMAT, ModelInfo, load_model, save_model
 from yoloslim.errors import UserError
 from yoloslim.models import build_model, check_model_size, create_model
 from yoloslim.models.darknet_cfg import parse_cfg
+from yoloslim.models.io import FORMAT, ModelInfo, load_model, save_model
 from yoloslim.models.spec import ArchSpec
 from yoloslim.models.yolov3 import spec_from_cfg
 from yoloslim.safe_parse import load_yaml_file

@@ -23,10 +23,10 @@ from torch import nn
 
 from yoloslim.cli import main
 from yoloslim.deploy.import_yolov5 import import_yolov5
-from yoloslim.engine.checkpoint import load_model
 from yoloslim.errors import UserError
 from yoloslim.models import blocks, build_model, model_spec, yolov5
 from yoloslim.models.decode import Decoder
+from yoloslim.models.io import load_model
 from yoloslim.workflows.importer import import_checkpoint
 
 # auto-anchored: the Detect buffer holds these while the yaml keeps the defaults

@@ -3,7 +3,7 @@ import json
 import torch
 
 from yoloslim.cli import main
-from yoloslim.engine.checkpoint import save_state
+from yoloslim.engine.train_state import save_state
 
 
 def test_info_layers_add_up_to_the_total(tmp_path, capsys):

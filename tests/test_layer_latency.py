@@ -10,8 +10,8 @@ import pytest
 from yoloslim.cli import main
 from yoloslim.deploy.fuse import fuse_model
 from yoloslim.deploy.layer_latency import OTHER, _onnx_rows, layer_of, onnx_module, torch_layer_latency
-from yoloslim.engine.checkpoint import ModelInfo, save_model
 from yoloslim.models import build_model, model_spec
+from yoloslim.models.io import ModelInfo, save_model
 from yoloslim.workflows.info import info
 
 

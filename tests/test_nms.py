@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from yoloslim.engine.nms import box_iou, nms, non_max_suppression
+from yoloslim.models.nms import box_iou, nms, non_max_suppression
 
 
 def _reference(pred: torch.Tensor, conf: float, iou: float, max_det: int, multi_label: bool, agnostic: bool):

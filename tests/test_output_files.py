@@ -22,10 +22,11 @@ from torch import nn
 from yoloslim.cli import main
 from yoloslim.data.dataset import load_data
 from yoloslim.data.synth import synthesize
-from yoloslim.engine.checkpoint import ModelInfo, atomic_write, check_writable, read_info, save_model, save_state
 from yoloslim.engine.run_files import ResultsCSV
+from yoloslim.engine.train_state import save_state
 from yoloslim.errors import UserError
 from yoloslim.models import create_model
+from yoloslim.models.io import ModelInfo, atomic_write, check_writable, read_info, save_model
 from yoloslim.workflows.report import write_json
 
 

@@ -16,10 +16,10 @@ from yoloslim.cli import main
 from yoloslim.data.dataset import load_data
 from yoloslim.engine.confusion import ConfusionMatrix
 from yoloslim.engine.evaluate import EvalResult
-from yoloslim.engine.hyp import Hyp
 from yoloslim.engine.metrics import DetectionMetrics
 from yoloslim.engine.run_files import ResultsCSV
 from yoloslim.engine.train import TrainConfig, TrainResult
+from yoloslim.hyp import Hyp
 from yoloslim.viz.plots import plot_labels, plot_results, read_results
 from yoloslim.viz.run_plots import write_val_plots
 

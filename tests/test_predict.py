@@ -12,9 +12,9 @@ import torch
 from yoloslim.cli import main
 from yoloslim.deploy.predict import Detections, Predictor
 from yoloslim.deploy.sources import open_source
-from yoloslim.engine.checkpoint import ModelInfo, load_model, save_model
 from yoloslim.errors import UserError
 from yoloslim.models import build_model, model_spec
+from yoloslim.models.io import ModelInfo, load_model, save_model
 from yoloslim.workflows.predict import predict
 
 NAMES = ["cat", "dog", "bird"]

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from helpers import randomize_bn
-from yoloslim.engine.profile import count_params, profile, total_gflops
 from yoloslim.errors import UserError
 from yoloslim.models import create_model
+from yoloslim.models.profile import count_params, profile, total_gflops
 from yoloslim.prune.allocate import CostModel, plan_channels
 from yoloslim.prune.graph import ChannelGraph
 from yoloslim.prune.importance import BNScale, FilterNorm

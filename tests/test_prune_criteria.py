@@ -7,9 +7,9 @@ import torch
 
 from helpers import randomize_bn
 from yoloslim.cli import main
-from yoloslim.engine.checkpoint import ModelInfo, read_info, save_model
 from yoloslim.errors import UserError
 from yoloslim.models import create_model
+from yoloslim.models.io import ModelInfo, read_info, save_model
 from yoloslim.prune import ChannelGraph, PruneOptions, prune_model
 from yoloslim.prune.importance import GroupNorm, Taylor
 from yoloslim.prune.pipeline import METHODS, auto_method

@@ -3,8 +3,8 @@
 import torch
 from torch import nn
 
-from yoloslim.engine.profile import count_params, profile, total_gflops
 from yoloslim.models.blocks import Conv
+from yoloslim.models.profile import count_params, profile, total_gflops
 from yoloslim.models.spec import ArchSpec, Widths
 from yoloslim.prune.allocate import CostModel, plan_channels
 from yoloslim.prune.graph import ChannelGraph

@@ -15,10 +15,10 @@ from helpers import randomize_bn, self_scored_data
 from yoloslim.cli import main
 from yoloslim.data.calibration import calibration_images
 from yoloslim.data.dataset import load_data
-from yoloslim.engine.checkpoint import ModelInfo, read_info, save_model
 from yoloslim.errors import UserError
 from yoloslim.models import create_model
 from yoloslim.models.decode import preprocess
+from yoloslim.models.io import ModelInfo, read_info, save_model
 from yoloslim.prune import PruneOptions, prune_model
 from yoloslim.prune.recalibrate import CALIB_IMAGES, recalibrate_bn
 
@@ -62,9 +62,9 @@ def test_recalibration_brings_a_pruned_trained_model_back_toward_the_original(tm
     Measured: mAP@.5 0.94 unpruned, 0.23 pruned, 0.61 pruned + recalibrated (mAP@.5:.95 0.71, 0.11, 0.31).
     """
     from yoloslim.data.dataset import DetectionDataset, create_loader
-    from yoloslim.engine.checkpoint import load_model
     from yoloslim.engine.evaluate import evaluate
     from yoloslim.engine.train import TrainConfig, train
+    from yoloslim.models.io import load_model
 
     data, names = self_scored_data(tmp_path / "data", images=10, imgsz=96, seed=2, val_ratio=0.2)
     hyp = tmp_path / "hyp.yaml"
@@ -174,7 +174,7 @@ def test_default_recalibration_that_lowers_val_map_is_not_kept(tmp_path, weights
     assert read_info(out).history[-1]["calib_kept"] is False
     plain = tmp_path / "plain.safetensors"
     assert main([*common, "--no-calib", "--out", str(plain)]) == 0
-    from yoloslim.engine.checkpoint import load_model
+    from yoloslim.models.io import load_model
 
     a, b = load_model(out)[0].state_dict(), load_model(plain)[0].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)  # the file holds the un-recalibrated cut

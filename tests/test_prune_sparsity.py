@@ -99,7 +99,7 @@ def test_sparsity_target_reaches_its_fraction_in_a_short_run(tiny_data, tmp_path
     channels that stay large (two modes, nothing in between)."""
     import csv
 
-    from yoloslim.engine.checkpoint import load_model
+    from yoloslim.models.io import load_model
     from yoloslim.workflows.train import train
 
     res = train(data=str(tiny_data), model="yolov5n", epochs=4, batch=4, nominal_batch=4, imgsz=64,
@@ -121,7 +121,7 @@ def test_sparsity_training_drives_gamma_below_1e_2(tiny_data, tmp_path):
     rises from 0 (every γ starts at 1) to most of them, in results.csv and in the saved model."""
     import csv
 
-    from yoloslim.engine.checkpoint import load_model
+    from yoloslim.models.io import load_model
     from yoloslim.workflows.train import train
 
     start = gamma_stats(create_model("yolov5n", nc=8))

@@ -10,8 +10,8 @@ import torch
 
 from helpers import randomize_bn
 from yoloslim.cli import main
-from yoloslim.engine.checkpoint import ModelInfo, load_model, read_info, save_model
 from yoloslim.models import create_model
+from yoloslim.models.io import ModelInfo, load_model, read_info, save_model
 
 
 @pytest.fixture()
@@ -55,7 +55,7 @@ def test_round_trip_in_a_fresh_process(tmp_path, weights):
         ref = model.eval()(x)
     code = (
         "import sys, torch\n"
-        "from yoloslim.engine.checkpoint import load_model\n"
+        "from yoloslim.models.io import load_model\n"
         f"m, _ = load_model(r'{out}')\n"
         f"x = torch.load(r'{tmp_path / 'x.pt'}')\n"
         "with torch.no_grad():\n"

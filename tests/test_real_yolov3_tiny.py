@@ -16,7 +16,7 @@ import cv2
 import pytest
 
 from yoloslim.deploy.predict import Predictor
-from yoloslim.engine.checkpoint import load_model
+from yoloslim.models.io import load_model
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 CAT, CUP, MOTORCYCLE, TIE = 15, 41, 3, 27  # COCO class ids

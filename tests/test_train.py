@@ -8,14 +8,15 @@ from safetensors.torch import load_file
 
 import yoloslim.engine.train as engine_train
 from yoloslim.cli import main
-from yoloslim.engine.checkpoint import ModelInfo, load_model, load_state, save_model
 from yoloslim.engine.ema import ModelEMA
-from yoloslim.engine.hyp import Hyp, load_hyp
 from yoloslim.engine.optim import build_optimizer, lr_factor, warmup
 from yoloslim.engine.train import TrainConfig, TrainingDiverged, train
 from yoloslim.engine.train_setup import initial_model
+from yoloslim.engine.train_state import load_state
 from yoloslim.errors import UserError
+from yoloslim.hyp import Hyp, load_hyp
 from yoloslim.models import build_model, create_model, model_spec
+from yoloslim.models.io import ModelInfo, load_model, save_model
 
 
 def _cfg(data, out, **kw):

@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from yoloslim.engine.checkpoint import load_model, load_state
+from yoloslim.engine.train_state import load_state
+from yoloslim.models.io import load_model
 
 
 @pytest.mark.slow

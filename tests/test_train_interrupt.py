@@ -4,7 +4,7 @@ import shlex
 
 import yoloslim.engine.train as engine_train
 from yoloslim.cli import main
-from yoloslim.engine.checkpoint import load_state
+from yoloslim.engine.train_state import load_state
 
 
 def _interrupt_in_epoch(monkeypatch, n):

@@ -22,7 +22,8 @@ from safetensors.torch import load_file
 
 from yoloslim.cli import main
 from yoloslim.data.synth import synthesize
-from yoloslim.engine.checkpoint import load_model, load_state
+from yoloslim.engine.train_state import load_state
+from yoloslim.models.io import load_model
 
 SLOW_WRITE_SECONDS = 0.2
 RUN_LIMIT_SECONDS = 300

@@ -15,9 +15,9 @@ from torch import nn
 
 from yoloslim.cli import main
 from yoloslim.data.dataset import DetectionDataset, create_loader, load_data
-from yoloslim.engine.checkpoint import ModelInfo, save_model
 from yoloslim.engine.evaluate import evaluate
 from yoloslim.models import create_model
+from yoloslim.models.io import ModelInfo, save_model
 from yoloslim.models.spec import ArchSpec
 
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from yoloslim.cli import main
-from yoloslim.engine.checkpoint import ModelInfo, save_model
 from yoloslim.errors import UserError
 from yoloslim.models import MODELS, build_model, model_spec
+from yoloslim.models.io import ModelInfo, save_model
 from yoloslim.prune.pipeline import PruneOptions, prune_model
 from yoloslim.viz.feature_maps import GridLayout, capture, feature_grid, resolve_layers
 

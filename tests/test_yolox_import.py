@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from yoloslim.deploy.import_yolox import COCO_NAMES, import_yolox, infer_preset
-from yoloslim.engine.checkpoint import load_model
 from yoloslim.errors import UserError
 from yoloslim.models.decode import DecodedModel, preprocess
+from yoloslim.models.io import load_model
 
 # ---------------------------------------------------------------------------- test-only reference
 

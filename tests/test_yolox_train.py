@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from helpers import self_scored_data
-from yoloslim.engine.checkpoint import ModelInfo, load_model, save_model
 from yoloslim.engine.train import TrainConfig, train
+from yoloslim.models.io import ModelInfo, load_model, save_model
 from yoloslim.models.spec import ArchSpec
 from yoloslim.models.yolox import YOLOX
 

@@ -27,8 +27,8 @@ from tqdm import tqdm
 
 from yoloslim.deploy.fuse import fuse_model
 from yoloslim.deploy.onnx_export import INPUT, OUTPUT, OnnxModel, check_input, export_onnx
-from yoloslim.engine.checkpoint import ModelInfo
 from yoloslim.errors import UserError
+from yoloslim.models.io import ModelInfo
 
 BACKENDS = ("torch", "onnxruntime")  # what a user chooses; PyTorch is fused
 KINDS = ("torch", "torch_unfused", "onnxruntime")  # what can be timed

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from yoloslim.engine.checkpoint import ModelInfo, atomic_write, save_model, unwrap
 from yoloslim.errors import UserError
 from yoloslim.models import build_model, check_model_size
 from yoloslim.models.darknet_cfg import Section, as_list, format_cfg, read_cfg
+from yoloslim.models.io import ModelInfo, atomic_write, save_model, unwrap
 from yoloslim.models.yolov3 import DarknetConv, YOLOv3, spec_from_cfg
 
 HEADER = (0, 2, 0)  # major, minor, revision written by export: ``seen`` is then an int64

@@ -24,12 +24,12 @@ import yaml
 from torch import nn
 
 from yoloslim.deploy.safe_unpickle import StandIn, load_torch_file
-from yoloslim.engine.checkpoint import ModelInfo, load_state_strict
 from yoloslim.errors import UserError
 from yoloslim.log import logger
 from yoloslim.models.blocks import Bottleneck
+from yoloslim.models.io import ModelInfo, load_state_strict
 from yoloslim.models.spec import ArchSpec
-from yoloslim.models.yolov5 import LAYERS, PRESETS, YOLOv5
+from yoloslim.models.yolov5 import FAMILY, LAYERS, PRESETS, YOLOv5
 from yoloslim.safe_parse import load_yaml_file, yaml_error_reason
 
 DETECT = len(LAYERS) - 1  # index of the Detect layer (24)
@@ -313,8 +313,8 @@ def _spec(state: dict[str, torch.Tensor], arch: dict, src: Path) -> ArchSpec:
         depths[f"model.{i}"] = len(blocks)
     name = next((n for n, (d, w) in PRESETS.items() if abs(d - gd) < 1e-6 and abs(w - gw) < 1e-6),
                 "yolov5-custom")
-    options = {"depth_multiple": gd, "width_multiple": gw, "input_bgr": False, "input_scale": 1 / 255}
-    return ArchSpec(family="yolov5", name=name, nc=nc, channels=channels, depths=depths, anchors=anchors,
+    options = {"depth_multiple": gd, "width_multiple": gw, **FAMILY.input_options()}
+    return ArchSpec(family=FAMILY.name, name=name, nc=nc, channels=channels, depths=depths, anchors=anchors,
                     strides=list(STRIDES), options=options)
 
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from yoloslim.engine.checkpoint import ModelInfo, load_state_strict, save_model
 from yoloslim.errors import UserError
 from yoloslim.log import logger
 from yoloslim.models import build_model, model_spec
+from yoloslim.models.io import ModelInfo, load_state_strict, save_model
 from yoloslim.models.yolox import PRESETS
 
 COCO_NAMES = [

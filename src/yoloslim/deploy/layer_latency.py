@@ -28,8 +28,8 @@ from torch import nn
 from yoloslim.deploy.bench import _eval_copy, torch_threads
 from yoloslim.deploy.fuse import fuse_model
 from yoloslim.deploy.onnx_export import INPUT, OUTPUT, OnnxModel, check_input, export_onnx
-from yoloslim.engine.checkpoint import ModelInfo
 from yoloslim.errors import UserError
+from yoloslim.models.io import ModelInfo
 
 OTHER = "(other)"
 BLOCK_PARTS = ("conv", "bn", "act")  # a conv block's children: the layer is the block

@@ -11,7 +11,7 @@ The exported file
 * with ``nms=True`` the first output is ``detections``: float32 ``(K, 7)``, one row per final
   detection of the whole batch: ``batch_index, x1, y1, x2, y2, score, class`` (corners in input
   pixels). It is ONNX ``NonMaxSuppression`` run per class (class-aware, like
-  :func:`yoloslim.engine.nms.non_max_suppression` with ``multi_label=True``) with the thresholds
+  :func:`yoloslim.models.nms.non_max_suppression` with ``multi_label=True``) with the thresholds
   given at export (``conf``, ``iou``; at most ``max_det`` boxes per class and image), stored in the
   metadata. Rows are grouped by image and class, highest score first within a class. ``output``
   follows as the second output.
@@ -43,10 +43,10 @@ from torch import nn
 
 from yoloslim import __version__
 from yoloslim.deploy.fuse import fuse_model
-from yoloslim.engine.checkpoint import ModelInfo, atomic_write
 from yoloslim.errors import UserError
 from yoloslim.log import logger
 from yoloslim.models.decode import DecodedModel
+from yoloslim.models.io import ModelInfo, atomic_write
 from yoloslim.models.spec import ArchSpec
 
 TOLERANCE = 1e-4

@@ -19,9 +19,9 @@ from torch import nn
 from yoloslim.data.dataset import letterbox, scale_boxes_back
 from yoloslim.deploy.fuse import fuse_model
 from yoloslim.deploy.onnx_export import OnnxModel
-from yoloslim.engine.nms import non_max_suppression
 from yoloslim.errors import UserError
 from yoloslim.models.decode import DecodedModel, preprocess
+from yoloslim.models.nms import non_max_suppression
 from yoloslim.models.spec import ArchSpec
 
 

@@ -1,1 +1,1 @@
-"""Training, evaluation, checkpoints and model profiling."""
+"""Training and evaluation (model files, counting and NMS live in yoloslim.models)."""

@@ -17,10 +17,10 @@ from torch import nn
 from yoloslim.data.dataset import DetectionDataset, create_loader, scale_boxes_back
 from yoloslim.data.images import image_size, list_images
 from yoloslim.data.source import DataSource, Problem, Sample
-from yoloslim.engine.checkpoint import ModelInfo, load_model
-from yoloslim.engine.nms import non_max_suppression
 from yoloslim.errors import UserError
 from yoloslim.models.decode import Decoder, decode_style, preprocess
+from yoloslim.models.io import ModelInfo, load_model
+from yoloslim.models.nms import non_max_suppression
 from yoloslim.models.spec import ArchSpec
 
 VAL_EVERY = 10  # label-free: every tenth image is held out for validation

@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from yoloslim.engine.checkpoint import unwrap
+from yoloslim.models.io import unwrap
 
 
 class ModelEMA:

@@ -19,12 +19,12 @@ from torch import nn
 from tqdm import tqdm
 
 from yoloslim.data.letterbox import scale_boxes_back
-from yoloslim.engine.checkpoint import unwrap
 from yoloslim.engine.metrics import DetectionMetrics, MetricsResult
-from yoloslim.engine.nms import non_max_suppression
 from yoloslim.errors import UserError
 from yoloslim.log import logger
 from yoloslim.models.decode import Decoder, preprocess
+from yoloslim.models.io import unwrap
+from yoloslim.models.nms import non_max_suppression
 
 
 @dataclass

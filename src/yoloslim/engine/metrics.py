@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from yoloslim.engine.checkpoint import atomic_write
 from yoloslim.engine.coco_eval import MAX_DETS, RECALL_THRESHOLDS, CocoEvalResult, evaluate_coco
+from yoloslim.models.io import atomic_write
 
 EPS = 1e-16
 

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 import yaml
 
-from yoloslim.engine.checkpoint import atomic_write
 from yoloslim.log import logger
+from yoloslim.models.io import atomic_write
 
 
 def new_run_dir(project: str | Path = "runs/train", name: str = "exp") -> Path:

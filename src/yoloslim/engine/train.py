@@ -35,7 +35,6 @@ from torch import nn
 
 from yoloslim.config import from_dict
 from yoloslim.engine import ddp
-from yoloslim.engine.checkpoint import ModelInfo, unwrap
 from yoloslim.engine.distill_setup import (
     PSEUDO_CONF,
     check_teacher,
@@ -45,7 +44,6 @@ from yoloslim.engine.distill_setup import (
     teacher_labels,
 )
 from yoloslim.engine.ema import ModelEMA
-from yoloslim.engine.hyp import hyp_from_dict, load_hyp
 from yoloslim.engine.optim import (
     build_optimizer,
     choose_optimizer,
@@ -79,10 +77,12 @@ from yoloslim.engine.train_setup import (
     spec_of,
 )
 from yoloslim.errors import UserError
+from yoloslim.hyp import hyp_from_dict, load_hyp
 from yoloslim.log import logger, setup_logging
 from yoloslim.loss import make_loss
 from yoloslim.loss.distill import DistillLoss
 from yoloslim.models import build_model
+from yoloslim.models.io import ModelInfo, unwrap
 from yoloslim.prune.sparsity import BNSparsity, check_target
 from yoloslim.viz.run_plots import write_training_plots
 

@@ -17,15 +17,15 @@ from torch import nn
 from tqdm import tqdm
 
 from yoloslim.engine import ddp
-from yoloslim.engine.checkpoint import ModelInfo
 from yoloslim.engine.ema import ModelEMA
-from yoloslim.engine.hyp import Hyp
 from yoloslim.engine.optim import lr_factor, set_epoch_lr, warmup, warmup_accumulate
 from yoloslim.engine.run_files import ResultsCSV, Scalars, gamma_histogram, rng_state, set_rng_state
 from yoloslim.engine.train_setup import STATE_FILE, save_epoch
 from yoloslim.errors import UserError
+from yoloslim.hyp import Hyp
 from yoloslim.log import logger
 from yoloslim.models.decode import preprocess
+from yoloslim.models.io import ModelInfo
 
 if TYPE_CHECKING:
     from yoloslim.engine.train import TrainConfig

@@ -14,12 +14,13 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from yoloslim.data.class_map import match_classes
 from yoloslim.data.dataset import DataSource, DetectionDataset, create_loader, load_data
-from yoloslim.engine.checkpoint import ModelInfo, load_model, load_state, save_model, save_state
 from yoloslim.engine.ddp import Dist
+from yoloslim.engine.train_state import load_state, save_state
 from yoloslim.errors import UserError
 from yoloslim.log import logger
 from yoloslim.models import build_model, check_model_size, model_spec
 from yoloslim.models.head_classes import select_classes
+from yoloslim.models.io import ModelInfo, load_model, save_model
 from yoloslim.models.spec import ArchSpec
 
 STATE_FILE = "last_state.pt"

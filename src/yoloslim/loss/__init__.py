@@ -1,6 +1,7 @@
 """Detection losses, outside the models: one per family, chosen by ``model.spec.family``.
 
-A loss is built as ``LOSSES[family](model, hyp)`` and called as
+A family's loss is named by its record (:attr:`yoloslim.models.family.Family.loss`), built as
+``cls(model, hyp)`` and called as
 ``loss_fn(raw_maps, targets) -> (loss × batch size, {"box": ..., "obj": ..., "cls": ...})`` with
 ``targets`` (N, 6) ``[img_idx, cls, cx, cy, w, h]`` normalised to 0..1.
 """
@@ -14,20 +15,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from yoloslim.engine.checkpoint import unwrap
-from yoloslim.errors import UserError
-from yoloslim.loss.yolov3 import YOLOv3Loss
-from yoloslim.loss.yolov5 import YOLOv5Loss
-from yoloslim.loss.yolox import YOLOXLoss
+from yoloslim.hyp import Hyp
+from yoloslim.models import family_of
+from yoloslim.models.io import unwrap
 
 LossFn = Callable[[list[torch.Tensor], torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
-
-# family -> loss class built as cls(model, hyp). Other families register here with one line each.
-LOSSES: dict[str, Callable[[nn.Module, Any], LossFn]] = {
-    "yolov5": YOLOv5Loss,
-    "yolox": YOLOXLoss,
-    "yolov3": YOLOv3Loss,
-}
 
 
 def make_loss(model: nn.Module, hyp: Any = None, imgsz: int = 640) -> LossFn:
@@ -38,17 +30,13 @@ def make_loss(model: nn.Module, hyp: Any = None, imgsz: int = 640) -> LossFn:
 
     Args:
         model: the detector (or a DDP wrapper around it).
-        hyp: a :class:`yoloslim.engine.hyp.Hyp` (defaults when None).
+        hyp: a :class:`yoloslim.hyp.Hyp` (defaults when None).
         imgsz: training image size.
     """
     if hyp is None:
-        from yoloslim.engine.hyp import Hyp
-
         hyp = Hyp()
     spec = unwrap(model).spec
-    if spec.family not in LOSSES:
-        raise UserError(f"no loss for model family {spec.family!r}; known: {', '.join(LOSSES)}")
-    return LOSSES[spec.family](model, scaled_gains(hyp, spec.nc, len(spec.strides), imgsz))
+    return family_of(spec).loss_class()(model, scaled_gains(hyp, spec.nc, len(spec.strides), imgsz))
 
 
 def scaled_gains(hyp: Any, nc: int, nl: int, imgsz: int) -> Any:

@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from yoloslim.engine.checkpoint import unwrap
 from yoloslim.loss.yolov3 import MAX_LOG_WH
 from yoloslim.models.decode import decode_style
+from yoloslim.models.io import unwrap
 
 
 @dataclass

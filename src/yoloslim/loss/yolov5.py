@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from yoloslim.engine.checkpoint import unwrap
 from yoloslim.loss.iou import paired_iou
+from yoloslim.models.io import unwrap
 
 # centre cell, then the neighbours to the left, above, right, below (in grid units, times 0.5)
 _OFFSETS = torch.tensor([[0, 0], [1, 0], [0, 1], [-1, 0], [0, -1]], dtype=torch.float32) * 0.5

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from yoloslim.engine.checkpoint import unwrap
+from yoloslim.models.io import unwrap
 
 CENTER_RADIUS = 2.5  # in strides
 TOPK_IOU = 10  # candidates whose IoUs sum to dynamic k

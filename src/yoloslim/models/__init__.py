@@ -9,29 +9,24 @@ import torch
 from torch import nn
 
 from yoloslim.errors import UserError
+from yoloslim.models import yolov3, yolov5, yolox
+from yoloslim.models.family import Family
 from yoloslim.models.spec import ArchSpec
-from yoloslim.models.yolov3 import PRESETS as YOLOV3_PRESETS
-from yoloslim.models.yolov3 import YOLOv3, yolov3_spec
-from yoloslim.models.yolov5 import PRESETS as YOLOV5_PRESETS
-from yoloslim.models.yolov5 import YOLOv5, yolov5_spec
-from yoloslim.models.yolox import PRESETS as YOLOX_PRESETS
-from yoloslim.models.yolox import YOLOX, yolox_spec
 
-# name -> function(nc) returning the preset spec. The only registry.
-MODELS: dict[str, Callable[[int], ArchSpec]] = {
-    name: (lambda nc, name=name: yolov5_spec(name, nc)) for name in YOLOV5_PRESETS
-}
-MODELS.update({name: (lambda nc, name=name: yolox_spec(name, nc)) for name in YOLOX_PRESETS})
-MODELS.update({name: (lambda nc, name=name: yolov3_spec(name, nc)) for name in YOLOV3_PRESETS})
+# family name (ArchSpec.family) -> its record. The one place a family is registered.
+FAMILIES: dict[str, Family] = {f.name: f for f in (yolov5.FAMILY, yolox.FAMILY, yolov3.FAMILY)}
+
+# model name -> function(nc) returning the preset spec, from the families' presets.
+MODELS: dict[str, Callable[[int], ArchSpec]] = {name: fn for f in FAMILIES.values() for name, fn in f.presets.items()}
 
 MAX_PARAMS = 1_000_000_000  # yolov5x has 87 M; a file's spec beyond this is refused
 
-# family -> module class built from a spec
-FAMILIES: dict[str, Callable[[ArchSpec], nn.Module]] = {
-    "yolov5": YOLOv5,
-    "yolox": YOLOX,
-    "yolov3": YOLOv3,
-}
+
+def family_of(spec: ArchSpec) -> Family:
+    """The record of ``spec``'s family; an unknown family is a :class:`UserError`."""
+    if spec.family not in FAMILIES:
+        raise UserError(f"unknown model family {spec.family!r}; this yoloslim knows {', '.join(FAMILIES)}")
+    return FAMILIES[spec.family]
 
 
 def model_spec(name: str, nc: int = 80) -> ArchSpec:
@@ -47,9 +42,7 @@ def model_spec(name: str, nc: int = 80) -> ArchSpec:
 
 def build_model(spec: ArchSpec) -> nn.Module:
     """Build the detector a spec describes (random weights)."""
-    if spec.family not in FAMILIES:
-        raise UserError(f"unknown model family {spec.family!r}; this yoloslim knows {', '.join(FAMILIES)}")
-    return FAMILIES[spec.family](spec)
+    return family_of(spec).builder(spec)
 
 
 def check_model_size(spec: ArchSpec, source: str) -> None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from yoloslim.models import family_of
 from yoloslim.models.spec import ArchSpec
 
 
 def decode_style(spec: ArchSpec) -> str:
-    """How the spec's raw maps decode: ``"yolov5"``, ``"darknet"`` or ``"anchor_free"`` (see :class:`Decoder`)."""
-    default_style = {"yolov5": "yolov5", "yolov3": "darknet", "yolox": "anchor_free"}[spec.family]
-    return spec.options.get("decode", default_style)
+    """How the spec's raw maps decode: ``"yolov5"``, ``"darknet"`` or ``"anchor_free"`` (see :class:`Decoder`);
+    ``options["decode"]`` when the spec sets it, else its family's."""
+    return spec.options.get("decode", family_of(spec).decode)
 
 
 class Decoder(nn.Module):

@@ -11,9 +11,12 @@ import copy
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from yoloslim.errors import UserError
+
+if TYPE_CHECKING:
+    from yoloslim.models.family import Family
 
 # Bounds a spec read from a file must stay within (the largest presets use 1,280 channels, depth 9).
 MAX_WIDTH = 16384
@@ -101,13 +104,19 @@ class ArchSpec:
 
     @property
     def input_bgr(self) -> bool:
-        """True when the model takes BGR pixels (YOLOX convention); False for RGB."""
-        return bool(self.options.get("input_bgr", False))
+        """True when the model takes BGR pixels (YOLOX convention); False for RGB. ``options["input_bgr"]``
+        when set, else the family's (:class:`yoloslim.models.family.Family`)."""
+        if "input_bgr" in self.options:
+            return bool(self.options["input_bgr"])
+        return _family(self).input_bgr
 
     @property
     def input_scale(self) -> float:
-        """Factor applied to 0-255 pixels before the model: 1/255 (YOLOv5, v3) or 1 (YOLOX)."""
-        return float(self.options.get("input_scale", 1.0 / 255.0))
+        """Factor applied to 0-255 pixels before the model: 1/255 (YOLOv5, v3) or 1 (YOLOX).
+        ``options["input_scale"]`` when set, else the family's."""
+        if "input_scale" in self.options:
+            return float(self.options["input_scale"])
+        return _family(self).input_scale
 
 
 class Widths:
@@ -148,6 +157,13 @@ class Widths:
         extra = (set(self.spec.channels) - self._used_channels) | (set(self.spec.depths) - self._used_depths)
         if extra:
             raise UserError(f"spec of {self.spec.name!r} names modules the model does not have: {sorted(extra)[:5]}")
+
+
+def _family(spec: ArchSpec) -> Family:
+    """The spec's :class:`~yoloslim.models.family.Family` record."""
+    from yoloslim.models import family_of  # the registry imports the builders, which import this module
+
+    return family_of(spec)
 
 
 def _bounded_int(value: Any, what: str, low: int, high: int) -> int:

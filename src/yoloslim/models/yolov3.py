@@ -33,6 +33,7 @@ from yoloslim.models.blocks import make_act
 from yoloslim.models.darknet_cfg import Section, as_list, check_sections, conv_padding, maxpool_geometry
 from yoloslim.models.darknet_graph import Node, build_nodes
 from yoloslim.models.darknet_presets import yolov3_cfg, yolov3_tiny_cfg
+from yoloslim.models.family import Family
 from yoloslim.models.mobilenet import (
     yolov3_lite_cfg,
     yolov3_mobilenet_cfg,
@@ -329,9 +330,8 @@ def spec_from_cfg(sections: list[Section], name: str, nc: int | None = None, sou
         if prev["type"] != "convolutional" or int(prev["filters"]) != want:
             raise UserError(f"{source}: layer {i - 1} feeding [yolo] layer {i} must be a [convolutional] "
                             f"with filters={want} (len(mask) * (5 + classes)), got {prev.get('filters')}")
-    spec = ArchSpec(family="yolov3", name=name, nc=cfg_nc if nc is None else int(nc),
-                    options={"cfg": [dict(s) for s in sections], "decode": "darknet", "input_bgr": False,
-                             "input_scale": 1 / 255})
+    spec = ArchSpec(family=FAMILY.name, name=name, nc=cfg_nc if nc is None else int(nc),
+                    options={"cfg": [dict(s) for s in sections], "decode": FAMILY.decode, **FAMILY.input_options()})
     with torch.device("meta"):  # shapes only: recording needs no weights
         YOLOv3(spec, record=True)
     return spec
@@ -352,6 +352,13 @@ PRESETS: dict[str, Callable[[int], list[Section]]] = {
 def yolov3_spec(name: str, nc: int = 80) -> ArchSpec:
     """The preset spec of ``name`` (a key of :data:`PRESETS`) with every width and depth filled in."""
     return spec_from_cfg(PRESETS[name](nc), name)
+
+
+FAMILY = Family(
+    name="yolov3", builder=YOLOv3, presets={name: (lambda nc, name=name: yolov3_spec(name, nc)) for name in PRESETS},
+    loss="yoloslim.loss.yolov3:YOLOv3Loss", decode="darknet", input_bgr=False, input_scale=1 / 255,
+    strides=(8, 16, 32), importers={"darknet": "yoloslim.deploy.darknet_io:load_darknet"},
+)
 
 
 def _mask(sec: Section) -> list[int]:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from yoloslim.models.blocks import Bottleneck, Concat, Conv
+from yoloslim.models.family import Family
 from yoloslim.models.spec import ArchSpec, Widths, make_divisible
 
 DEFAULT_ANCHORS = [
@@ -195,8 +196,15 @@ def yolov5_spec(name: str, nc: int = 80) -> ArchSpec:
     """The preset spec of ``name`` (yolov5n/s/m/l/x) with every width and depth filled in."""
     gd, gw = PRESETS[name]
     spec = ArchSpec(
-        family="yolov5", name=name, nc=nc, anchors=[list(map(float, a)) for a in DEFAULT_ANCHORS], strides=[8, 16, 32],
-        options={"depth_multiple": gd, "width_multiple": gw, "input_bgr": False, "input_scale": 1 / 255},
+        family=FAMILY.name, name=name, nc=nc, anchors=[list(map(float, a)) for a in DEFAULT_ANCHORS],
+        strides=list(FAMILY.strides), options={"depth_multiple": gd, "width_multiple": gw, **FAMILY.input_options()},
     )
     YOLOv5(spec, record=True)  # fills spec.channels and spec.depths
     return spec
+
+
+FAMILY = Family(
+    name="yolov5", builder=YOLOv5, presets={name: (lambda nc, name=name: yolov5_spec(name, nc)) for name in PRESETS},
+    loss="yoloslim.loss.yolov5:YOLOv5Loss", decode="yolov5", input_bgr=False, input_scale=1 / 255,
+    strides=(8, 16, 32), importers={"yolov5": "yoloslim.deploy.import_yolov5:import_yolov5"},
+)

@@ -14,6 +14,7 @@ import math
 import torch
 from torch import nn
 
+from yoloslim.models.family import Family
 from yoloslim.models.spec import ArchSpec, Widths
 from yoloslim.models.yolox_backbone import BaseConv, CSPDarknet, CSPLayer, make_conv
 
@@ -147,9 +148,16 @@ def yolox_spec(name: str, nc: int = 80) -> ArchSpec:
     """The preset spec of ``name`` (``yolox-nano`` ... ``yolox-x``) with every width and depth filled in."""
     depth, width, depthwise = PRESETS[name]
     spec = ArchSpec(
-        family="yolox", name=name, nc=nc, anchors=[], strides=[8, 16, 32],
+        family=FAMILY.name, name=name, nc=nc, anchors=[], strides=list(FAMILY.strides),
         options={"depth_multiple": depth, "width_multiple": width, "depthwise": depthwise, "act": "silu",
-                 "input_bgr": True, "input_scale": 1.0, "decode": "anchor_free"},
+                 **FAMILY.input_options(), "decode": FAMILY.decode},
     )
     YOLOX(spec, record=True)  # fills spec.channels and spec.depths
     return spec
+
+
+FAMILY = Family(
+    name="yolox", builder=YOLOX, presets={name: (lambda nc, name=name: yolox_spec(name, nc)) for name in PRESETS},
+    loss="yoloslim.loss.yolox:YOLOXLoss", decode="anchor_free", input_bgr=True, input_scale=1.0,
+    strides=(8, 16, 32), importers={"yolox": "yoloslim.deploy.import_yolox:load_yolox_checkpoint"},
+)

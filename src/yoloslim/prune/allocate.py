@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from yoloslim.engine.checkpoint import unwrap
-from yoloslim.engine.profile import count_params
 from yoloslim.errors import UserError
 from yoloslim.log import logger
+from yoloslim.models.io import unwrap
+from yoloslim.models.profile import count_params
 from yoloslim.prune.graph import ChannelGraph, Group
 from yoloslim.prune.importance import Importance
 from yoloslim.prune.surgery import ChannelPlan
@@ -174,7 +174,7 @@ class CostModel:
             if call.kind == "bn":
                 c = _width(call.outputs, keep, m.num_features)
                 params += 2 * c
-                flops += 4 * area * c  # as engine.profile counts a batch norm
+                flops += 4 * area * c  # as models.profile counts a batch norm
                 continue
             cout = _width(call.outputs, keep, m.out_channels)
             kk = m.kernel_size[0] * m.kernel_size[1]

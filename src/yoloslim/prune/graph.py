@@ -25,8 +25,8 @@ import torch
 from torch import fx, nn
 from torch.nn import functional as F
 
-from yoloslim.engine.checkpoint import unwrap
 from yoloslim.errors import UserError
+from yoloslim.models.io import unwrap
 
 INPUT_CHANNELS = 3  # every model takes (b, 3, h, w)
 

@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from yoloslim.engine.checkpoint import ModelInfo, load_model, save_model
-from yoloslim.engine.profile import count_params, profile, total_gflops
 from yoloslim.errors import UserError
 from yoloslim.log import logger
+from yoloslim.models.io import ModelInfo, load_model, save_model
+from yoloslim.models.profile import count_params, profile, total_gflops
 from yoloslim.prune.graph import ChannelGraph, is_under
 from yoloslim.prune.layers import find_blocks
 from yoloslim.prune.pipeline import PruneOptions, PruneResult, prune_model

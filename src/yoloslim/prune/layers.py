@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx, nn
 
-from yoloslim.engine.checkpoint import load_state_strict, unwrap
 from yoloslim.errors import UserError
 from yoloslim.models import build_model
+from yoloslim.models.io import load_state_strict, unwrap
 from yoloslim.models.spec import ArchSpec
 from yoloslim.prune.allocate import TARGET_TOLERANCE, CostModel
 from yoloslim.prune.graph import PASSTHROUGH_MODULES, ChannelGraph, is_under

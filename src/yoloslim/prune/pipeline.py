@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from yoloslim.engine.checkpoint import unwrap
 from yoloslim.errors import UserError
 from yoloslim.log import logger
+from yoloslim.models.io import unwrap
 from yoloslim.prune.allocate import plan_channels
 from yoloslim.prune.gradients import accumulate_gradients
 from yoloslim.prune.graph import ChannelGraph

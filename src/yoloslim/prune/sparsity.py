@@ -34,8 +34,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from yoloslim.engine.checkpoint import unwrap
 from yoloslim.errors import UserError
+from yoloslim.models.io import unwrap
 from yoloslim.prune.graph import ChannelGraph
 
 SCHEDULES = ("constant", "linear")
@@ -228,7 +228,7 @@ def save_gamma_histogram(stats: GammaStats, path: str | Path, title: str = "") -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from yoloslim.engine.checkpoint import atomic_write
+    from yoloslim.models.io import atomic_write
 
     path = Path(path)
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)

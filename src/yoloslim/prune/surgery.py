@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from yoloslim.engine.checkpoint import load_state_strict, unwrap
 from yoloslim.models import build_model
+from yoloslim.models.io import load_state_strict, unwrap
 from yoloslim.models.spec import ArchSpec
 from yoloslim.prune.graph import ChannelGraph, ModuleCall
 

@@ -19,8 +19,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from yoloslim.data.source import Sample
-from yoloslim.engine.checkpoint import atomic_write
 from yoloslim.engine.metrics import MetricCurves
+from yoloslim.models.io import atomic_write
 
 DPI = 100
 NAMED_CLASSES = 20  # more classes than this: the per-class lines are grey and unlabelled

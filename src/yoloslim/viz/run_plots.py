@@ -16,9 +16,9 @@ from typing import Any
 import torch
 
 from yoloslim.data.source import Sample
-from yoloslim.engine.checkpoint import load_model
 from yoloslim.engine.evaluate import EvalResult, evaluate
 from yoloslim.log import logger
+from yoloslim.models.io import load_model
 from yoloslim.viz.confusion import confusion_of, plot_confusion_matrix
 from yoloslim.viz.plots import plot_f1_curve, plot_labels, plot_pr_curve, plot_results
 from yoloslim.viz.val_images import write_val_images

@@ -15,9 +15,9 @@ from yoloslim.data.images import read_image
 from yoloslim.data.letterbox import letterbox
 from yoloslim.data.source import Sample
 from yoloslim.deploy.draw import draw_detections
-from yoloslim.engine.checkpoint import atomic_write
 from yoloslim.engine.metrics import DetectionMetrics
 from yoloslim.errors import UserError
+from yoloslim.models.io import atomic_write
 
 MAX_IMAGES = 16
 TILE = 320  # pixels per tile side

@@ -10,9 +10,9 @@ from torch import nn
 from yoloslim.deploy.bench import BACKENDS, Latency, benchmark
 from yoloslim.deploy.layer_latency import OTHER, LayerLatency, layer_of, per_layer_latency
 from yoloslim.device import resolve_device
-from yoloslim.engine.checkpoint import check_writable, load_model
-from yoloslim.engine.profile import count_params, profile, total_gflops
 from yoloslim.errors import UserError
+from yoloslim.models.io import check_writable, load_model
+from yoloslim.models.profile import count_params, profile, total_gflops
 from yoloslim.workflows.report import table, write_json
 
 RATIO_KEYS = ("params", "gflops", "torch_ms", "torch_unfused_ms", "onnxruntime_ms")

@@ -9,8 +9,8 @@ from typing import Any
 from yoloslim.data.check import check_data, format_report
 from yoloslim.data.convert import convert_coco, convert_labelme, convert_oxford_hand, convert_voc
 from yoloslim.data.synth import synthesize
-from yoloslim.engine.checkpoint import check_writable
 from yoloslim.errors import UserError
+from yoloslim.models.io import check_writable
 from yoloslim.workflows.report import table, write_json
 
 

@@ -24,9 +24,9 @@ from typing import Any
 from yoloslim.data.check import check_data, format_report
 from yoloslim.data.convert import convert_voc
 from yoloslim.data.synth import synthesize
-from yoloslim.engine.checkpoint import check_writable
 from yoloslim.errors import UserError
 from yoloslim.log import logger, setup_logging
+from yoloslim.models.io import check_writable
 from yoloslim.workflows.report import table, write_json
 
 
@@ -223,7 +223,7 @@ def step_train(data_yaml: Path, run: Path, ts: DemoTrain, workers: int, input_re
     Returns:
         ``{"weights", "model", "epochs", "imgsz", "seconds", "reused"}`` (``weights``: the last EMA weights).
     """
-    from yoloslim.engine.checkpoint import load_state
+    from yoloslim.engine.train_state import load_state
     from yoloslim.workflows.train import train
 
     epochs = epochs or ts.epochs
@@ -257,7 +257,7 @@ def step_train(data_yaml: Path, run: Path, ts: DemoTrain, workers: int, input_re
 
 def gamma_figures(trained: str, sparse: str) -> dict[str, Any]:
     """Median |γ| and the fraction below 1e-2 of the prunable batch norms, before and after sparsity training."""
-    from yoloslim.engine.checkpoint import load_model
+    from yoloslim.models.io import load_model
     from yoloslim.prune.sparsity import gamma_stats
 
     out = {}
@@ -346,8 +346,8 @@ def before_after(before: str, after: str, scores_before: dict[str, Any], scores_
         ``{"imgsz", "before": {"map50", "map", "params", "gflops", "latency_ms"}, "after": {...}}``.
     """
     from yoloslim.deploy.bench import compare_latency
-    from yoloslim.engine.checkpoint import load_model
-    from yoloslim.engine.profile import count_params, profile, total_gflops
+    from yoloslim.models.io import load_model
+    from yoloslim.models.profile import count_params, profile, total_gflops
 
     models = {"before": load_model(before)[0].eval(), "after": load_model(after)[0].eval()}
     logger.info(f"timing both models at {imgsz} px, batch 1, alternately")

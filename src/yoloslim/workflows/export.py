@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from yoloslim.deploy.onnx_export import MIN_OPSET, export_checked
-from yoloslim.engine.checkpoint import check_writable, load_model
-from yoloslim.engine.profile import count_params
 from yoloslim.errors import UserError
+from yoloslim.models.io import check_writable, load_model
+from yoloslim.models.profile import count_params
 from yoloslim.workflows.export_darknet import export_darknet_files
 from yoloslim.workflows.report import write_json
 

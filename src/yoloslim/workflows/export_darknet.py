@@ -8,9 +8,9 @@ from typing import Any
 import torch
 
 from yoloslim.deploy.darknet_io import export_darknet, load_darknet
-from yoloslim.engine.checkpoint import check_writable, load_model
-from yoloslim.engine.profile import count_params
 from yoloslim.errors import UserError
+from yoloslim.models.io import check_writable, load_model
+from yoloslim.models.profile import count_params
 from yoloslim.workflows.report import write_json
 
 

@@ -23,23 +23,18 @@ import torch
 import yaml
 from torch import nn
 
-from yoloslim.deploy.darknet_io import load_darknet
-from yoloslim.deploy.import_yolov5 import import_yolov5
-from yoloslim.deploy.import_yolox import load_yolox_checkpoint
-from yoloslim.engine.checkpoint import ModelInfo, check_writable, load_model, save_model
-from yoloslim.engine.profile import count_params
 from yoloslim.errors import UserError
+from yoloslim.models import FAMILIES
+from yoloslim.models.family import Family
+from yoloslim.models.io import ModelInfo, check_writable, load_model, save_model
+from yoloslim.models.profile import count_params
 from yoloslim.safe_parse import load_yaml_file, yaml_error_reason
 from yoloslim.workflows.report import write_json
 
 Importer = Callable[..., tuple[nn.Module, ModelInfo]]
 
-# source format -> importer; the YOLOv3 and YOLOX engineers add "darknet" and "yolox" here.
-IMPORTERS: dict[str, Importer] = {
-    "yolov5": import_yolov5,
-    "yolox": load_yolox_checkpoint,
-    "darknet": load_darknet,
-}
+# source format -> the family whose record names its importer (a family registers its own sources).
+IMPORTERS: dict[str, Family] = {source: f for f in FAMILIES.values() for source in f.importers}
 
 
 def import_checkpoint(source: str, src: str | Path, out: str | Path, cfg: str | Path | None = None,
@@ -69,7 +64,8 @@ def import_checkpoint(source: str, src: str | Path, out: str | Path, cfg: str | 
     check_writable(out, "--out")
     check_writable(json_file, "--json")
     class_names = read_names(names) if names else None
-    net, info = IMPORTERS[source](src, cfg=Path(cfg) if cfg else None, model=model, names=class_names)
+    importer: Importer = IMPORTERS[source].importer(source)
+    net, info = importer(src, cfg=Path(cfg) if cfg else None, model=model, names=class_names)
     info = info.with_event("imported", source=source, file=src.name)
     save_model(out, net, info)
     diff = _round_trip_diff(net, out, info.spec.input_scale)

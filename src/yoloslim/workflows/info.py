@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from yoloslim.engine.checkpoint import check_writable, load_model
-from yoloslim.engine.profile import conv_gflops, count_params, profile, total_gflops
 from yoloslim.errors import UserError
 from yoloslim.models import build_model, model_spec
+from yoloslim.models.io import check_writable, load_model
+from yoloslim.models.profile import conv_gflops, count_params, profile, total_gflops
 from yoloslim.workflows.report import table, write_json
 
 

@@ -20,8 +20,8 @@ from yoloslim.deploy.draw import draw_detections, draw_fps
 from yoloslim.deploy.predict import Detections, Predictor
 from yoloslim.deploy.sources import Frame, Source, open_source
 from yoloslim.device import check_half, resolve_device
-from yoloslim.engine.checkpoint import atomic_write, check_writable, load_model
 from yoloslim.errors import UserError
+from yoloslim.models.io import atomic_write, check_writable, load_model
 from yoloslim.workflows.report import write_json
 
 BACKENDS = ("torch", "onnxruntime")

@@ -16,13 +16,13 @@ from yoloslim.data.class_map import match_classes
 from yoloslim.data.dataset import DetectionDataset, create_loader, load_data
 from yoloslim.data.source import DataSource
 from yoloslim.device import resolve_device
-from yoloslim.engine.checkpoint import ModelInfo, check_writable, load_model, save_model
 from yoloslim.engine.evaluate import evaluate
-from yoloslim.engine.profile import count_params, profile, total_gflops
 from yoloslim.errors import UserError
 from yoloslim.log import logger
 from yoloslim.models.decode import preprocess
 from yoloslim.models.head_classes import select_classes
+from yoloslim.models.io import ModelInfo, check_writable, load_model, save_model
+from yoloslim.models.profile import count_params, profile, total_gflops
 from yoloslim.prune.gradients import train_batches
 from yoloslim.prune.iterative import Recalibrate, prune_in_steps
 from yoloslim.prune.pipeline import NEEDS_GRADIENTS, PruneOptions, PruneResult, prune_model

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from yoloslim.engine.checkpoint import atomic_write
+from yoloslim.models.io import atomic_write
 
 
 def table(headers: list[str], rows: list[list[Any]]) -> str:

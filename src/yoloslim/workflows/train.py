@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from yoloslim.engine.checkpoint import check_writable
 from yoloslim.engine.train import TrainConfig, TrainResult
 from yoloslim.engine.train import train as run_training
 from yoloslim.errors import UserError
+from yoloslim.models.io import check_writable
 from yoloslim.workflows.report import table, write_json
 
 # the fraction ``--sparsity auto`` brings to 0 when no ``--sparsity-target`` is given

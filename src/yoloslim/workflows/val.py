@@ -8,11 +8,11 @@ from typing import Any
 from yoloslim.data.class_map import match_classes
 from yoloslim.data.dataset import DetectionDataset, create_loader, load_data
 from yoloslim.device import check_half, resolve_device
-from yoloslim.engine.checkpoint import check_writable, load_model
 from yoloslim.engine.evaluate import EvalResult, evaluate
 from yoloslim.errors import UserError
 from yoloslim.log import logger
 from yoloslim.models.head_classes import select_classes
+from yoloslim.models.io import check_writable, load_model
 from yoloslim.viz.run_plots import write_val_plots
 from yoloslim.workflows.report import table, write_json
 

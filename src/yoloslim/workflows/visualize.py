@@ -11,9 +11,9 @@ import torch
 
 from yoloslim.data.images import read_image
 from yoloslim.data.letterbox import letterbox
-from yoloslim.engine.checkpoint import check_writable, load_model
 from yoloslim.errors import UserError
 from yoloslim.models.decode import preprocess
+from yoloslim.models.io import check_writable, load_model
 from yoloslim.viz.feature_figure import channel_plan, feature_figure, letterboxed_rgb, parse_mark, pruned_channels
 from yoloslim.viz.feature_maps import capture, feature_grid, resolve_layers
 from yoloslim.workflows.report import table, write_json

@@ -1,12 +1,11 @@
-"""Model files and training state, as plain data.
+"""Model files, as plain data.
 
 A model file is a ``.safetensors`` file: the weights, plus header metadata holding the spec
 (JSON), class names, image size and the history of what was done to the model. Nothing is
 pickled and nothing executes at load. Loading is strict: a shape mismatch is an error.
 
-Training state (optimizer, EMA, epoch, RNG) for ``--resume`` is a dict of tensors and numbers
-written with ``torch.save`` and read back with ``weights_only=True``. Every write goes to a
-temporary file that is renamed over the target, so a crash never leaves half a file.
+Every write goes to a temporary file that is renamed over the target, so a crash never leaves
+half a file. (Training state for ``--resume`` lives in :mod:`yoloslim.engine.train_state`.)
 """
 
 from __future__ import annotations
@@ -161,7 +160,7 @@ def save_model(path: str | Path, model: nn.Module, info: ModelInfo) -> Path:
 
 def read_info(path: str | Path) -> ModelInfo:
     """Read only the metadata of a model file."""
-    path = _existing(path)
+    path = existing_file(path)
     from safetensors import safe_open
 
     with open(path, "rb") as f:
@@ -224,7 +223,7 @@ def _torch_file_advice(path: Path) -> str:
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelInfo]:
     """Rebuild the model a file describes and load its weights strictly."""
-    path = _existing(path)
+    path = existing_file(path)
     info = read_info(path)
     check_model_size(info.spec, str(path))
     model = build_model(info.spec)
@@ -255,26 +254,13 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: 
     model.load_state_dict(state, strict=True)
 
 
-def save_state(path: str | Path, state: dict[str, Any]) -> None:
-    """Write training state (tensors, numbers, strings, nested dicts/lists) atomically."""
-    atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
-
-
-def load_state(path: str | Path) -> dict[str, Any]:
-    """Read training state with ``weights_only=True``: nothing in the file can execute."""
-    path = _existing(path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many kinds for a bad file
-        raise UserError(f"{path}: not a readable training-state file ({e.__class__.__name__})") from None
-
-
 def unwrap(model: nn.Module) -> nn.Module:
     """The bare model inside DDP / DataParallel wrappers."""
     return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
 
 
-def _existing(path: str | Path) -> Path:
+def existing_file(path: str | Path) -> Path:
+    """``path`` as a Path; a missing file is a :class:`UserError`."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file")
