@@ -288,7 +288,7 @@ def train_stage(out: Path | None, run: Path, **cfg: Any) -> Path:
     else:
         if run.exists():
             shutil.rmtree(run)  # a run that stopped before its first epoch ended
-        train(TrainConfig(out=str(run), cache=True, **{"val_every_epoch": False, **cfg}))
+        train(TrainConfig(out=str(run), cache=True, plots=False, **{"val_every_epoch": False, **cfg}))
     if out is None:
         return last
     atomic_write(out, lambda tmp: shutil.copyfile(last, tmp))
