@@ -9,7 +9,10 @@ resumable like any run; a finished chunk is never trained again.
 
 Converged means: the best val mAP@.5:.95 of the last ``window`` epochs is less than ``min_gain``
 above the best of every epoch before them (the best-so-far curve has flattened; one noisy epoch
-neither makes nor breaks it).
+neither makes nor breaks it), and that best is at least ``min_map`` (a flat curve near zero is a
+model that has not started learning). The chunks after the first train with the same recipe minus its
+warm-up: each chunk's learning rate decays from lr0 again, warm restarts as in SGDR (Loshchilov and
+Hutter, arXiv:1608.03983), so the convergence test sees the ends of annealed cycles.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class Convergence:
     chunk: int = 10
     window: int = 10
     min_gain: float = 0.005  # mAP@.5:.95, i.e. half a point
+    min_map: float = 0.05  # a plateau below this has not started learning: not converged
 
 
 @dataclass
@@ -88,7 +92,7 @@ def train_until_converged(runs: Path, conv: Convergence, train_chunk: Callable[.
         rec.epochs += n
         rec.maps += read_maps(run)
         rec.gain = gain_over_window(rec.maps, conv.window)
-        rec.converged = rec.gain is not None and rec.gain < conv.min_gain
+        rec.converged = rec.gain is not None and rec.gain < conv.min_gain and max(rec.maps) >= conv.min_map
         logger.info(f"baseline: {rec.epochs} epochs, val mAP@.5:.95 {rec.maps[-1]:.4f}"
                     + ("" if rec.gain is None else f", gain over the last {conv.window} epochs "
                        f"{rec.gain * 100:+.2f} points") + (": converged" if rec.converged else ""))

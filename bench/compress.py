@@ -55,9 +55,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from _baseline import BaselineRecord, Convergence, train_until_converged
 from _common import Stopwatch, command_line, environment, md_table
 
+from yoloslim.config import read_yaml_mapping
 from yoloslim.data.synth import synthesize
 from yoloslim.engine.checkpoint import atomic_write, load_state, read_info
 from yoloslim.engine.train import TrainConfig, train
@@ -94,6 +96,8 @@ class Settings:
     fold_bias: bool
     calib_images: int
     distill_weight: float
+    hyp: str | None
+    min_map: float
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -108,6 +112,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--window", type=int, default=10, help="convergence window, epochs")
     ap.add_argument("--min-gain", type=float, default=0.5,
                     help="converged: mAP@.5:.95 gained less than this many points over the window")
+    ap.add_argument("--min-map", type=float, default=0.05,
+                    help="a plateau below this val mAP@.5:.95 is a model that has not started learning, not "
+                         "a converged one")
+    ap.add_argument("--hyp", default=None, help="hyperparameter YAML for every training (default: the recipe's)")
     ap.add_argument("--finetune-epochs", type=int, default=20, help="fine-tune (and control) epochs F")
     ap.add_argument("--method", default="auto", choices=METHODS, help="pruning method (default auto)")
     ap.add_argument("--target-flops", default="0.3,0.2",
@@ -151,8 +159,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key in ("images", "imgsz", "max_epochs", "chunk", "window", "finetune_epochs", "batch", "calib_images"):
         if getattr(args, key) < 1:
             raise UserError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(args, key)}")
-    if args.min_gain < 0 or args.distill_weight < 0:
-        raise UserError("--min-gain and --distill-weight must be at least 0")
+    if args.min_gain < 0 or args.distill_weight < 0 or args.min_map < 0:
+        raise UserError("--min-gain, --min-map and --distill-weight must be at least 0")
+    if args.hyp and not Path(args.hyp).is_file():
+        raise UserError(f"--hyp {args.hyp}: no such file")
     return args
 
 
@@ -188,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     base, control = models / "baseline.safetensors", models / "control.safetensors"
     f = args.finetune_epochs
     common = {"data": str(data), "batch": args.batch, "imgsz": args.imgsz, "workers": args.workers,
-              "seed": args.seed, "nominal_batch": args.nominal_batch}
+              "seed": args.seed, "nominal_batch": args.nominal_batch, "hyp": args.hyp}
     if "baseline" in args.stages and not base.is_file():
         timed("baseline", baseline_stage, base, work, args, common)
     if "control" in args.stages and not control.is_file():
@@ -228,7 +238,7 @@ def check_settings(work: Path, args: argparse.Namespace) -> Settings:
     settings = Settings(args.model, args.images, args.val_ratio, args.imgsz, args.max_epochs, args.chunk,
                         args.window, args.min_gain, args.finetune_epochs, args.batch, args.nominal_batch,
                         args.seed, args.round_to, args.min_channels, args.fold_bias, args.calib_images,
-                        args.distill_weight)
+                        args.distill_weight, args.hyp, args.min_map)
     path = work / "settings.json"
     if path.is_file():
         old = json.loads(path.read_text())
@@ -257,14 +267,18 @@ def data_set(folder: Path, args: argparse.Namespace) -> Path:
 
 def baseline_stage(out: Path, work: Path, args: argparse.Namespace, common: dict[str, Any]) -> BaselineRecord:
     """Train the baseline until converged (chunks in ``runs/baseline``); its record goes to ``baseline.json``."""
-    conv = Convergence(args.max_epochs, args.chunk, args.window, args.min_gain / 100)
+    conv = Convergence(args.max_epochs, args.chunk, args.window, args.min_gain / 100, args.min_map)
+    hyp = read_yaml_mapping(args.hyp, "hyp") if args.hyp else {}
+    restart = work / "hyp-restart.yaml"  # the chunks after the first: the same recipe, no second warm-up
+    restart.write_text(yaml.safe_dump({**hyp, "warmup_epochs": 0.0}))
 
     def chunk(run: Path, **cfg: Any) -> Path:
         last = run / "weights" / "last.safetensors"
         state = run / "weights" / "last_state.pt"
         if state.is_file() and last.is_file() and int(load_state(state)["epoch"]) >= cfg["epochs"]:
             return last  # a finished chunk
-        return train_stage(None, run, val_every_epoch=True, **cfg, **common)
+        hyp_file = {"hyp": str(restart)} if "weights" in cfg else {}
+        return train_stage(None, run, val_every_epoch=True, **cfg, **{**common, **hyp_file})
 
     last, record = train_until_converged(work / "runs" / "baseline", conv, chunk, args.model)
     write_json(out.with_suffix(".json"), record.to_dict())

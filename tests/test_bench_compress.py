@@ -25,7 +25,7 @@ def _compress():
 
 TOY = ["--model", "yolov5n", "--images", "12", "--imgsz", "64", "--max-epochs", "2", "--chunk", "1", "--window", "1",
        "--min-gain", "100", "--finetune-epochs", "1", "--target-flops", "0.5", "--batch", "4", "--workers", "0",
-       "--threads", "1", "--round-to", "1"]
+       "--threads", "1", "--round-to", "1", "--min-map", "0"]
 
 
 @pytest.mark.slow
@@ -37,8 +37,8 @@ def test_compress_toy_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     summary = compress.main(argv)
     out = capsys.readouterr().out
 
-    # the baseline: chunks of one epoch; with a window of 1 and a 100-point gain threshold it converges
-    # after its second epoch (the first that has an epoch before the window)
+    # the baseline: chunks of one epoch; with a window of 1, a 100-point gain threshold and no mAP floor
+    # it converges after its second epoch (the first that has an epoch before the window)
     models = work / "models"
     record = json.loads((models / "baseline.json").read_text())
     assert record["converged"] and record["epochs"] == 2 and record["chunks"] == ["chunk-01", "chunk-02"]
@@ -126,14 +126,41 @@ def test_compress_toy_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         compress.main([*TOY[:6], "--max-epochs", "3", *TOY[8:], "--work", str(work), "--stages", "measure"])
 
 
-def test_convergence_test() -> None:
-    """Converged: the best of the last window is under min_gain above the best before it."""
-    sys.path.insert(0, str(BENCH))
-    from _baseline import gain_over_window
+def test_baseline_trains_in_chunks_until_converged(tmp_path: Path) -> None:
+    """Converged: the best of the last window is under min_gain above the best before it, and at least
+    min_map; chunk k starts from chunk k-1's weights; the budget ends an unconverged baseline."""
+    _compress()
+    from _baseline import Convergence, gain_over_window, train_until_converged
 
     assert gain_over_window([0.1, 0.2, 0.3], 3) is None  # no epoch before the window yet
     assert gain_over_window([0.1, 0.30, 0.29, 0.302], 2) == pytest.approx(0.002)
     assert gain_over_window([0.1, 0.2, 0.25, 0.3], 2) == pytest.approx(0.1)
+
+    def fake(curve: list[float]):
+        calls = []
+
+        def chunk(run: Path, epochs: int, **source: str) -> Path:
+            calls.append(source)
+            done = 3 * (len(calls) - 1)
+            maps = curve[done:done + epochs]
+            run.mkdir(parents=True)
+            (run / "results.csv").write_text("epoch,metrics/mAP50-95\n" + "".join(
+                f"{done + i + 1},{m}\n" for i, m in enumerate(maps)))
+            return run / "last.safetensors"
+        return chunk, calls
+
+    rising = [0.1, 0.2, 0.3, 0.35, 0.38, 0.40, 0.401, 0.402, 0.403, 0.40, 0.404, 0.40]
+    chunk, calls = fake(rising)
+    last, rec = train_until_converged(tmp_path / "a", Convergence(12, chunk=3, window=3), chunk, "yolov5n")
+    assert rec.converged and rec.epochs == 9 and rec.chunks == ["chunk-01", "chunk-02", "chunk-03"]
+    assert rec.gain == pytest.approx(0.003) and rec.maps == rising[:9]
+    first = tmp_path / "a" / "chunk-01" / "last.safetensors"
+    assert calls[0] == {"model": "yolov5n"} and calls[1] == {"weights": str(first)}
+    assert last == tmp_path / "a" / "chunk-03" / "last.safetensors"
+
+    chunk, _ = fake([0.001] * 12)  # flat, but near zero: not started, never converged
+    _, rec = train_until_converged(tmp_path / "b", Convergence(12, chunk=3, window=3), chunk, "yolov5n")
+    assert not rec.converged and rec.epochs == 12 and rec.gain == 0
 
 
 def test_prune_stage_holds_groups_a_ratio_would_empty(tmp_path: Path) -> None:
