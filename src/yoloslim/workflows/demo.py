@@ -267,8 +267,9 @@ def step_prune(trained: str, folder: Path, ss: DemoPrune, data_yaml: Path, ts: D
     settings are the same.
 
     Returns:
-        ``{"weights", "report", "method", "ratio", "held", "before", "after", "uncalibrated", "calib",
-        "reused"}`` (``uncalibrated``: the val mAP right after the cut, before recalibration).
+        ``{"weights", "report", "method", "ratio", "held", "before", "after", "uncalibrated",
+        "recalibrated", "calib", "reused"}`` (``uncalibrated``: the val mAP right after the cut, before
+        recalibration; ``recalibrated``: after it, when it was not kept).
     """
     from yoloslim.workflows.prune import prune
 
@@ -301,7 +302,7 @@ def step_prune(trained: str, folder: Path, ss: DemoPrune, data_yaml: Path, ts: D
     return {"weights": str(model_file), "report": str(report), "method": summary["method"],
             "ratio": summary["ratio"], "held": summary["held"], "before": summary["before"],
             "after": summary["after"], "uncalibrated": summary.get("uncalibrated"),
-            "calib": summary.get("calib"), "reused": reused}
+            "recalibrated": summary.get("recalibrated"), "calib": summary.get("calib"), "reused": reused}
 
 
 def step_val(weights: str, data_yaml: Path, ts: DemoTrain, workers: int, json_file: Path) -> dict[str, Any]:
@@ -384,8 +385,10 @@ def summary_table(summary: dict[str, Any]) -> str:
     flops = pr["after"]["gflops"] / pr["before"]["gflops"] if pr["before"]["gflops"] else 0.0
     cut = f"mAP@.5:.95 {pr['before']['map']:.3f} -> {pr['after']['map']:.3f} before fine-tuning"
     if pr.get("uncalibrated") and pr.get("calib"):
-        kept = "" if pr["calib"]["kept"] else ", not kept: it lowered mAP"
-        cut += f" ({pr['uncalibrated']['map']:.3f} before BN recalibration{kept})"
+        if pr["calib"]["kept"]:
+            cut += f" ({pr['uncalibrated']['map']:.3f} before BN recalibration)"
+        else:
+            cut += f" (BN recalibration not kept: it gave {pr['recalibrated']['map']:.3f})"
     rows = [
         ["data set", f"{images.get('train', 0)} train / {images.get('val', 0)} val images, {n_boxes} boxes"],
         ["training", f"{tr['model']} at {tr['imgsz']} px, {took(tr)}"],
