@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -24,9 +23,9 @@ def _compress():
     return importlib.import_module("compress")
 
 
-TOY = ["--model", "yolov5n", "--images", "12", "--imgsz", "64", "--epochs", "1", "--sparse-epochs", "1",
-       "--finetune-epochs", "1", "--sr", "0.01", "--ratios", "0.5", "--batch", "4", "--workers", "0",
-       "--threads", "1", "--round-to", "1"]
+TOY = ["--model", "yolov5n", "--images", "12", "--imgsz", "64", "--max-epochs", "2", "--chunk", "1", "--window", "1",
+       "--min-gain", "100", "--finetune-epochs", "1", "--target-flops", "0.5", "--batch", "4", "--workers", "0",
+       "--threads", "1", "--round-to", "1", "--min-map", "0"]
 
 
 @pytest.mark.slow
@@ -38,76 +37,130 @@ def test_compress_toy_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     summary = compress.main(argv)
     out = capsys.readouterr().out
 
-    # every stage left its model; the JSON holds every row
+    # the baseline: chunks of one epoch; with a window of 1, a 100-point gain threshold and no mAP floor
+    # it converges after its second epoch (the first that has an epoch before the window)
     models = work / "models"
-    for name in ("baseline", "sparse", "slim-50", "slim-50-ft", "baseline-plus"):
+    record = json.loads((models / "baseline.json").read_text())
+    assert record["converged"] and record["epochs"] == 2 and record["chunks"] == ["chunk-01", "chunk-02"]
+    assert len(record["maps"]) == 2 and record["gain"] == pytest.approx(record["maps"][1] - record["maps"][0])
+    assert read_info(models / "baseline.safetensors").history[-1]["action"] == "fine-tuned"  # chunk 2
+
+    # every stage left its model; the JSON holds every row
+    for name in ("baseline", "control", "auto-f50", "auto-f50-kd", "auto-f50-ft"):
         assert (models / f"{name}.safetensors").is_file(), name
     saved = json.loads((work / "compress.json").read_text())
     rows = {r["name"]: r for r in saved["models"]}
-    assert list(rows) == ["baseline", "baseline+", "sparse", "slim-50", "slim-50-ft"]
-    assert [rows[n]["epochs"] for n in rows] == [1, 3, 2, 2, 3]
+    assert list(rows) == ["baseline", "control", "auto-f50", "auto-f50-kd", "auto-f50-ft"]
+    assert [rows[n]["epochs"] for n in rows] == [2, 3, 2, 3, 3]
     assert saved["command"].startswith("python bench/compress.py --model yolov5n")
+    assert saved["baseline"] == record
 
-    # one architecture for the unpruned three, a smaller one for the pruned pair
+    # one architecture for baseline and control, a smaller one for the pruned three
     base = rows["baseline"]
-    assert rows["baseline+"]["params"] == rows["sparse"]["params"] == base["params"]
-    assert rows["slim-50"]["params"] == rows["slim-50-ft"]["params"] < 0.6 * base["params"]
-    assert 0.3 < rows["slim-50-ft"]["params_removed"] < 1 and 0 < rows["slim-50-ft"]["flops_removed"] < 1
-    assert rows["slim-50"]["prune"]["method"] == "slim"
-    assert rows["slim-50"]["prune"]["ratio"] == pytest.approx(0.5, abs=0.01)
-    assert read_info(models / "slim-50-ft.safetensors").history[-1]["action"] == "fine-tuned"
-    assert read_info(models / "sparse.safetensors").history[-1]["sparsity"] == 0.01
+    assert rows["control"]["params"] == base["params"]
+    assert rows["auto-f50"]["params"] == rows["auto-f50-kd"]["params"] == rows["auto-f50-ft"]["params"]
+    assert 0.4 < 1 - rows["auto-f50-kd"]["flops_removed"] < 0.6  # --target-flops 0.5
+    assert rows["auto-f50"]["prune"]["method"] == "taylor" and rows["auto-f50"]["prune"]["target_flops"] == 0.5
+    kd, ft = (read_info(models / f"auto-f50-{k}.safetensors").history[-1] for k in ("kd", "ft"))
+    assert kd["action"] == ft["action"] == "fine-tuned"
+    assert kd["teacher"] == str(models / "baseline.safetensors") and "teacher" not in ft
 
-    # figures: mAP in range, deltas against baseline+, speed-ups against the baseline from one loop
+    # right after pruning: mAP without and with BN recalibration, from the pruner's report
+    cut = rows["auto-f50"]["right_after_pruning"]
+    assert set(cut) == {"no_recal", "recal", "kept", "images"} and cut["images"] == 9
+    report = json.loads((models / "auto-f50.json").read_text())
+    assert cut["no_recal"] == report["uncalibrated"]
+    assert rows["auto-f50"]["map"] == (cut["recal"] if cut["kept"] else cut["no_recal"])["map"]
+
+    # figures: mAP in range, deltas against the control, speed-ups against the baseline from one loop
     for r in rows.values():
         assert 0 <= r["map"] <= r["map50"] <= 1
-        assert r["torch_ms"] > 0 and r["onnxruntime_ms"] > 0
-    assert rows["baseline+"]["delta_map_vs_plus"] == 0
-    assert rows["slim-50-ft"]["delta_map_vs_plus"] == pytest.approx(
-        (rows["slim-50-ft"]["map"] - rows["baseline+"]["map"]) * 100, abs=1e-3)
-    assert base["torch_speedup"] == base["onnxruntime_speedup"] == 1.0
-    assert rows["slim-50"]["torch_ms"] == rows["slim-50-ft"]["torch_ms"]  # timed once per architecture
-    assert set(rows["slim-50-ft"]["targets"]) == set(compress.TARGETS)
+        assert r["torch_ms"] > 0
+    assert rows["control"]["delta_map_vs_control"] == 0
+    assert rows["auto-f50-kd"]["delta_map_vs_control"] == pytest.approx(
+        (rows["auto-f50-kd"]["map"] - rows["control"]["map"]) * 100, abs=1e-3)
+    assert rows["auto-f50-kd"]["distill_gain"] == pytest.approx(
+        (rows["auto-f50-kd"]["map"] - rows["auto-f50-ft"]["map"]) * 100, abs=1e-3)
+    assert base["torch_speedup"] == 1.0
+    # ONNX Runtime is timed, or its failure (an export that fails its parity check) is recorded
+    ort_error = saved["latency"]["onnxruntime_error"]
+    assert ort_error or all(r["onnxruntime_ms"] > 0 for r in rows.values())
+    assert rows["auto-f50"]["torch_ms"] == rows["auto-f50-kd"]["torch_ms"]  # timed once per architecture
+    assert set(rows["auto-f50-kd"]["targets"]) == set(compress.TARGETS)
     assert summary["models"] == saved["models"]
 
-    # the Markdown table
+    # the Markdown tables
     assert "Command: `python bench/compress.py --model yolov5n" in out
-    assert "| model | epochs | mAP50 | mAP50-95 | Δ mAP50-95 vs baseline+ |" in out
-    assert out.count("| slim 0.5") == 3  # pruned, fine-tuned, and the targets row
+    assert "Baseline: 2 epochs in 2 chunk(s), converged" in out
+    assert "| model | epochs | mAP50 | mAP50-95 | Δ mAP50-95 vs control |" in out
+    assert "| pruned model | mAP50 | mAP50 + recal | mAP50-95 | mAP50-95 + recal |" in out
+    assert "| pruned model | mAP50-95 no distillation | mAP50-95 distilled | gain (pt) |" in out
+    assert out.count("| auto FLOPs 0.5") == 7  # 3 models, recalibration, distillation, 2 target rows
 
     # a second run reuses every stage; a lost stage output is restored from its finished run
-    (models / "slim-50-ft.safetensors").unlink()
-    run_last = work / "runs" / "slim-50-ft" / "weights" / "last.safetensors"
+    (models / "auto-f50-kd.safetensors").unlink()
+    run_last = work / "runs" / "auto-f50-kd" / "weights" / "last.safetensors"
     stamp = run_last.stat().st_mtime_ns
     again = compress.main([*TOY, "--work", str(work), "--skip-latency"])
     assert run_last.stat().st_mtime_ns == stamp  # copied from the finished run, not trained again
-    assert (models / "slim-50-ft.safetensors").read_bytes() == run_last.read_bytes()
+    assert (models / "auto-f50-kd.safetensors").read_bytes() == run_last.read_bytes()
     assert [r["map"] for r in again["models"]] == [r["map"] for r in saved["models"]]
     assert again["models"][0]["torch_ms"] is None
 
-    # another method shares the baseline and sparse models of the folder
-    l1 = compress.main([*TOY, "--work", str(work), "--method", "l1", "--stages", "prune,measure",
-                        "--skip-latency"])
-    assert [r["name"] for r in l1["models"]] == ["baseline", "baseline+", "sparse", "l1-50"]
-    assert l1["models"][3]["prune"]["method"] == "l1" and l1["models"][3]["params_removed"] > 0.3
+    # a lost baseline is rebuilt from its finished chunks, without training
+    chunk_last = work / "runs" / "baseline" / "chunk-02" / "weights" / "last.safetensors"
+    stamp = chunk_last.stat().st_mtime_ns
+    (models / "baseline.safetensors").unlink()
+    compress.main([*TOY, "--work", str(work), "--stages", "baseline"])
+    assert chunk_last.stat().st_mtime_ns == stamp
+    assert (models / "baseline.safetensors").read_bytes() == chunk_last.read_bytes()
 
-    # --sparse-epochs 0 prunes the baseline itself (given here by copying this folder's data and baseline)
-    direct = tmp_path / "direct"
-    shutil.copytree(work / "data", direct / "data")
-    (direct / "models").mkdir()
-    shutil.copy(models / "baseline.safetensors", direct / "models")
-    no_sparse = [*TOY[:8], "--sparse-epochs", "0", *TOY[10:]]
-    d = compress.main([*no_sparse, "--work", str(direct), "--skip-latency"])
-    assert [(r["name"], r["epochs"]) for r in d["models"]] == [("baseline", 1), ("baseline+", 2), ("slim-50", 1),
-                                                               ("slim-50-ft", 2)]
-    assert not (direct / "models" / "sparse.safetensors").exists()
-    history = read_info(direct / "models" / "slim-50.safetensors").history
-    assert [e["action"] for e in history] == ["trained", "pruned"]
-    assert history[-1]["source"] == str(direct / "models" / "baseline.safetensors")
+    # another method and --ratios share the baseline and control of the folder
+    l1 = compress.main([*TOY, "--work", str(work), "--method", "l1", "--ratios", "0.5", "--stages",
+                        "prune,measure", "--skip-latency"])
+    assert [r["name"] for r in l1["models"]] == ["baseline", "control", "l1-50"]
+    assert l1["models"][2]["prune"]["method"] == "l1" and l1["models"][2]["params_removed"] > 0.3
 
     # other settings in the same folder are refused
     with pytest.raises(UserError, match="other settings"):
-        compress.main([*TOY[:6], "--epochs", "2", *TOY[8:], "--work", str(work), "--stages", "measure"])
+        compress.main([*TOY[:6], "--max-epochs", "3", *TOY[8:], "--work", str(work), "--stages", "measure"])
+
+
+def test_baseline_trains_in_chunks_until_converged(tmp_path: Path) -> None:
+    """Converged: the best of the last window is under min_gain above the best before it, and at least
+    min_map; chunk k starts from chunk k-1's weights; the budget ends an unconverged baseline."""
+    _compress()
+    from _baseline import Convergence, gain_over_window, train_until_converged
+
+    assert gain_over_window([0.1, 0.2, 0.3], 3) is None  # no epoch before the window yet
+    assert gain_over_window([0.1, 0.30, 0.29, 0.302], 2) == pytest.approx(0.002)
+    assert gain_over_window([0.1, 0.2, 0.25, 0.3], 2) == pytest.approx(0.1)
+
+    def fake(curve: list[float]):
+        calls = []
+
+        def chunk(run: Path, epochs: int, **source: str) -> Path:
+            calls.append(source)
+            done = 3 * (len(calls) - 1)
+            maps = curve[done:done + epochs]
+            run.mkdir(parents=True)
+            (run / "results.csv").write_text("epoch,metrics/mAP50-95\n" + "".join(
+                f"{done + i + 1},{m}\n" for i, m in enumerate(maps)))
+            return run / "last.safetensors"
+        return chunk, calls
+
+    rising = [0.1, 0.2, 0.3, 0.35, 0.38, 0.40, 0.401, 0.402, 0.403, 0.40, 0.404, 0.40]
+    chunk, calls = fake(rising)
+    last, rec = train_until_converged(tmp_path / "a", Convergence(12, chunk=3, window=3), chunk, "yolov5n")
+    assert rec.converged and rec.epochs == 9 and rec.chunks == ["chunk-01", "chunk-02", "chunk-03"]
+    assert rec.gain == pytest.approx(0.003) and rec.maps == rising[:9]
+    first = tmp_path / "a" / "chunk-01" / "last.safetensors"
+    assert calls[0] == {"model": "yolov5n"} and calls[1] == {"weights": str(first)}
+    assert last == tmp_path / "a" / "chunk-03" / "last.safetensors"
+
+    chunk, _ = fake([0.001] * 12)  # flat, but near zero: not started, never converged
+    _, rec = train_until_converged(tmp_path / "b", Convergence(12, chunk=3, window=3), chunk, "yolov5n")
+    assert not rec.converged and rec.epochs == 12 and rec.gain == 0
 
 
 def test_prune_stage_holds_groups_a_ratio_would_empty(tmp_path: Path) -> None:
@@ -123,8 +176,8 @@ def test_prune_stage_holds_groups_a_ratio_would_empty(tmp_path: Path) -> None:
         if isinstance(m, nn.BatchNorm2d):  # distinct γ: a global 95 % threshold empties small groups
             m.weight.data = torch.rand(m.num_features, generator=gen) + 0.01
     save_model(src, model, ModelInfo(model.spec, [str(i) for i in range(8)], 64))
-    args = compress.parse_args(["--model", "yolov5n", "--imgsz", "64"])
-    out = compress.prune_stage(src, tmp_path / "p.safetensors", 0.95, args)
+    args = compress.parse_args(["--model", "yolov5n", "--imgsz", "64", "--method", "slim"])
+    out = compress.prune_stage(src, tmp_path / "p.safetensors", {"ratio": 0.95}, None, args)
     event = compress.prune_event(out)
     assert event["min_channels"] == compress.FALLBACK_MIN_CHANNELS and event["held"]
 
@@ -132,7 +185,7 @@ def test_prune_stage_holds_groups_a_ratio_would_empty(tmp_path: Path) -> None:
 def test_bad_arguments_are_refused() -> None:
     compress = _compress()
     for argv, msg in ((["--model", "yolov9"], "unknown --model"), (["--ratios", "0.5,1.2"], "--ratios"),
-                      (["--stages", "train"], "unknown stage"), (["--epochs", "0"], "--epochs"),
-                      (["--sparse-epochs", "-1"], "--sparse-epochs")):
+                      (["--stages", "train"], "unknown stage"), (["--max-epochs", "0"], "--max-epochs"),
+                      (["--target-flops", "0.3,x"], "--target-flops"), (["--chunk", "0"], "--chunk")):
         with pytest.raises(UserError, match=msg):
             compress.parse_args(argv)

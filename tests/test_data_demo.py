@@ -17,15 +17,14 @@ FIGURES = {"map50", "map", "params", "gflops", "latency_ms"}
 @pytest.mark.slow
 def test_demo_quick(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "run"
-    quick = ["demo", "--out", str(out), "--quick", "--epochs", "1", "--sparse-epochs", "1",
-             "--finetune-epochs", "1", "--workers", "0"]
+    quick = ["demo", "--out", str(out), "--quick", "--epochs", "1", "--finetune-epochs", "1", "--workers", "0"]
     assert main([*quick, "--json", str(tmp_path / "demo.json")]) == 0
     text = capsys.readouterr().out
-    assert STEPS == 10 and all(f"[{i}/10]" in text for i in range(1, 11)) and "no problems found" in text
+    assert STEPS == 9 and all(f"[{i}/9]" in text for i in range(1, 10)) and "no problems found" in text
     lines = text.splitlines()
     assert lines[-6].split() == ["Metric", "Before", "(trained)", "After", "(pruned", "+", "fine-tuned)", "Change"]
     for label in ("mAP@.5 ", "mAP@.5:.95 ", "params ", "GFLOPs @128 ", "CPU latency ms (median, batch 1) ",
-                  "sparsity training ", "pruning (slim) ", "fine-tuning "):
+                  "pruning (taylor) ", "fine-tuning "):
         assert any(line.startswith(label) for line in lines), label
     summary = json.loads((tmp_path / "demo.json").read_text())
     assert Path(summary["data_yaml"]).is_file() and (out / "yoloslim.log").is_file()
@@ -33,16 +32,18 @@ def test_demo_quick(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert Path(summary["train"]["weights"]).is_file() and summary["predict"]["images"] == 4
     assert 0 <= summary["val"]["map50"] <= 1 and len(list((out / "predict").glob("*.jpg"))) == 4
 
-    # sparsity training -> prune (slim) -> fine-tune, each from the previous step's model file
-    sparse, pruned, tuned = (Path(summary[k]["weights"]) for k in ("sparse", "prune", "finetune"))
-    assert sparse == out / "sparse" / "weights" / "last.safetensors" and (out / "sparse" / "gamma").is_dir()
+    # prune (auto: Taylor, with BN recalibration) -> fine-tune distilled from the trained model
+    trained, pruned, tuned = (Path(summary[k]["weights"]) for k in ("train", "prune", "finetune"))
     assert pruned == out / "prune" / "pruned.safetensors" and tuned == out / "finetune" / "weights" / "last.safetensors"
     history = read_info(tuned).history
-    assert [e["action"] for e in history] == ["trained", "sparse-trained", "pruned", "fine-tuned"]
-    assert history[1]["sparsity"] > 0 and history[2]["method"] == "slim" and history[2]["source"] == str(sparse)
-    assert 0 <= summary["sparse"]["gamma"]["after"]["below_1e-2"] <= 1
+    assert [e["action"] for e in history] == ["trained", "pruned", "fine-tuned"]
+    assert history[1]["method"] == "taylor" and history[1]["source"] == str(trained)
+    assert history[1]["target_flops"] == 0.4 and history[2]["teacher"] == str(trained)
     report = json.loads((out / "prune" / "prune.json").read_text())
-    assert report["method"] == "slim" and report["after"]["map"] is not None
+    assert report["method"] == "taylor" and report["after"]["map"] is not None
+    assert report["calib"]["images"] > 0 and report["uncalibrated"]["map"] is not None  # mAP without and with
+    assert summary["prune"]["uncalibrated"] == report["uncalibrated"]
+    assert 0.3 < report["after"]["gflops"] / report["before"]["gflops"] < 0.5
     assert 0 <= summary["val_finetuned"]["map"] <= 1 and (out / "val_finetuned.json").is_file()
 
     # the before/after table's numbers: trained vs pruned + fine-tuned
@@ -56,7 +57,7 @@ def test_demo_quick(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main([*quick, "--json", str(tmp_path / "again.json")]) == 0
     assert "(reused)" in capsys.readouterr().out
     again = json.loads((tmp_path / "again.json").read_text())
-    assert all(again[k]["reused"] for k in ("train", "sparse", "prune", "finetune"))
+    assert all(again[k]["reused"] for k in ("train", "prune", "finetune"))
     assert again["before_after"]["after"]["params"] == ba["after"]["params"]
     assert (out / "data" / "settings.json").read_text() == stamp
 
@@ -79,14 +80,14 @@ def test_demo_prune_keeps_min_channels_when_the_ratio_would_empty_a_group(tiny_d
 
     from yoloslim.models import create_model
     from yoloslim.models.io import ModelInfo, save_model
-    from yoloslim.workflows.demo import DemoSlim, DemoTrain, step_prune
+    from yoloslim.workflows.demo import DemoPrune, DemoTrain, step_prune
 
     model = create_model("yolov5n", nc=8)
     with torch.no_grad():  # the weakest channel group by far: a global threshold empties it first
         model.get_submodule("model.2.cv2.bn").weight.fill_(1e-3)
     names = yaml.safe_load(tiny_data.read_text())["names"]
     sparse = save_model(tmp_path / "sparse.safetensors", model, ModelInfo(model.spec, names, 64))
-    res = step_prune(str(sparse), tmp_path / "prune", DemoSlim(1, 1, ratio=0.5), tiny_data,
+    res = step_prune(str(sparse), tmp_path / "prune", DemoPrune(1, target_flops=0.5, method="slim"), tiny_data,
                      DemoTrain(epochs=1, imgsz=64, batch=8), workers=0, input_reused=False)
     assert res["held"] and not res["reused"] and res["after"]["params"] < res["before"]["params"]
     event = read_info(res["weights"]).history[-1]

@@ -8,14 +8,12 @@ from yoloslim.cli.options import add_threads
 
 
 def add(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the main job on the built-in synthetic data set: train, sparsity-train, "
-                                    "prune, fine-tune, before/after")
+    p = sub.add_parser("demo", help="the main job on the built-in synthetic data set: train, prune, "
+                                    "fine-tune with distillation, before/after")
     p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
     p.add_argument("--quick", action="store_true", help="a small data set and short trainings (about 2 minutes)")
     p.add_argument("--json", dest="json_file", help="also write a summary as JSON")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the preset's)")
-    p.add_argument("--sparse-epochs", type=int, default=None,
-                   help="sparsity-training epochs (default: the preset's)")
     p.add_argument("--finetune-epochs", type=int, default=None,
                    help="fine-tuning epochs of the pruned model (default: the preset's)")
     p.add_argument("--workers", type=int, default=None,
@@ -27,6 +25,6 @@ def add(sub: argparse._SubParsersAction) -> None:
 def _run(a: argparse.Namespace) -> int:
     from yoloslim.workflows.demo import demo
 
-    demo(out=a.out, quick=a.quick, json_file=a.json_file, epochs=a.epochs, sparse_epochs=a.sparse_epochs,
+    demo(out=a.out, quick=a.quick, json_file=a.json_file, epochs=a.epochs,
          finetune_epochs=a.finetune_epochs, workers=a.workers)
     return 0

@@ -1,14 +1,18 @@
 """``yoloslim demo``: the main job on the built-in data set, one step after the other.
 
 Steps: (1) generate the synthetic data set in VOC format, (2) convert it to YOLO txt, (3) check it
-and print its statistics, (4) train YOLOv5n on it, (5) validate the trained model, (6) sparsity-train
-it (L1 on the prunable BN γ, linear schedule), (7) prune the sparse model by network slimming into a
-compact model file and its JSON report, (8) fine-tune the pruned model as it is, (9) validate it,
-(10) predict on a few val images with it; then a summary table and the Metric / Before / After table
-of the trained model against the pruned and fine-tuned one (mAP@.5, mAP@.5:.95, params, GFLOPs and
-batch-1 CPU latency, both models timed alternately). Every step is a call to its workflow.
+and print its statistics, (4) train YOLOv5n on it, (5) validate the trained model, (6) prune it with
+the default criterion (``--method auto``: first-order Taylor ranked globally, from the train split's
+gradients) and BN recalibration on the train split (``prune --data``'s default) into a compact model
+file and its JSON report, (7) fine-tune the pruned model with distillation from the trained one
+(``train --teacher``), (8) validate it, (9) predict on a few val images with it; then a summary table
+and the Metric / Before / After table of the trained model against the pruned and fine-tuned one
+(mAP@.5, mAP@.5:.95, params, GFLOPs and batch-1 CPU latency, both models timed alternately). Every step
+is a call to its workflow. This is the recipe bench/compress.py measures (docs/BENCHMARKS.md): no
+sparsity training (on short budgets it moved every γ alike and cost accuracy), recalibration after the
+cut, distillation while fine-tuning.
 
-A second run in the same folder reuses what the first finished (data set, trained, sparse, pruned and
+A second run in the same folder reuses what the first finished (data set, trained, pruned and
 fine-tuned models) and resumes an interrupted training.
 """
 
@@ -70,38 +74,40 @@ QUICK_TRAIN = DemoTrain(epochs=30, imgsz=128, hyp=(("warmup_epochs", 0.0),))
 
 
 @dataclass(frozen=True)
-class DemoSlim:
-    """The compression steps: sparsity training, network slimming, fine-tuning (same batch, size, hyp).
+class DemoPrune:
+    """The compression steps: prune (with BN recalibration), fine-tune with distillation (same batch,
+    size, hyp).
 
-    ``ratio`` is the fraction of the prunable channels one global γ threshold removes. A ratio that
-    would empty a channel group is refused by the pruner; the demo then prunes again keeping the
-    ``min_channels`` strongest channels of such groups (as bench/compress.py does), so any ratio
-    below 1 goes through.
+    ``target_flops`` is the pruned model's FLOPs as a fraction of the trained model's, reached by
+    ``method`` (``auto``: the pruner's default). A cut that would empty a channel group is refused by
+    the pruner; the demo then prunes again keeping the ``min_channels`` strongest channels of such
+    groups (as bench/compress.py does). The fine-tune distils from the trained model with the
+    training default's weight.
     """
 
-    sparse_epochs: int
     finetune_epochs: int
-    sr: float = 0.01
-    ratio: float = 0.5
+    target_flops: float = 0.4
+    method: str = "auto"
     min_channels: int = 8
     latency_runs: int = 20
 
 
-# full: measured on one thread, loading included, an epoch of the full model costs ~20 CPU-s and one
-# of the half-width pruned model ~11 (its forward and backward shrink, the loading does not): with two
-# threads about the 15 s above and ~8 s. So 4 sparse epochs add ~1 min, 8 fine-tune epochs ~1.1 min,
-# pruning, three more evaluations and the latency loop ~0.5 min: about 13 minutes (14 min 9 s measured). sr 0.01
-# (bench/compress.py's default) costs the sparse model little; at this budget it moves γ only a
-# little (bench/compress.py says why), and the slimming threshold ranks channels by what it finds.
-# quick: a few epochs each, and no data-loader processes (two of them beside two torch threads made
-# each 3-batch epoch 10x slower here); measured ~30 CPU-seconds in all, on one thread.
-FULL_SLIM = DemoSlim(sparse_epochs=4, finetune_epochs=8)
-QUICK_SLIM = DemoSlim(sparse_epochs=3, finetune_epochs=5, latency_runs=10)
-STEPS = 10
+# full: not timed on this shared machine; sized from the session-2 figures above and below. An epoch
+# of the full model costs ~20 CPU-s (one thread, loading included), one of a pruned model at 40 % of
+# the FLOPs ~11 CPU-s, plus the teacher's forward pass in eval mode (about a third of a training step
+# of the full model: ~7 CPU-s). The former demo spent 4 sparsity epochs (~80 CPU-s) and 8 plain
+# fine-tune epochs (~88 CPU-s); 8 distilled epochs cost ~145 CPU-s and the Taylor scores and the
+# recalibration (one pass over a few batches and over the 400 train images) ~20 CPU-s more: the same
+# ~170 CPU-s, so the run stays at the 14 min measured for the former demo (docs/BENCHMARKS.md).
+# quick: a few epochs, and no data-loader processes (two of them beside two torch threads made each
+# 3-batch epoch 10x slower here).
+FULL_PRUNE = DemoPrune(finetune_epochs=8)
+QUICK_PRUNE = DemoPrune(finetune_epochs=5, latency_runs=10)
+STEPS = 9
 
 
 def demo(out: str | Path = "runs/demo", quick: bool = False, json_file: str | None = None,
-         epochs: int | None = None, sparse_epochs: int | None = None, finetune_epochs: int | None = None,
+         epochs: int | None = None, finetune_epochs: int | None = None,
          workers: int | None = None) -> dict[str, Any]:
     """Run the demo into ``out`` and return its summary.
 
@@ -110,7 +116,6 @@ def demo(out: str | Path = "runs/demo", quick: bool = False, json_file: str | No
         quick: a small data set and short trainings, for a smoke test.
         json_file: also write the summary as JSON.
         epochs: train this many epochs instead of the preset's.
-        sparse_epochs: sparsity-train this many epochs instead of the preset's.
         finetune_epochs: fine-tune this many epochs instead of the preset's.
         workers: data loader processes (default: 0 for ``quick``, whose 3 batches an epoch cost less
             than starting the processes, 2 otherwise).
@@ -120,15 +125,13 @@ def demo(out: str | Path = "runs/demo", quick: bool = False, json_file: str | No
     setup_logging(out)
     settings = QUICK if quick else FULL
     ts = QUICK_TRAIN if quick else FULL_TRAIN
-    ss = QUICK_SLIM if quick else FULL_SLIM
+    ss = QUICK_PRUNE if quick else FULL_PRUNE
     workers = (0 if quick else 2) if workers is None else workers
-    for flag, value in (("--epochs", epochs), ("--sparse-epochs", sparse_epochs),
-                        ("--finetune-epochs", finetune_epochs)):
+    for flag, value in (("--epochs", epochs), ("--finetune-epochs", finetune_epochs)):
         if value is not None and value < 1:
             raise UserError(f"{flag} must be at least 1, got {value}")
     ts = replace(ts, epochs=epochs or ts.epochs)
-    ss = replace(ss, sparse_epochs=sparse_epochs or ss.sparse_epochs,
-                 finetune_epochs=finetune_epochs or ss.finetune_epochs)
+    ss = replace(ss, finetune_epochs=finetune_epochs or ss.finetune_epochs)
     print(f"[1/{STEPS}] synthetic data set: {settings.images} images of {settings.imgsz} px, VOC format")
     voc_root, reused = step_synth(out / "data", settings)
     print(f"[2/{STEPS}] VOC -> YOLO txt{' (reused)' if reused else ''}")
@@ -140,24 +143,20 @@ def demo(out: str | Path = "runs/demo", quick: bool = False, json_file: str | No
     trained = step_train(data_yaml, out / "train", ts, workers, reused)
     print(f"[5/{STEPS}] validate the trained model")
     scores = step_val(trained["weights"], data_yaml, ts, workers, out / "val.json")
-    print(f"[6/{STEPS}] sparsity-train: {ss.sparse_epochs} epochs, L1 {ss.sr:g}·sign(γ) on the prunable "
-          "batch norms (linear schedule)")
-    sparse = step_train(data_yaml, out / "sparse", ts, workers, trained["reused"], weights=trained["weights"],
-                        epochs=ss.sparse_epochs, sparsity=ss.sr)
-    sparse["gamma"] = gamma_figures(trained["weights"], sparse["weights"])
-    print(f"[7/{STEPS}] prune (slim): remove {ss.ratio:.0%} of the prunable channels")
-    pruned = step_prune(sparse["weights"], out / "prune", ss, data_yaml, ts, workers, sparse["reused"])
-    print(f"[8/{STEPS}] fine-tune the pruned model as it is: {ss.finetune_epochs} epochs")
+    print(f"[6/{STEPS}] prune ({ss.method}) to {ss.target_flops:.0%} of the FLOPs, then recalibrate the batch "
+          "norms on the train split")
+    pruned = step_prune(trained["weights"], out / "prune", ss, data_yaml, ts, workers, trained["reused"])
+    print(f"[7/{STEPS}] fine-tune the pruned model, distilling from the trained one: {ss.finetune_epochs} epochs")
     tuned = step_train(data_yaml, out / "finetune", ts, workers, pruned["reused"], weights=pruned["weights"],
-                       epochs=ss.finetune_epochs)
-    print(f"[9/{STEPS}] validate the pruned + fine-tuned model")
+                       epochs=ss.finetune_epochs, teacher=trained["weights"])
+    print(f"[8/{STEPS}] validate the pruned + fine-tuned model")
     tuned_scores = step_val(tuned["weights"], data_yaml, ts, workers, out / "val_finetuned.json")
-    print(f"[10/{STEPS}] predict with the pruned + fine-tuned model")
+    print(f"[9/{STEPS}] predict with the pruned + fine-tuned model")
     predicted = step_predict(tuned["weights"], data_yaml, ts, out)
     compare = before_after(trained["weights"], tuned["weights"], scores, tuned_scores, ts.imgsz,
                            ss.latency_runs)
     summary = {"out": str(out), "voc_root": str(voc_root), "data_yaml": str(data_yaml), "quick": quick,
-               "data": data, "train": trained, "val": scores, "sparse": sparse, "prune": pruned,
+               "data": data, "train": trained, "val": scores, "prune": pruned,
                "finetune": tuned, "val_finetuned": tuned_scores, "predict": predicted,
                "before_after": compare}
     print()
@@ -212,13 +211,14 @@ def step_check(data_yaml: Path) -> dict[str, Any]:
 
 
 def step_train(data_yaml: Path, run: Path, ts: DemoTrain, workers: int, input_reused: bool,
-               weights: str | None = None, epochs: int | None = None, sparsity: float = 0.0) -> dict[str, Any]:
+               weights: str | None = None, epochs: int | None = None, teacher: str | None = None) -> dict[str, Any]:
     """Train into ``run`` (the ``yoloslim train`` workflow); reuse or resume a run of the same settings.
 
     ``ts.model`` is trained from scratch for ``ts.epochs``, or, with ``weights``, that model file is
-    trained as it is for ``epochs`` (sparsity training with ``sparsity`` > 0, linear schedule; a pruned
-    model's fine-tune). A finished run of the same settings is reused, and an interrupted one resumed,
-    only when ``input_reused`` (the data set and the input model are the ones it was made from).
+    trained as it is for ``epochs`` (a pruned model's fine-tune; with ``teacher``, distilling from that
+    model file with the training default's weight). A finished run of the same settings is reused, and
+    an interrupted one resumed, only when ``input_reused`` (the data set and the input model are the
+    ones it was made from).
 
     Returns:
         ``{"weights", "model", "epochs", "imgsz", "seconds", "reused"}`` (``weights``: the last EMA weights).
@@ -229,7 +229,7 @@ def step_train(data_yaml: Path, run: Path, ts: DemoTrain, workers: int, input_re
     epochs = epochs or ts.epochs
     stamp = run / "demo_settings.json"
     state_file = run / "weights" / "last_state.pt"
-    wanted = json.dumps({**asdict(ts), "epochs": epochs, "weights": weights, "sparsity": sparsity})
+    wanted = json.dumps({**asdict(ts), "epochs": epochs, "weights": weights, "teacher": teacher})
     last = run / "weights" / "last.safetensors"
     t0 = time.perf_counter()
     same = input_reused and stamp.is_file() and stamp.read_text() == wanted and state_file.is_file()
@@ -246,44 +246,37 @@ def step_train(data_yaml: Path, run: Path, ts: DemoTrain, workers: int, input_re
         hyp = run.parent / "demo_hyp.yaml"
         hyp.write_text("".join(f"{k}: {v}\n" for k, v in ts.hyp))
         source = {"weights": weights} if weights else {"model": ts.model}
-        train(data=str(data_yaml), **source, epochs=epochs, batch=ts.batch, imgsz=ts.imgsz, sparsity=sparsity,
-              sparsity_schedule="linear", hyp=str(hyp), workers=workers, out=str(run), device="cpu", cache=True,
-              nominal_batch=ts.batch, val_every_epoch=False)
+        train(data=str(data_yaml), **source, epochs=epochs, batch=ts.batch, imgsz=ts.imgsz, teacher=teacher,
+              hyp=str(hyp), workers=workers, out=str(run), device="cpu", cache=True, nominal_batch=ts.batch,
+              val_every_epoch=False)
     if not done:
         setup_logging(run.parent)  # training logs into its run folder; back to the demo's log
     return {"weights": str(last), "model": ts.model, "epochs": epochs, "imgsz": ts.imgsz,
             "seconds": round(time.perf_counter() - t0, 1), "reused": bool(done)}
 
 
-def gamma_figures(trained: str, sparse: str) -> dict[str, Any]:
-    """Median |γ| and the fraction below 1e-2 of the prunable batch norms, before and after sparsity training."""
-    from yoloslim.models.io import load_model
-    from yoloslim.prune.sparsity import gamma_stats
-
-    out = {}
-    for key, path in (("before", trained), ("after", sparse)):
-        stats = gamma_stats(load_model(path)[0])
-        out[key] = {"median": round(float(stats.values.median()), 5),
-                    "below_1e-2": round(stats.fraction_below, 5)}
-    return out
-
-
-def step_prune(sparse: str, folder: Path, ss: DemoSlim, data_yaml: Path, ts: DemoTrain, workers: int,
+def step_prune(trained: str, folder: Path, ss: DemoPrune, data_yaml: Path, ts: DemoTrain, workers: int,
                input_reused: bool) -> dict[str, Any]:
-    """Slim the sparse model into ``folder/pruned.safetensors`` and ``folder/prune.json`` (``yoloslim prune``).
+    """Prune the trained model into ``folder/pruned.safetensors`` and ``folder/prune.json`` (``yoloslim prune``).
 
-    The pruner's report (printed) compares the sparse model with the pruned one before fine-tuning,
-    mAP included. A ratio that would empty a channel group is pruned again with ``--min-channels``.
-    The files of a previous run are reused when the sparse model was and the settings are the same.
+    With ``--data``, the pruner scores channels by first-order Taylor importance (``--method auto``),
+    recalibrates the pruned model's batch norms on the train split (kept unless it lowers the val
+    mAP), and its report (printed) compares the trained model with the pruned one before fine-tuning,
+    mAP with and without recalibration included. A cut that would empty a channel group is pruned again
+    with ``--min-channels``. The files of a previous run are reused when the trained model was and the
+    settings are the same.
 
     Returns:
-        ``{"weights", "report", "ratio", "held", "before", "after", "reused"}``.
+        ``{"weights", "report", "method", "ratio", "held", "before", "after", "uncalibrated",
+        "recalibrated", "calib", "reused"}`` (``uncalibrated``: the val mAP right after the cut, before
+        recalibration; ``recalibrated``: after it, when it was not kept).
     """
     from yoloslim.workflows.prune import prune
 
     model_file, report = folder / "pruned.safetensors", folder / "prune.json"
     stamp = folder / "demo_settings.json"
-    wanted = json.dumps({"ratio": ss.ratio, "min_channels": ss.min_channels, "imgsz": ts.imgsz})
+    wanted = json.dumps({"method": ss.method, "target_flops": ss.target_flops, "min_channels": ss.min_channels,
+                         "imgsz": ts.imgsz})
     reused = (input_reused and stamp.is_file() and stamp.read_text() == wanted and model_file.is_file()
               and report.is_file())
     if reused:
@@ -293,8 +286,9 @@ def step_prune(sparse: str, folder: Path, ss: DemoSlim, data_yaml: Path, ts: Dem
         if folder.exists():
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
-        kw = {"weights": sparse, "method": "slim", "ratio": ss.ratio, "data": str(data_yaml), "imgsz": ts.imgsz,
-              "batch": ts.batch, "workers": workers, "out": str(model_file), "json_file": str(report),
+        kw = {"weights": trained, "method": ss.method, "target_flops": ss.target_flops, "data": str(data_yaml),
+              "imgsz": ts.imgsz, "batch": ts.batch, "workers": workers, "out": str(model_file),
+              "json_file": str(report), "device": "cpu",
               "latency_runs": 0}  # the latency is measured once, trained vs fine-tuned, at the end
         try:
             summary = prune(**kw)
@@ -305,9 +299,10 @@ def step_prune(sparse: str, folder: Path, ss: DemoSlim, data_yaml: Path, ts: Dem
                            "groups")
             summary = prune(min_channels=ss.min_channels, **kw)
         stamp.write_text(wanted)
-    return {"weights": str(model_file), "report": str(report), "ratio": summary["ratio"],
-            "held": summary["held"], "before": summary["before"], "after": summary["after"],
-            "reused": reused}
+    return {"weights": str(model_file), "report": str(report), "method": summary["method"],
+            "ratio": summary["ratio"], "held": summary["held"], "before": summary["before"],
+            "after": summary["after"], "uncalibrated": summary.get("uncalibrated"),
+            "recalibrated": summary.get("recalibrated"), "calib": summary.get("calib"), "reused": reused}
 
 
 def step_val(weights: str, data_yaml: Path, ts: DemoTrain, workers: int, json_file: Path) -> dict[str, Any]:
@@ -378,7 +373,7 @@ def before_after_table(ba: dict[str, Any]) -> str:
 
 def summary_table(summary: dict[str, Any]) -> str:
     """What the demo did, step by step, as one table."""
-    tr, sp, pr, ft, pd = (summary[k] for k in ("train", "sparse", "prune", "finetune", "predict"))
+    tr, pr, ft, pd = (summary[k] for k in ("train", "prune", "finetune", "predict"))
     images, boxes = summary["data"]["images"], summary["data"]["boxes"]
     n_boxes = sum(sum(per_class.values()) for per_class in boxes.values())  # split -> class -> count
 
@@ -386,16 +381,20 @@ def summary_table(summary: dict[str, Any]) -> str:
         n = step["epochs"]
         return f"{n} epoch{'s' if n != 1 else ''}" + (" (reused)" if step["reused"] else f" in {step['seconds']:.0f} s")
 
-    g = sp["gamma"]
     held = f", {len(pr['held'])} group(s) held at their strongest channels" if pr["held"] else ""
+    flops = pr["after"]["gflops"] / pr["before"]["gflops"] if pr["before"]["gflops"] else 0.0
+    cut = f"mAP@.5:.95 {pr['before']['map']:.3f} -> {pr['after']['map']:.3f} before fine-tuning"
+    if pr.get("uncalibrated") and pr.get("calib"):
+        if pr["calib"]["kept"]:
+            cut += f" ({pr['uncalibrated']['map']:.3f} before BN recalibration)"
+        else:
+            cut += f" (BN recalibration not kept: it gave {pr['recalibrated']['map']:.3f})"
     rows = [
         ["data set", f"{images.get('train', 0)} train / {images.get('val', 0)} val images, {n_boxes} boxes"],
         ["training", f"{tr['model']} at {tr['imgsz']} px, {took(tr)}"],
-        ["sparsity training", f"{took(sp)}: median BN γ {g['before']['median']:.3f} -> "
-                              f"{g['after']['median']:.3f}, {g['after']['below_1e-2']:.1%} below 1e-2"],
-        ["pruning (slim)", f"{pr['ratio']:.0%} of the prunable channels{held}; mAP@.5:.95 "
-                           f"{pr['before']['map']:.3f} -> {pr['after']['map']:.3f} before fine-tuning"],
-        ["fine-tuning", took(ft)],
+        [f"pruning ({pr['method']})", f"{pr['ratio']:.0%} of the prunable channels, {flops:.0%} of the FLOPs "
+                                      f"left{held}; {cut}"],
+        ["fine-tuning", f"{took(ft)}, distilled from the trained model"],
         ["predictions", f"{pd['detections']} boxes on {pd['images']} images in {pd['out']}"],
         ["trained model", tr["weights"]],
         ["pruned + fine-tuned", ft["weights"]],
