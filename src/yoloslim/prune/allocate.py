@@ -1,13 +1,12 @@
 """Allocation: how many channels each group keeps, and which ones.
 
-Three allocations (:data:`ALLOCATIONS`); two from the same scores: one global ranking over every
+Three allocations (:data:`ALLOCATIONS`). Two from the same scores: one global ranking over every
 prunable channel (network slimming's single γ threshold; ``--global`` for the filter norms) or the
 same ratio in every group (Li et al.'s per-layer pruning, the l1/l2 default). Then a floor
-(``min_channels``) and rounding
-(``round_to``). A ratio that would empty a group is refused before any weight is touched, with the
-largest safe ratio in the message. ``target_flops`` / ``target_params`` bisect the ratio with an
-analytic cost model until the pruned model lands within 2 % of the target. The third, from measured
-sensitivity curves, is :mod:`yoloslim.prune.sensitivity`.
+(``min_channels``) and rounding (``round_to``). A ratio that would empty a group is refused before
+any weight is touched, with the largest safe ratio in the message. ``target_flops`` /
+``target_params`` bisect the ratio with an analytic cost model until the pruned model lands within
+2 % of the target. The third, from measured sensitivity curves, is :mod:`yoloslim.prune.sensitivity`.
 """
 
 from __future__ import annotations
