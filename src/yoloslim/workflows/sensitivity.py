@@ -43,6 +43,7 @@ from yoloslim.workflows.report import table, write_json
 RATIOS = (0.1, 0.3, 0.5, 0.7)
 VAL_IMAGES = 64  # a val subset: every (group, ratio) is one evaluation
 SENSITIVITY_CALIB_IMAGES = 64  # per evaluation; BN statistics settle after a few dozen images
+QUIET = ("yoloslim.prune.recalibrate", "yoloslim.prune.allocate")  # one line per cut model would bury the bar
 
 
 def parse_ratios(text: str) -> list[float]:
@@ -164,22 +165,28 @@ def sensitivity(weights: str, data: str, method: str = "auto", ratios: list[floa
                                ratios=ratios, val_images=scorer.images, calib_images=0 if no_calib else
                                sum(len(x) for x in calib))
     bar = tqdm(total=len(groups) * len(ratios), desc="sensitivity", unit="cut", disable=not progress)
-    for g in groups:
-        values = []
-        for r in ratios:
-            cut = prune_group_alone(model, graph, g, scores[g.id], r)
-            if cut is None:  # too few channels for this ratio to remove one: nothing changes
-                values.append(base)
-            else:
-                if calib:
-                    recalibrate_bn(cut, calib)
-                values.append(scorer(cut))
-                curves.evaluations += 1
-            bar.update()
-        loss = values if metric == "output" else [base - v for v in values]
-        curves.groups.append(GroupCurve(g.name, g.size, list(g.producers), [round(v, 6) for v in values],
-                                        [round(v, 6) for v in loss]))
-    bar.close()
+    for name in QUIET:
+        logger.disable(name)
+    try:
+        for g in groups:
+            values = []
+            for r in ratios:
+                cut = prune_group_alone(model, graph, g, scores[g.id], r)
+                if cut is None:  # too few channels for this ratio to remove one: nothing changes
+                    values.append(base)
+                else:
+                    if calib:
+                        recalibrate_bn(cut, calib)
+                    values.append(scorer(cut))
+                    curves.evaluations += 1
+                bar.update()
+            loss = values if metric == "output" else [base - v for v in values]
+            curves.groups.append(GroupCurve(g.name, g.size, list(g.producers), [round(v, 6) for v in values],
+                                            [round(v, 6) for v in loss]))
+    finally:
+        for name in QUIET:
+            logger.enable(name)
+        bar.close()
     summary = curves.to_dict()
     out_dir.mkdir(parents=True, exist_ok=True)
     text = _table(curves)
