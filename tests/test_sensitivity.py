@@ -60,7 +60,9 @@ def test_sensitivity_entries_are_the_group_pruned_alone_and_scored(tmp_path, wei
                          global_rank=False)
     assert [len(k) for k in plan.keep.values()] == [32 - 19]
     cut = apply_plan(model, plan)
-    recalibrate_bn(cut, [preprocess(x, cut.spec) for x in calibration_images(str(tiny_data), 96, 8)])
+    calib = [preprocess(x, cut.spec) for x in calibration_images(str(tiny_data), 96, 8)]
+    recalibrate_bn(cut, calib)
+    recalibrate_bn(model, calib)  # the reference is the unpruned model recalibrated alike
     val = load_data(tiny_data, warn=False).splits["val"][:4]
     imgs = next(iter(create_loader(DetectionDataset(val, 96), batch_size=4, shuffle=False, workers=0)))[0]
     with torch.no_grad():

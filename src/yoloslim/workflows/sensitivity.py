@@ -7,11 +7,14 @@ its ``producers`` say which convs it spans. Every cut model is BN-recalibrated o
 (as ``prune`` does) and scored either by mAP@.5:.95 on the first ``--val-images`` val images
 (``--metric map``) or by the proxy ``--metric output``: the relative squared distance of the raw
 head outputs to the unpruned model's on those images (no NMS or matching; validated against mAP
-in docs/BENCHMARKS.md). ``prune --allocation sensitivity --sensitivity FILE`` reads the JSON.
+in docs/BENCHMARKS.md). The reference, the unpruned model, is recalibrated the same way: a
+recalibration alone moves mAP (a model trained with mosaic sees other statistics on plain images),
+and that shift is no group's fault. ``prune --allocation sensitivity --sensitivity FILE`` reads the JSON.
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -149,9 +152,12 @@ def sensitivity(weights: str, data: str, method: str = "auto", ratios: list[floa
         raise UserError(f"--imgsz must be a positive multiple of {stride}, got {imgsz}")
     if method == "auto":
         method = auto_method(True)[0]
-    scorer = Scorer(metric, model, data, list(info.names), imgsz, val_images, batch, workers, dev)
     calib = [] if no_calib else [preprocess(x, model.spec) for x in calibration_images(data, imgsz, calib_images,
                                                                                           batch)]
+    reference = copy.deepcopy(model)  # recalibrated like every cut model, so that a loss is the cut's alone
+    if calib:
+        recalibrate_bn(reference, calib)
+    scorer = Scorer(metric, reference, data, list(info.names), imgsz, val_images, batch, workers, dev)
     graph = ChannelGraph.trace(model)
     groups = graph.select(include)
     if method in NEEDS_GRADIENTS:
@@ -159,8 +165,8 @@ def sensitivity(weights: str, data: str, method: str = "auto", ratios: list[floa
     scores = score_groups(model, groups, importance_for(method, False))
     model.zero_grad(set_to_none=True)
     groups = [g for g in groups if g.id in scores]
-    base = 0.0 if metric == "output" else scorer(model)
-    model.cpu()
+    base = 0.0 if metric == "output" else scorer(reference)
+    del reference
     curves = SensitivityCurves(weights=str(weights), method=method, metric=metric, base=round(base, 6),
                                ratios=ratios, val_images=scorer.images, calib_images=0 if no_calib else
                                sum(len(x) for x in calib))
