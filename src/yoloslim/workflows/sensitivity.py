@@ -167,7 +167,7 @@ def sensitivity(weights: str, data: str, method: str = "auto", ratios: list[floa
     groups = [g for g in groups if g.id in scores]
     base = 0.0 if metric == "output" else scorer(reference)
     del reference
-    curves = SensitivityCurves(weights=str(weights), method=method, metric=metric, base=round(base, 6),
+    curves = SensitivityCurves(weights=str(weights), method=method, metric=metric, base=_digits(base),
                                ratios=ratios, val_images=scorer.images, calib_images=0 if no_calib else
                                sum(len(x) for x in calib))
     bar = tqdm(total=len(groups) * len(ratios), desc="sensitivity", unit="cut", disable=not progress)
@@ -187,8 +187,8 @@ def sensitivity(weights: str, data: str, method: str = "auto", ratios: list[floa
                     curves.evaluations += 1
                 bar.update()
             loss = values if metric == "output" else [base - v for v in values]
-            curves.groups.append(GroupCurve(g.name, g.size, list(g.producers), [round(v, 6) for v in values],
-                                            [round(v, 6) for v in loss]))
+            curves.groups.append(GroupCurve(g.name, g.size, list(g.producers), [_digits(v) for v in values],
+                                            [_digits(v) for v in loss]))
     finally:
         for name in QUIET:
             logger.enable(name)
@@ -204,6 +204,11 @@ def sensitivity(weights: str, data: str, method: str = "auto", ratios: list[floa
     plot_sensitivity(curves, out_dir / "sensitivity.png")
     logger.info(f"{curves.evaluations} cut models scored -> {out_dir}/sensitivity.{{txt,json,png}}")
     return summary
+
+
+def _digits(v: float) -> float:
+    """Six significant digits (output distances can be 1e-5)."""
+    return float(f"{v:.6g}")
 
 
 def _table(c: SensitivityCurves) -> str:
