@@ -58,7 +58,8 @@ def run(weights: str, data: str, target_flops: float, candidates: list[str], img
             except UserError as e:
                 rows.append({"candidate": label, "refused": str(e)})
                 continue
-            b, a, u = s["before"], s["after"], s["uncalibrated"]
+            b, u = s["before"], s["uncalibrated"]
+            a = s["recalibrated"] or s["after"]  # recalibrated, also when prune kept the pruned model instead
             rows.append({"candidate": label, "flops": round(a["gflops"] / b["gflops"], 4),
                          "before": [b["map50"], b["map"]], "pruned": [u["map50"], u["map"]],
                          "recalibrated": [a["map50"], a["map"]]})
