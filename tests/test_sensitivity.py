@@ -144,3 +144,18 @@ def test_sensitivity_allocation_by_ratio_and_its_refusals(v5n, tmp_path):
     a = prune_model(model, PruneOptions(method="l1", ratio=0.3, allocation="global", min_channels=1), graph).plan.keep
     b = prune_model(model, PruneOptions(method="l1", ratio=0.3, global_rank=True, min_channels=1), graph).plan.keep
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_prune_cli_allocation_sensitivity(tmp_path, v5n):
+    model, _, path = v5n
+    weights = tmp_path / "m.safetensors"
+    save_model(weights, model, ModelInfo(model.spec, ["a", "b", "c"], 64))
+    out = tmp_path / "p.safetensors"
+    argv = ["prune", "--weights", str(weights), "--method", "l1", "--target-flops", "0.6", "--allocation",
+            "sensitivity", "--sensitivity", str(path), "--latency-runs", "0", "--out", str(out)]
+    assert main([*argv, "--json", str(tmp_path / "p.json")]) == 0
+    s = json.loads((tmp_path / "p.json").read_text())
+    assert s["after"]["gflops"] / s["before"]["gflops"] == pytest.approx(0.6, rel=0.03)
+    assert main([*argv, "--steps", "2"]) == 2  # curves of the unpruned model: one step only
+    assert main(["prune", "--weights", str(weights), "--method", "l1", "--ratio", "0.3", "--allocation", "uniform",
+                 "--global", "--latency-runs", "0", "--out", str(out)]) == 2
