@@ -5,7 +5,8 @@ Every candidate goes through ``yoloslim prune`` itself (the workflow function), 
 default recalibration on the train split. Candidates: Li et al.'s filter norms per layer (l1, l2)
 and globally, network slimming (slim), DepGraph's group L2 norm per layer and globally with
 per-group normalisation (group), first-order Taylor from 8 batches of the train split (taylor),
-and iterative pruning in ``--steps`` steps with recalibration between them.
+and iterative pruning in ``--steps`` steps with recalibration between them. ``--sensitivity FILE ...``
+adds the allocation from each measured curve file (``yoloslim sensitivity --json``) for the file's method.
 
 Train a model first (the figures in docs/BENCHMARKS.md come from a yolov5n trained 40 epochs on
 300 synthetic images at 128 px; see there for the command), then::
@@ -57,7 +58,8 @@ def run(weights: str, data: str, target_flops: float, candidates: list[str], img
             except UserError as e:
                 rows.append({"candidate": label, "refused": str(e)})
                 continue
-            b, a, u = s["before"], s["after"], s["uncalibrated"]
+            b, u = s["before"], s["uncalibrated"]
+            a = s["recalibrated"] or s["after"]  # recalibrated, also when prune kept the pruned model instead
             rows.append({"candidate": label, "flops": round(a["gflops"] / b["gflops"], 4),
                          "before": [b["map50"], b["map"]], "pruned": [u["map50"], u["map"]],
                          "recalibrated": [a["map50"], a["map"]]})
@@ -72,9 +74,16 @@ def main() -> None:
     ap.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
     ap.add_argument("--imgsz", type=int)
     ap.add_argument("--calib-images", type=int, default=256)
+    ap.add_argument("--sensitivity", nargs="+", default=[], metavar="FILE",
+                    help="also the --allocation sensitivity candidate of each curve file")
     ap.add_argument("--json", dest="json_file")
     a = ap.parse_args()
     torch.set_num_threads(1)
+    for f in a.sensitivity:
+        curves = json.loads(Path(f).read_text())
+        label = f"{curves['method']} --allocation sensitivity ({curves['metric']}, {Path(f).name})"
+        CANDIDATES[label] = {"method": curves["method"], "allocation": "sensitivity", "sensitivity": f}
+        a.candidates.append(label)
     rows = run(a.weights, a.data, a.target_flops, a.candidates, a.imgsz, calib_images=a.calib_images)
     done = [r for r in rows if "before" in r]
     if done:

@@ -16,7 +16,8 @@ from yoloslim.device import set_threads
 from yoloslim.errors import UserError
 
 # Subcommands in the order `--help` lists them; each is a module of this package.
-COMMANDS = ("demo", "data", "train", "prune", "val", "predict", "export", "bench", "info", "visualize", "import_")
+COMMANDS = ("demo", "data", "train", "prune", "val", "predict", "export", "bench", "info", "visualize", "import_",
+            "sensitivity")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from yoloslim.cli.options import add_device, add_threads
+from yoloslim.prune.allocate import ALLOCATIONS
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -25,6 +26,11 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--global", dest="global_rank", action="store_true",
                    help="l1/l2/group/taylor: one ranking over all channels instead of the same ratio per layer "
                         "(group/taylor: each group's scores divided by their mean)")
+    p.add_argument("--allocation", choices=ALLOCATIONS, default=None,
+                   help="how many channels each group loses: uniform (the same ratio), global (one ranking; "
+                        "= --global) or sensitivity (the least predicted loss, from --sensitivity)")
+    p.add_argument("--sensitivity", metavar="FILE.json",
+                   help="with --allocation sensitivity: the curves `yoloslim sensitivity --json` wrote")
     p.add_argument("--include", nargs="+", metavar="NAME",
                    help="prune only under these module-name prefixes (a stage or a single conv) and what is "
                         "coupled to them")
@@ -68,6 +74,6 @@ def _run(a: argparse.Namespace) -> int:
           round_to=a.round_to, min_channels=a.min_channels, fold_bias=a.fold_bias, data=a.data, imgsz=a.imgsz,
           batch=a.batch, workers=a.workers, out=a.out, json_file=a.json_file, latency_runs=a.latency_runs,
           steps=a.steps, finetune_epochs=a.finetune_epochs, calib=a.calib, no_calib=a.no_calib,
-          class_map=a.class_map, device=a.device,
+          class_map=a.class_map, device=a.device, allocation=a.allocation, sensitivity=a.sensitivity,
           **({"calib_images": a.calib_images} if a.calib_images is not None else {}))
     return 0

@@ -1,11 +1,12 @@
 """Allocation: how many channels each group keeps, and which ones.
 
-Two allocations from the same scores: one global ranking over every prunable channel (network
-slimming's single γ threshold; ``--global`` for the filter norms) or the same ratio in every group
-(Li et al.'s per-layer pruning, the l1/l2 default). Then a floor (``min_channels``) and rounding
-(``round_to``). A ratio that would empty a group is refused before any weight is touched, with the
-largest safe ratio in the message. ``target_flops`` / ``target_params`` bisect the ratio with an
-analytic cost model until the pruned model lands within 2 % of the target.
+Three allocations (:data:`ALLOCATIONS`). Two from the same scores: one global ranking over every
+prunable channel (network slimming's single γ threshold; ``--global`` for the filter norms) or the
+same ratio in every group (Li et al.'s per-layer pruning, the l1/l2 default). Then a floor
+(``min_channels``) and rounding (``round_to``). A ratio that would empty a group is refused before
+any weight is touched, with the largest safe ratio in the message. ``target_flops`` /
+``target_params`` bisect the ratio with an analytic cost model until the pruned model lands within
+2 % of the target. The third, from measured sensitivity curves, is :mod:`yoloslim.prune.sensitivity`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from yoloslim.prune.importance import Importance
 from yoloslim.prune.surgery import ChannelPlan
 
 TARGET_TOLERANCE = 0.02  # relative distance to a FLOPs / params target
+# --allocation: the same ratio in every group, one global ranking (--global), or the measured sensitivity
+# curves (yoloslim.prune.sensitivity)
+ALLOCATIONS = ("uniform", "global", "sensitivity")
 
 
 @dataclass
@@ -166,27 +170,30 @@ class CostModel:
     def cost(self, keep: dict[int, int], skip: frozenset[str] | set[str] = frozenset()) -> tuple[int, int]:
         """(params, FLOPs) with ``keep[group id]`` channels per group, leaving out the modules in ``skip``."""
         params, flops = self.other_params, 0
-        for name, call in self.graph.calls.items():
-            m = self.modules[name]
+        for name in self.graph.calls:
             if name in skip:
                 continue
-            area = self.area.get(name, 0)
-            if call.kind == "bn":
-                c = _width(call.outputs, keep, m.num_features)
-                params += 2 * c
-                flops += 4 * area * c  # as models.profile counts a batch norm
-                continue
-            cout = _width(call.outputs, keep, m.out_channels)
-            kk = m.kernel_size[0] * m.kernel_size[1]
-            if call.kind == "depthwise":
-                per_out = kk
-            elif call.kind == "conv":
-                per_out = _width(call.inputs, keep, m.in_channels) * kk
-            else:
-                per_out = m.in_channels // m.groups * kk
-            params += cout * per_out + (cout if m.bias is not None else 0)
-            flops += 2 * area * cout * per_out
+            p, f = self.call_cost(name, keep)
+            params += p
+            flops += f
         return params, flops
+
+    def call_cost(self, name: str, keep: dict[int, int]) -> tuple[int, int]:
+        """(params, FLOPs) of one conv or batch norm with ``keep[group id]`` channels per group."""
+        call, m = self.graph.calls[name], self.modules[name]
+        area = self.area.get(name, 0)
+        if call.kind == "bn":
+            c = _width(call.outputs, keep, m.num_features)
+            return 2 * c, 4 * area * c  # as models.profile counts a batch norm
+        cout = _width(call.outputs, keep, m.out_channels)
+        kk = m.kernel_size[0] * m.kernel_size[1]
+        if call.kind == "depthwise":
+            per_out = kk
+        elif call.kind == "conv":
+            per_out = _width(call.inputs, keep, m.in_channels) * kk
+        else:
+            per_out = m.in_channels // m.groups * kk
+        return cout * per_out + (cout if m.bias is not None else 0), 2 * area * cout * per_out
 
     def fraction(self, keep: dict[int, int], what: str, skip: frozenset[str] | set[str] = frozenset(),
                  ) -> float:

@@ -15,11 +15,12 @@ from torch import nn
 from yoloslim.errors import UserError
 from yoloslim.log import logger
 from yoloslim.models.io import unwrap
-from yoloslim.prune.allocate import plan_channels
+from yoloslim.prune.allocate import ALLOCATIONS, plan_channels, score_groups
 from yoloslim.prune.gradients import accumulate_gradients
 from yoloslim.prune.graph import ChannelGraph
 from yoloslim.prune.importance import importance_for
 from yoloslim.prune.layers import LayerPlan, apply_layer_plan, block_renames, plan_layers, rename_key
+from yoloslim.prune.sensitivity import SensitivityCurves, plan_by_sensitivity
 from yoloslim.prune.surgery import ChannelPlan, apply_plan, fold_bias
 
 METHODS = ("auto", "slim", "l1", "l2", "group", "taylor", "layer")
@@ -54,6 +55,9 @@ class PruneOptions:
         round_to: pruned widths are multiples of this.
         min_channels: keep at least this many channels per group instead of refusing a ratio that empties one.
         fold_bias: fold removed channels' constant act(β) into the next convs' biases.
+        allocation: one of :data:`~yoloslim.prune.allocate.ALLOCATIONS` (None: the method's default);
+            ``global`` is ``global_rank=True``, ``uniform`` is ``global_rank=False``.
+        sensitivity: for ``allocation="sensitivity"``, the JSON file ``yoloslim sensitivity`` wrote.
     """
 
     method: str = "auto"
@@ -66,14 +70,21 @@ class PruneOptions:
     round_to: int = 1
     min_channels: int = 0
     fold_bias: bool = False
+    allocation: str | None = None
+    sensitivity: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.global_rank is None and self.allocation in ("uniform", "global"):
+            self.global_rank = self.allocation == "global"
 
     def resolve(self, has_data: bool) -> PruneOptions:
         """These options with ``auto`` replaced by :func:`auto_method`'s choice (an explicit ``--global`` stays)."""
         if self.method != "auto":
             return self
         method, global_rank = auto_method(has_data)
-        return dataclasses.replace(self, method=method,
-                                   global_rank=global_rank if self.global_rank is None else self.global_rank)
+        if self.global_rank is not None or self.allocation == "sensitivity":
+            global_rank = self.global_rank
+        return dataclasses.replace(self, method=method, global_rank=global_rank)
 
     def check(self) -> None:
         if self.method not in METHODS:
@@ -86,10 +97,17 @@ class PruneOptions:
             raise UserError("give exactly one of " + ", ".join(amounts) + got)
         if self.blocks is not None and self.method != "layer":
             raise UserError("--blocks is for --method layer; channel methods take --ratio or a target")
-        channel_only = self.global_rank or self.round_to != 1 or self.min_channels or self.fold_bias
+        if self.allocation is not None and self.allocation not in ALLOCATIONS:
+            raise UserError(f"--allocation must be one of {', '.join(ALLOCATIONS)}, got {self.allocation!r}")
+        if self.global_rank and self.allocation not in (None, "global"):
+            raise UserError(f"--global is --allocation global; it contradicts --allocation {self.allocation}")
+        if (self.allocation == "sensitivity") != bool(self.sensitivity):
+            raise UserError("--allocation sensitivity needs --sensitivity FILE.json (written by `yoloslim "
+                            "sensitivity --json`), and --sensitivity is only read by --allocation sensitivity")
+        channel_only = self.global_rank or self.allocation or self.round_to != 1 or self.min_channels or self.fold_bias
         if self.method == "layer" and channel_only:
-            raise UserError("--global, --round-to, --min-channels and --fold-bias are for channel methods, "
-                            "not --method layer")
+            raise UserError("--global, --allocation, --round-to, --min-channels and --fold-bias are for channel "
+                            "methods, not --method layer")
 
 
 @dataclass
@@ -137,10 +155,17 @@ def prune_model(model: nn.Module, opts: PruneOptions, graph: ChannelGraph | None
                             "batches of the train split")
         accumulate_gradients(model, batches, imgsz=int(batches[0][0].shape[-1]))
     try:
-        plan = plan_channels(model, graph, importance_for(method, global_rank), ratio=opts.ratio,
-                             target_flops=opts.target_flops, target_params=opts.target_params,
-                             global_rank=global_rank, include=include,
-                             round_to=opts.round_to, min_channels=opts.min_channels)
+        if opts.allocation == "sensitivity":
+            groups = graph.select(include)
+            scores = score_groups(model, groups, importance_for(method, False))
+            plan = plan_by_sensitivity(model, graph, scores, SensitivityCurves.load(opts.sensitivity), groups,
+                                       ratio=opts.ratio, target_flops=opts.target_flops,
+                                       target_params=opts.target_params, round_to=opts.round_to)
+        else:
+            plan = plan_channels(model, graph, importance_for(method, global_rank), ratio=opts.ratio,
+                                 target_flops=opts.target_flops, target_params=opts.target_params,
+                                 global_rank=global_rank, include=include,
+                                 round_to=opts.round_to, min_channels=opts.min_channels)
     finally:
         if method in NEEDS_GRADIENTS:
             model.zero_grad(set_to_none=True)

@@ -37,7 +37,8 @@ def prune(weights: str, method: str = "auto", ratio: float | None = None, target
           out: str | None = None, json_file: str | None = None, latency_runs: int = 20,
           steps: int = 1, finetune_epochs: int = 0, calib: str | None = None, calib_images: int = CALIB_IMAGES,
           no_calib: bool = False, class_map: str | None = None,
-          device: str | None = None) -> dict[str, Any]:
+          device: str | None = None, allocation: str | None = None,
+          sensitivity: str | None = None) -> dict[str, Any]:
     """Prune ``weights``, write the compact model and print the Metric / Before / After table.
 
     Args:
@@ -69,15 +70,20 @@ def prune(weights: str, method: str = "auto", ratio: float | None = None, target
             subset of the model's classes is scored, and fine-tuned, alone).
         device: where the latency, the mAP and the fine-tuning run (None: cuda when available, else
             cpu); the pruning and the recalibration run on the CPU.
+        allocation: one of :data:`yoloslim.prune.allocate.ALLOCATIONS` (None: the method's default).
+        sensitivity: for ``allocation="sensitivity"``, the curves ``yoloslim sensitivity --json`` wrote.
 
     Returns:
         The summary written to ``json_file``.
     """
     opts = PruneOptions(method=method, ratio=ratio, target_flops=target_flops, target_params=target_params,
                         blocks=blocks, global_rank=global_rank or None, include=list(include or []),
-                        round_to=round_to, min_channels=min_channels, fold_bias=fold_bias)
+                        round_to=round_to, min_channels=min_channels, fold_bias=fold_bias,
+                        allocation=allocation, sensitivity=sensitivity)
     opts.check()
     opts = opts.resolve(bool(data))
+    if allocation == "sensitivity" and steps > 1:
+        raise UserError("--allocation sensitivity follows curves measured on the unpruned model: use --steps 1")
     if steps < 1:
         raise UserError(f"--steps must be at least 1, got {steps}")
     if finetune_epochs < 0:
@@ -128,7 +134,9 @@ def prune(weights: str, method: str = "auto", ratio: float | None = None, target
                        ("include", include), ("round_to", round_to if round_to != 1 else None),
                        ("min_channels", min_channels or None), ("held", result.held or None),
                        ("removed_blocks", result.removed_blocks or None), ("fold_bias", fold_bias or None),
-                       ("global", opts.global_rank or None), ("calib", calib_source if calibrated else None),
+                       ("global", opts.global_rank or None),
+                       ("allocation", allocation), ("sensitivity", sensitivity),
+                       ("calib", calib_source if calibrated else None),
                        ("calib_images", calibrated or None)):
         if value is not None:
             event[key] = value
