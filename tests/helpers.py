@@ -44,3 +44,23 @@ def self_scored_data(folder: Path, images: int, imgsz: int, seed: int, val_ratio
     cfg["val"] = cfg["train"]
     data.write_text(yaml.safe_dump(cfg))
     return data, cfg["names"]
+
+
+def train_interrupted_in_second_epoch(monkeypatch, cfg) -> None:
+    """Run ``train(cfg)`` with a KeyboardInterrupt (Ctrl-C) at the start of its second epoch, after the first
+    epoch's files were written; ``train`` is then as it was."""
+    import pytest
+
+    import yoloslim.engine.train as engine_train
+
+    original = engine_train.train_one_epoch
+
+    def killed_in_second_epoch(parts, loader, epoch, *args, **kw):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return original(parts, loader, epoch, *args, **kw)
+
+    with monkeypatch.context() as m:
+        m.setattr(engine_train, "train_one_epoch", killed_in_second_epoch)
+        with pytest.raises(KeyboardInterrupt):
+            engine_train.train(cfg)

@@ -7,8 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import yoloslim.engine.train as engine_train
-from helpers import randomize_bn
+from helpers import randomize_bn, train_interrupted_in_second_epoch
 from yoloslim.cli import main
 from yoloslim.data.dataset import DetectionDataset, create_loader, load_data
 from yoloslim.data.synth import CLASSES
@@ -119,17 +118,7 @@ def test_a_distilled_run_resumes_with_its_teacher(tiny_data, tmp_path, monkeypat
                            batch=4, imgsz=64, workers=0, nominal_batch=8, seed=3, plots=False, out=str(out))
 
     straight = train(cfg(tmp_path / "a"))
-    original = engine_train.train_one_epoch
-
-    def killed_in_second_epoch(parts, loader, epoch, *args, **kw):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return original(parts, loader, epoch, *args, **kw)
-
-    monkeypatch.setattr(engine_train, "train_one_epoch", killed_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg(tmp_path / "b"))
-    monkeypatch.setattr(engine_train, "train_one_epoch", original)
+    train_interrupted_in_second_epoch(monkeypatch, cfg(tmp_path / "b"))
     state = load_state(tmp_path / "b" / "weights" / "last_state.pt")
     assert state["config"]["teacher"] == teacher and state["config"]["distill_weight"] == 2.0
     resumed = train(TrainConfig(resume=str(tmp_path / "b"), workers=0))

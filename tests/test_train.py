@@ -7,6 +7,7 @@ import yaml
 from safetensors.torch import load_file
 
 import yoloslim.engine.train as engine_train
+from helpers import train_interrupted_in_second_epoch
 from yoloslim.cli import main
 from yoloslim.engine.ema import ModelEMA
 from yoloslim.engine.optim import build_optimizer, lr_factor, warmup
@@ -54,15 +55,11 @@ def test_hyp_unknown_key_is_refused_with_suggestion(tmp_path):
         load_hyp(f)
 
 
-def test_three_parameter_groups_and_warmup():
+def test_sgd_warmup():
+    """(The three parameter groups of every optimizer: tests/test_optim.py.)"""
     model = create_model("yolov5n", nc=2)
     opt = build_optimizer(model, lr=0.01, momentum=0.937, weight_decay=5e-4)
     bias, weight, bn = opt.param_groups
-    n_bias = sum(1 for n, _ in model.named_parameters() if n.endswith(".bias"))
-    n_bn = sum(1 for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
-    assert (len(bias["params"]), len(bn["params"])) == (n_bias, n_bn)
-    assert len(weight["params"]) == len(list(model.parameters())) - n_bias - n_bn
-    assert (bias["weight_decay"], weight["weight_decay"], bn["weight_decay"]) == (0.0, 5e-4, 0.0)
     assert all(g["nesterov"] for g in opt.param_groups)
     warmup(opt, 0, 100, 1.0, momentum=0.937, warmup_momentum=0.8, warmup_bias_lr=0.1)
     assert (bias["lr"], weight["lr"], weight["momentum"]) == (0.1, 0.0, 0.8)
@@ -176,19 +173,8 @@ def test_run_folders_are_numbered_and_resume_finds_the_latest(tmp_path):
 @pytest.mark.slow
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_data, tmp_path, monkeypatch):
     straight = train(_cfg(tiny_data, tmp_path / "a"))
-
-    original = engine_train.train_one_epoch
-
-    def killed_in_second_epoch(parts, loader, epoch, *args, **kw):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return original(parts, loader, epoch, *args, **kw)
-
-    monkeypatch.setattr(engine_train, "train_one_epoch", killed_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train(_cfg(tiny_data, tmp_path / "b"))
+    train_interrupted_in_second_epoch(monkeypatch, _cfg(tiny_data, tmp_path / "b"))
     assert load_state(tmp_path / "b" / "weights" / "last_state.pt")["epoch"] == 1
-    monkeypatch.setattr(engine_train, "train_one_epoch", original)
     resumed = train(TrainConfig(resume=str(tmp_path / "b"), workers=0))
 
     assert resumed.run_dir == tmp_path / "b"
