@@ -17,6 +17,7 @@ import torch
 
 from yoloslim.data.dataset import letterbox, load_data
 from yoloslim.data.images import read_image
+from yoloslim.data.source import DataSource
 from yoloslim.deploy.sources import open_source
 from yoloslim.errors import UserError
 from yoloslim.log import logger
@@ -69,11 +70,13 @@ class CalibrationImages:
             yield img
 
 
-def calibration_images(source: str, imgsz: int, limit: int, batch: int = 16, seed: int = 0) -> CalibrationImages:
+def calibration_images(source: str, imgsz: int, limit: int, batch: int = 16, seed: int = 0,
+                       loaded: DataSource | None = None) -> CalibrationImages:
     """Resolve ``--calib SOURCE`` into batches of at most ``limit`` letterboxed images.
 
     A data set contributes a seeded random choice of ``limit`` images of its train split (all of
-    them when it has fewer); other sources yield their first ``limit`` images or frames.
+    them when it has fewer); other sources yield their first ``limit`` images or frames. ``loaded``
+    is the data set ``source`` names when the caller has read it already (it is not read again).
 
     Raises:
         UserError: nothing by that name, a data set without a train split, a non-positive ``limit``.
@@ -86,7 +89,7 @@ def calibration_images(source: str, imgsz: int, limit: int, batch: int = 16, see
     if not is_data_set(path):
         open_source(str(path)).close()  # fails now, with its clear line, on an empty folder or a bad file
         return CalibrationImages(str(source), "images", imgsz, limit, batch)
-    samples = load_data(path, warn=False).splits.get("train") or []
+    samples = (loaded or load_data(path, warn=False)).splits.get("train") or []
     if not samples:
         raise UserError(f"--calib {source}: the data set has no train split to calibrate on")
     paths = [s.path for s in samples]

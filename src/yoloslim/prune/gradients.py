@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from yoloslim.data.dataset import DetectionDataset, create_loader, load_data
+from yoloslim.data.source import DataSource
 from yoloslim.errors import UserError
 from yoloslim.loss import make_loss
 from yoloslim.models.decode import preprocess
@@ -49,9 +50,11 @@ def accumulate_gradients(model: nn.Module, batches: Iterable[tuple[torch.Tensor,
     return seen
 
 
-def train_batches(data: str, imgsz: int, batch: int, batches: int = GRAD_BATCHES, workers: int = 0):
-    """The first ``batches`` plain-letterboxed batches of a data set's train split, as ``(imgs, targets)``."""
-    samples = load_data(data, warn=False).splits.get("train") or []
+def train_batches(data: str, imgsz: int, batch: int, batches: int = GRAD_BATCHES, workers: int = 0,
+                  loaded: DataSource | None = None):
+    """The first ``batches`` plain-letterboxed batches of a data set's train split, as ``(imgs, targets)``;
+    ``loaded`` is the data set ``data`` names when the caller has read it already (it is not read again)."""
+    samples = (loaded or load_data(data, warn=False)).splits.get("train") or []
     if not samples:
         raise UserError(f"{data}: no train split to compute gradients on")
     if len(samples) > batch * batches:  # a seeded choice: a data set listed by name may be sorted by class

@@ -110,9 +110,11 @@ def prune(weights: str, method: str = "auto", ratio: float | None = None, target
         raise UserError(f"--imgsz must be a positive multiple of {stride}, got {imgsz}")
     source = _measuring_data(data, names_before, model.spec.nc, class_map) if data else None
     calib_source = None if no_calib else (calib or data)
-    recal = _recalibrator(calib_source, imgsz, calib_images, batch) if calib_source else None
+    recal = (_recalibrator(calib_source, imgsz, calib_images, batch, source if calib_source == data else None)
+             if calib_source else None)
     method = opts.method
-    batches = train_batches(data, imgsz, batch, workers=workers) if method in NEEDS_GRADIENTS and data else None
+    batches = (train_batches(data, imgsz, batch, workers=workers, loaded=source)
+               if method in NEEDS_GRADIENTS and data else None)
     t0 = time.perf_counter()
     step_log: list[dict[str, Any]] = []
     if steps == 1:
@@ -140,7 +142,8 @@ def prune(weights: str, method: str = "auto", ratio: float | None = None, target
                        ("calib_images", calibrated or None)):
         if value is not None:
             event[key] = value
-    new_info = ModelInfo(pruned.spec, info.names, info.imgsz, info.history).with_event("pruned", **event)
+    pruned_info = ModelInfo(pruned.spec, info.names, info.imgsz, info.history)  # history without this cut yet
+    new_info = pruned_info.with_event("pruned", **event)
     save_model(out_path, pruned, new_info)
     logger.info(f"pruned in {seconds:.2f}s -> {out_path}")
 
@@ -171,8 +174,7 @@ def prune(weights: str, method: str = "auto", ratio: float | None = None, target
                 recalibrated_maps, kept = dict(after), False
                 pruned = uncalibrated
                 after.update(uncalibrated_maps)
-                save_model(out_path, pruned, ModelInfo(pruned.spec, info.names, info.imgsz, info.history).with_event(
-                    "pruned", **{**event, "calib_kept": False}))
+                save_model(out_path, pruned, pruned_info.with_event("pruned", **event, calib_kept=False))
     layers = _layer_rows(model, pruned, result)
     summary = {"weights": str(weights), "out": str(out_path), "method": method, "ratio": result.ratio,
                "imgsz": imgsz, "device": str(dev), "seconds": round(seconds, 3), "held": result.held,
@@ -199,10 +201,10 @@ def _finetuner(data: str | None, epochs: int, imgsz: int, batch: int, workers: i
     return finetune
 
 
-def _recalibrator(source: str, imgsz: int, limit: int, batch: int) -> Recalibrate:
+def _recalibrator(source: str, imgsz: int, limit: int, batch: int, loaded: DataSource | None) -> Recalibrate:
     """``fn(model) -> images used``: BN recalibration on ``source`` (the images are resolved now, so a
-    bad ``--calib`` fails before any pruning)."""
-    images = calibration_images(source, imgsz, limit, batch)
+    bad ``--calib`` fails before any pruning); ``loaded``: that data set, when already read."""
+    images = calibration_images(source, imgsz, limit, batch, loaded=loaded)
     logger.info(f"BN recalibration on up to {limit} images of {source} ({images.kind})")
 
     def recalibrate(model: nn.Module) -> int:
