@@ -17,7 +17,8 @@ FORMATS = ("onnx", "darknet")
 
 def export(weights: str, format: str = "onnx", imgsz: int | None = None, dynamic: bool = False,
            nms: bool = False, opset: int = MIN_OPSET, out: str | None = None, conf: float = 0.25,
-           iou: float = 0.45, max_det: int = 300, json_file: str | None = None) -> dict[str, Any]:
+           iou: float = 0.45, max_det: int = 300, json_file: str | None = None,
+           layout: str = "yoloslim") -> dict[str, Any]:
     """Export ``weights`` (fused, decoded) and check the file against PyTorch in ONNX Runtime.
 
     Args:
@@ -32,6 +33,8 @@ def export(weights: str, format: str = "onnx", imgsz: int | None = None, dynamic
         iou: with ``nms``, IoU threshold stored in the file.
         max_det: with ``nms``, boxes kept per class and image.
         json_file: also write the summary as JSON.
+        layout: ``"yoloslim"`` or ``"ultralytics"`` (the output tensor of ultralytics' own ONNX export; see
+            :mod:`yoloslim.deploy.onnx_export`).
 
     Returns:
         The summary: file, size, parity difference, params.
@@ -39,6 +42,8 @@ def export(weights: str, format: str = "onnx", imgsz: int | None = None, dynamic
     if format not in FORMATS:
         raise UserError(f"unknown --format {format!r}; choose from {', '.join(FORMATS)}")
     if format == "darknet":  # .cfg + .weights of a YOLOv3-family model (workflows/export_darknet.py)
+        if layout != "yoloslim":
+            raise UserError("--layout is for --format onnx")
         return export_darknet_files(weights, out=out, imgsz=imgsz, dynamic=dynamic, nms=nms,
                                     json_file=json_file)
     target = Path(out) if out else Path(weights).with_suffix(".onnx")
@@ -49,14 +54,16 @@ def export(weights: str, format: str = "onnx", imgsz: int | None = None, dynamic
     model, info = load_model(weights)
     imgsz = int(imgsz or info.imgsz)
     path, check = export_checked(model, info, target, imgsz, dynamic=dynamic, nms=nms, opset=opset,
-                                 conf=conf, iou=iou, max_det=max_det)
+                                 conf=conf, iou=iou, max_det=max_det, layout=layout)
     summary = {
         "file": str(path), "format": format, "bytes": path.stat().st_size, "imgsz": imgsz, "dynamic": dynamic,
-        "nms": nms, "opset": opset, "params": count_params(model), "family": model.spec.family,
+        "nms": nms, "layout": layout, "opset": opset, "params": count_params(model),
+        "family": model.spec.family,
         "max_diff": check.max_diff if check else None, "checked": sorted(check.diffs) if check else [],
     }
-    print(f"exported {path} ({summary['bytes'] / 1e6:.1f} MB, opset {opset}, "
-          f"{'dynamic' if dynamic else f'{imgsz}x{imgsz}'}{', with NMS' if nms else ''}); "
+    shape = f"{'dynamic' if dynamic else f'{imgsz}x{imgsz}'}{', with NMS' if nms else ''}"
+    print(f"exported {path} ({summary['bytes'] / 1e6:.1f} MB, opset {opset}, {shape}"
+          f"{', ultralytics layout' if layout != 'yoloslim' else ''}); "
           f"ONNX Runtime vs PyTorch: max difference {summary['max_diff']:.2e}")
     if json_file:
         write_json(json_file, summary)
