@@ -83,6 +83,9 @@ def tiny(spec: ArchSpec) -> ArchSpec:
     widest = max(spec.channels.values())
     if widest > MAX_WIDTH:
         small.channels = {k: max(4, round(c * MAX_WIDTH / widest)) for k, c in spec.channels.items()}
+        for conv, sizes in small.options.get("split", {}).items():  # a split conv's pieces (YOLOv8's C2f)
+            sizes[:] = [max(4, round(c * MAX_WIDTH / widest)) for c in sizes]
+            small.channels[conv] = sum(sizes)
     return small
 
 
