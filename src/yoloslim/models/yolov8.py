@@ -18,7 +18,7 @@ from torch import nn
 
 from yoloslim.errors import UserError
 from yoloslim.models.blocks import Concat, Conv
-from yoloslim.models.blocks_v8 import REG_MAX, C2PSA, C2f, DetectDFL
+from yoloslim.models.blocks_v8 import REG_MAX, C2PSA, Attention, C2f, DetectDFL
 from yoloslim.models.family import Family
 from yoloslim.models.spec import ArchSpec, Widths, make_divisible
 from yoloslim.models.yolov5 import SPPF
@@ -184,6 +184,21 @@ class YOLOv8(nn.Module):
         """The prediction convs whose outputs are fixed by the head's layout, and the fixed DFL conv."""
         d = self.detect
         return [*(s[-1] for s in d.cv2), *(s[-1] for s in d.cv3), d.dfl.conv]
+
+
+    @property
+    def fixed_channels(self) -> dict[str, str]:
+        """Convs whose output channels pruning must keep, with the reason (read by the pruning graph)."""
+        out = {}
+        for name, m in self.named_modules():
+            if isinstance(m, Attention):
+                for conv in ("qkv", "pe"):
+                    out[f"{name}.{conv}.conv"] = ATTENTION_FIXED
+        return out
+
+
+ATTENTION_FIXED = ("is C2PSA attention: its channels are reshaped into heads (query, key and value of each "
+                   "head), coupled across heads, so they stay whole; the block's residual width is prunable")
 
 
 def _check_splits(spec: ArchSpec, model: nn.Module) -> None:
