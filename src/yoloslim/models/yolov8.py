@@ -226,5 +226,5 @@ def yolov8_spec(name: str, nc: int = 80) -> ArchSpec:
 FAMILY = Family(
     name="yolov8", builder=YOLOv8, presets={name: (lambda nc, name=name: yolov8_spec(name, nc)) for name in PRESETS},
     loss="yoloslim.loss.yolov8:YOLOv8Loss", decode="dfl", input_bgr=False, input_scale=1 / 255,
-    strides=(8, 16, 32), importers={},
+    strides=(8, 16, 32), importers={"ultralytics": "yoloslim.deploy.import_ultralytics:import_ultralytics"},
 )
