@@ -136,7 +136,7 @@ def _version(arch: dict, layers: list[StandIn], src: Path) -> str:
     d = head.__dict__
     if arch.get("end2end") or d.get("end2end"):
         raise UserError(f"{src}: an end-to-end (NMS-free) head, as YOLOv10 and YOLO26 have; {SUPPORTED}")
-    reg_max = d.get("reg_max", arch.get("reg_max", REG_MAX))
+    reg_max = next((r for r in (d.get("reg_max"), arch.get("reg_max")) if r is not None and r != REG_MAX), REG_MAX)
     if reg_max != REG_MAX:
         raise UserError(f"{src}: the Detect head has reg_max {reg_max} (YOLOv8 / YOLO11: {REG_MAX}); {SUPPORTED}")
     if int(arch.get("channels", arch.get("ch", 3))) != 3:
