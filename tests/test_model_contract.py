@@ -42,7 +42,7 @@ MAX_WIDTH = 32  # the widest conv of a scaled-down preset
 NAMES = list(MODELS)
 # the smallest presets that together hold every module type of every model (test_onnx_models_cover_every_module_type)
 ONNX_MODELS = ["yolov3-tiny", "yolov3-lite", "yolov5n", "yolov3", "yolov3-spp", "yolox-tiny", "yolov3-mobilenetv2",
-               "yolox-nano"]
+               "yolox-nano", "yolo11m"]
 # (importance, global ranking): the network-slimming threshold, per-layer L1, normalised group norm
 IMPORTANCES = {"slim": (BNScale(), True), "l1": (FilterNorm(1), False), "group": (GroupNorm(normalize=True), True)}
 

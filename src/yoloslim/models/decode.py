@@ -11,8 +11,8 @@ from yoloslim.models.spec import ArchSpec
 
 
 def decode_style(spec: ArchSpec) -> str:
-    """How the spec's raw maps decode: ``"yolov5"``, ``"darknet"``, ``"anchor_free"`` or ``"dfl"`` (see :class:`Decoder`);
-    ``options["decode"]`` when the spec sets it, else its family's."""
+    """How the spec's raw maps decode: ``"yolov5"``, ``"darknet"``, ``"anchor_free"`` or ``"dfl"`` (see
+    :class:`Decoder`); ``options["decode"]`` when the spec sets it, else its family's."""
     return spec.options.get("decode", family_of(spec).decode)
 
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from yoloslim.errors import UserError
 from yoloslim.models.blocks import Concat, Conv
-from yoloslim.models.blocks_v8 import REG_MAX, C2PSA, Attention, C2f, DetectDFL
+from yoloslim.models.blocks_v8 import C2PSA, REG_MAX, Attention, C2f, DetectDFL
 from yoloslim.models.family import Family
 from yoloslim.models.spec import ArchSpec, Widths, make_divisible
 from yoloslim.models.yolov5 import SPPF

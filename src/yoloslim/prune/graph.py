@@ -443,7 +443,7 @@ class _Tracer:
                         if sizes is not None:
                             cuts |= set(_cut_points(sizes))
                             ends = sorted(cuts | {0})
-                            self.split_at[str(src.target)] = [b - a for a, b in zip(ends, ends[1:])]
+                            self.split_at[str(src.target)] = [b - a for a, b in zip(ends, ends[1:], strict=False)]
                     break
                 if not isinstance(m, (nn.BatchNorm2d, *PASSTHROUGH_MODULES)):
                     break

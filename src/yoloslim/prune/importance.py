@@ -99,8 +99,8 @@ def _slices(model: nn.Module, group: Group) -> list[Slice]:
     n = group.size
     out: list[Slice] = []
     for name in group.producers:
-        out.append((model.get_submodule(name).weight,  # (out, in, kh, kw): the group's output rows
-                    lambda t, r=group.rows(name): t[r].reshape(n, -1)))
+        rows = group.rows(name)  # the group's output rows of (out, in, kh, kw)
+        out.append((model.get_submodule(name).weight, lambda t, r=rows: t[r].reshape(n, -1)))
     for mem in group.consumers:
         out.append((model.get_submodule(mem.module).weight,  # (out, in, kh, kw): the group's input columns
                     lambda t, o=mem.offset: t[:, o:o + n].transpose(0, 1).reshape(n, -1)))
