@@ -4,7 +4,11 @@ Every anchor point (a grid cell's centre, one per cell of every level) is a cand
 ground-truth box of its image. Per image, with ``s`` the predicted probability of the gt's class and
 ``u`` the overlap of the predicted box with the gt box:
 
-1. candidates: anchor points strictly inside the gt box;
+1. candidates: anchor points strictly inside the gt box; for this test only, a side shorter than
+   ``min_size`` (YOLOv8Loss: the middle stride, 16 px) is widened to it about the box's centre, so
+   that a box smaller than a cell still has candidates (the plain rule leaves a gt that holds no
+   cell centre without anchors: at 64-160 px most of them; ultralytics 8.4's assigner behaves the
+   same way, checked on hand-made boxes);
 2. alignment metric ``t = s^α · u^β`` (α = 0.5, β = 6 as YOLOv8; ``u`` is the CIoU clamped at 0, as
    YOLOv8 uses it, where TOOD uses the IoU);
 3. each gt takes its ``topk`` (10) candidates of highest ``t``;
@@ -89,11 +93,13 @@ class TaskAlignedAssigner:
         topk: anchors each gt takes.
         alpha: exponent of the class score in the alignment metric.
         beta: exponent of the overlap.
+        min_size: in pixels; a gt side shorter than this is widened to it for the candidate test.
         eps: guard against division by zero.
     """
 
-    def __init__(self, topk: int = TOPK, alpha: float = ALPHA, beta: float = BETA, eps: float = 1e-9) -> None:
-        self.topk, self.alpha, self.beta, self.eps = topk, alpha, beta, eps
+    def __init__(self, topk: int = TOPK, alpha: float = ALPHA, beta: float = BETA, min_size: float = 0.0,
+                 eps: float = 1e-9) -> None:
+        self.topk, self.alpha, self.beta, self.min_size, self.eps = topk, alpha, beta, min_size, eps
 
     @torch.no_grad()
     def __call__(self, scores: torch.Tensor, boxes: torch.Tensor, anchors: torch.Tensor, gt_labels: torch.Tensor,
@@ -144,9 +150,11 @@ class TaskAlignedAssigner:
         return Assignment(fg, gt_index, target_boxes, target_scores)
 
     def inside_boxes(self, anchors: torch.Tensor, gt_boxes: torch.Tensor) -> torch.Tensor:
-        """(b, M, A) bool: the anchor point lies strictly inside the gt box."""
+        """(b, M, A) bool: the anchor point lies strictly inside the gt box (sides widened to ``min_size``)."""
+        center = (gt_boxes[..., :2] + gt_boxes[..., 2:]) / 2  # (b, M, 2)
+        half = ((gt_boxes[..., 2:] - gt_boxes[..., :2]).clamp(min=self.min_size) / 2)[:, :, None]  # (b, M, 1, 2)
         xy = anchors[None, None]  # (1, 1, A, 2)
-        d = torch.cat((xy - gt_boxes[:, :, None, :2], gt_boxes[:, :, None, 2:] - xy), -1)  # (b, M, A, 4)
+        d = torch.cat((xy - (center[:, :, None] - half), (center[:, :, None] + half) - xy), -1)  # (b, M, A, 4)
         return d.amin(-1) > self.eps
 
     def alignment(self, scores: torch.Tensor, boxes: torch.Tensor, gt_labels: torch.Tensor, gt_boxes: torch.Tensor,

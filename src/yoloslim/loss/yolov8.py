@@ -109,7 +109,7 @@ class YOLOv8Loss:
         self.strides = [int(s) for s in spec.strides]
         self.reg_max = reg_max_of(model)
         self.gains = {"box": float(hyp.box), "cls": float(hyp.cls), "dfl": float(hyp.dfl)}
-        self.assigner = TaskAlignedAssigner()
+        self.assigner = TaskAlignedAssigner(min_size=float(sorted(self.strides)[len(self.strides) // 2]))
 
     def __call__(self, raw: list[torch.Tensor],
                  targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
