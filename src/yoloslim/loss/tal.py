@@ -11,7 +11,7 @@ ground-truth box of its image. Per image, with ``s`` the predicted probability o
    same way, checked on hand-made boxes);
 2. alignment metric ``t = s^α · u^β`` (α = 0.5, β = 6 as YOLOv8; ``u`` is the CIoU clamped at 0, as
    YOLOv8 uses it, where TOOD uses the IoU);
-3. each gt takes its ``topk`` (10) candidates of highest ``t``;
+3. each gt takes its ``topk`` (10) candidates of highest ``t`` (those with ``t > 0``);
 4. an anchor taken by several gts keeps the one its predicted box overlaps most, of all gts that
    contain it (as YOLOv8 does: possibly one that did not rank it in its top k; ties: the first);
 5. soft targets: the class score target of a positive anchor is ``t / max t · max u``, the maxima
@@ -130,7 +130,7 @@ class TaskAlignedAssigner:
         k = min(self.topk, a)
         top = metric.topk(k, dim=-1).indices  # (b, M, k)
         in_topk = torch.zeros_like(inside).scatter_(-1, top, True)
-        pos = in_topk & inside  # (b, M, A)
+        pos = in_topk & inside & (metric > 0)  # (b, M, A); a zero metric would give a zero target anyway
 
         # an anchor taken by several gts keeps the gt containing it that it overlaps most
         multi = pos.sum(1, keepdim=True) > 1  # (b, 1, A)
