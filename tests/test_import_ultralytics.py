@@ -12,6 +12,7 @@ yoloslim's blocks. They are registered under ``ultralytics.*`` in ``sys.modules`
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import sys
@@ -304,9 +305,9 @@ def _ultralytics_model(name="yolov8n", nc=3):
     return theirs.eval()
 
 
-@pytest.fixture
-def ultralytics_modules():
-    """Register the classes above under their ultralytics module names; calling the fixture removes them."""
+@contextlib.contextmanager
+def registered():
+    """Register the classes above under their ultralytics module names; calling what it yields removes them."""
     names = ["ultralytics", "ultralytics.nn", "ultralytics.nn.modules", *ALL]
     mods = {n: types.ModuleType(n) for n in names}
     for module, classes in ALL.items():
@@ -322,8 +323,24 @@ def ultralytics_modules():
             else:
                 sys.modules[k] = v
 
-    yield remove
-    remove()
+    try:
+        yield remove
+    finally:
+        remove()
+
+
+@pytest.fixture
+def ultralytics_modules():
+    with registered() as remove:
+        yield remove
+
+
+def write_checkpoint(path, name="yolov8n", names=("c0", "c1", "c2"), training=False):
+    """A ``best.pt`` as ultralytics writes it for ``name`` with classes ``names`` (the docs test's input)."""
+    with registered():
+        theirs = _ultralytics_model(name, len(names))
+        theirs.names = dict(enumerate(names))
+        _save_like_ultralytics(theirs, path, training)
 
 
 def _save_like_ultralytics(model, path, training=False):
