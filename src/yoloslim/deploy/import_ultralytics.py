@@ -72,19 +72,28 @@ def import_ultralytics(src: str | Path, *, cfg: str | Path | None = None, model:
     if not isinstance(arch, dict):
         raise UserError(f"{src}: the checkpoint's model has no yaml dict (its architecture); {SUPPORTED}")
     layers = _layers_of(tree, src)
-    version = _version(arch, layers, src)
-    name = _preset(arch, version, src)
-    state = _float_state(state_of(tree))
-    nc = _num_classes(state, layers, src)
-    if "nc" in arch and int(arch["nc"]) != nc:
-        logger.warning(f"{src}: the yaml says nc={arch['nc']} but the Detect convs have {nc} classes; using {nc}")
-    spec = model_spec(name, nc)
-    net = YOLOv8(spec)
-    _check_modules(net, tree, state, src)
+    try:  # the yaml and the attributes are whatever the pickle holds: odd types are a damaged file
+        version = _version(arch, layers, src)
+        name = _preset(arch, version, src)
+        state = _float_state(state_of(tree))
+        nc = _num_classes(state, layers, src)
+        if arch.get("nc") != nc:
+            logger.warning(f"{src}: the yaml says nc={arch.get('nc')} but the Detect convs have {nc} classes; "
+                           f"using {nc}")
+        spec = model_spec(name, nc)
+        net = YOLOv8(spec)
+        _check_modules(net, tree, state, src)
+    except UserError:
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
+        raise UserError(f"{src}: damaged or unexpected model description in the checkpoint "
+                        f"({e.__class__.__name__}: {str(e).splitlines()[0][:100] if str(e) else ''})") from None
     load_state_strict(net, state, source=str(src))
     net.eval()
     user = names is not None
-    labels = class_names(names if user else tree.__dict__.get("names"), nc, src, from_user=user)
+    raw = tree.__dict__.get("names")
+    labels = class_names(names if user else raw if isinstance(raw, (dict, list, tuple)) else None, nc, src,
+                         from_user=user)
     return net, ModelInfo(spec, labels, _imgsz(obj))
 
 
