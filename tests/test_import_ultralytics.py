@@ -432,13 +432,20 @@ def test_other_architectures_and_wrong_commands_are_refused(tmp_path, ultralytic
     e2e.model[-1].end2end = True
     regmax = copy.deepcopy(theirs)
     regmax.yaml = {**theirs.yaml, "reg_max": 1}
+    old = copy.deepcopy(theirs)  # early 8.0 releases: one yaml per scale, multiples instead of scales
+    old.yaml = {k: v for k, v in theirs.yaml.items() if k not in ("scale", "scales")}
+    old.yaml.update(depth_multiple=0.33, width_multiple=0.25)
+    wide = copy.deepcopy(old)  # a width no scale of the table gives
+    wide.yaml["backbone"][7] = [-1, 1, "Conv", [768, 3, 2]]
     files = {}
-    for key, m in {"best": theirs, "seg": seg, "e2e": e2e, "regmax": regmax}.items():
+    for key, m in {"best": theirs, "seg": seg, "e2e": e2e, "regmax": regmax, "old": old, "wide": wide}.items():
         files[key] = tmp_path / f"{key}.pt"
         _save_like_ultralytics(m, files[key])
     ultralytics_modules()
 
-    for key, message in [("seg", "a segmentation model"), ("e2e", "end-to-end"), ("regmax", "reg_max 1")]:
+    assert import_ultralytics(files["old"])[1].spec.name == "yolov8n"
+    for key, message in [("seg", "a segmentation model"), ("e2e", "end-to-end"), ("regmax", "reg_max 1"),
+                         ("wide", "not one of the n/s/m/l/x scales")]:
         with pytest.raises(UserError, match=message):
             import_ultralytics(files[key])
     with pytest.raises(UserError, match="--from ultralytics"):  # the YOLOv5-repo importer points to this one

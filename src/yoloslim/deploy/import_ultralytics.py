@@ -168,22 +168,27 @@ def _kind(name: str) -> str:
     return str(name).rsplit(".", 1)[-1]
 
 
-def _rows_match(rows: list, table: list) -> bool:
-    """The yaml rows against a table: from, repeats, module and the width/kernel/shortcut arguments."""
+def _rows_match(rows: list, table: list, cap: int | None = None) -> bool:
+    """The yaml rows against a table: from, repeats, module and the kernel/shortcut arguments; the output
+    widths too when ``cap`` (the scale's max channels) is given, compared after capping: the per-scale
+    yaml files of early 8.0 releases write the capped widths (768 in yolov8m.yaml) where the scaled
+    yolov8.yaml writes 1024."""
     if len(rows) != len(table):
         return False
     for (f, n, kind, args), (rf, rn, rkind, rargs) in zip(rows, table, strict=True):
         if f != rf or n != rn or _kind(kind) != rkind:
             return False
-        if rkind not in ("Upsample", "Concat", "Detect") and _args(rkind, args) != _args(rkind, rargs):
+        if rkind not in ("Upsample", "Concat", "Detect") and _args(rkind, args, cap) != _args(rkind, rargs, cap):
             return False
     return True
 
 
-def _args(kind: str, args: Any) -> list:
-    """A row's arguments with the module's defaults filled in (a yaml may leave ``shortcut=False`` out)."""
+def _args(kind: str, args: Any, cap: int | None) -> list:
+    """A row's arguments with the module's defaults filled in (a yaml may leave ``shortcut=False`` out), its
+    output width capped at ``cap`` (or left out without one)."""
     given = list(args or [])
-    return given + ARG_DEFAULTS.get(kind, [])[len(given):]
+    full = given + ARG_DEFAULTS.get(kind, [])[len(given):]
+    return [min(full[0], cap) if cap else None, *full[1:]] if full else full
 
 
 def _what(arch: dict, kinds: list[str]) -> str:
@@ -208,11 +213,13 @@ def _preset(arch: dict, version: str, src: Path) -> str:
         gd, gw, cap = arch["depth_multiple"], arch["width_multiple"], None
     else:
         raise UserError(f"{src}: the yaml names no scale (n/s/m/l/x) nor depth/width multiples; {SUPPORTED}")
+    rows = list(arch.get("backbone") or []) + list(arch.get("head") or [])
     for name, (v, d, w, c) in PRESETS.items():
         if v == version and abs(d - float(gd)) < 1e-6 and abs(w - float(gw)) < 1e-6 and cap in (c, None):
             if version == "11" and scale and name[-1] != scale:
                 continue  # YOLO11's m/l/x switch C3k on by the scale's letter
-            return name
+            if _rows_match(rows, LAYERS[version], cap=c):
+                return name
     raise UserError(f"{src}: {NAMES[version]} with depth {gd}, width {gw}, max channels {cap} is not one of the "
                     f"n/s/m/l/x scales; {SUPPORTED}")
 
