@@ -22,8 +22,8 @@ from yoloslim.errors import UserError
 from yoloslim.models import build_model, model_spec
 from yoloslim.models.decode import Decoder
 from yoloslim.models.io import ModelInfo, load_model, save_model
-from yoloslim.models.profile import count_params, profile
-from yoloslim.prune.allocate import plan_channels
+from yoloslim.models.profile import count_params, profile, total_gflops
+from yoloslim.prune.allocate import CostModel, plan_channels
 from yoloslim.prune.graph import ChannelGraph
 from yoloslim.prune.importance import Taylor, importance_for
 from yoloslim.prune.layers import apply_layer_plan, mask_layers, plan_layers
@@ -185,3 +185,13 @@ def test_full_width_yolo11n_prunes_around_its_attention_heads():
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         assert max_diff(mask_model(model, plan).eval()(x), compact(x)) < 1e-4
+
+
+def test_cost_model_counts_split_convs_as_the_compact_model():
+    model = tiny_v8("yolo11n")
+    graph = ChannelGraph.trace(model)
+    plan = plan_channels(model, graph, importance_for("l1"), ratio=0.5, global_rank=False, min_channels=1)
+    params, flops = CostModel(model, graph, imgsz=64).cost({g: len(k) for g, k in plan.keep.items()})
+    compact = apply_plan(model, plan)
+    assert params == count_params(compact)
+    assert flops == round(total_gflops(profile(compact, 64)) * 1e9)
