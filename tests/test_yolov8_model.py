@@ -22,8 +22,8 @@ from yoloslim.errors import UserError
 from yoloslim.models import build_model, model_spec
 from yoloslim.models.decode import Decoder
 from yoloslim.models.io import ModelInfo, load_model, save_model
-from yoloslim.models.profile import count_params, profile
-from yoloslim.prune.allocate import plan_channels
+from yoloslim.models.profile import count_params, profile, total_gflops
+from yoloslim.prune.allocate import CostModel, plan_channels
 from yoloslim.prune.graph import ChannelGraph
 from yoloslim.prune.importance import Taylor, importance_for
 from yoloslim.prune.layers import apply_layer_plan, mask_layers, plan_layers
@@ -168,3 +168,30 @@ def test_a_spec_with_bad_split_sizes_is_refused():
     bad.options["split"]["model.2.cv1.conv"] = "16,16"
     with pytest.raises(UserError, match="positive widths"):
         build_model(bad)
+
+
+def test_full_width_yolo11n_prunes_around_its_attention_heads():
+    """At the published width the attention has 2 heads; pruning SPPF and the C2PSA residual stream must
+    leave them as they are (a tiny model has one head and would not show it)."""
+    model = randomize_bn(build_model(model_spec("yolo11n", 2)), seed=1)
+    graph = ChannelGraph.trace(model)
+    plan = plan_channels(model, graph, importance_for("l1"), ratio=0.3, global_rank=False, min_channels=1)
+    compact = apply_plan(model, plan).eval()
+    for m in (model, compact):
+        attn = m.get_submodule("model.10.m.0.attn")
+        assert (attn.heads, attn.head_dim, attn.key_dim) == (2, 64, 32)
+    assert compact.get_submodule("model.9.cv2.conv").out_channels < 256  # SPPF's output, read by C2PSA, was cut
+    assert compact.get_submodule("model.10.m.0.attn.proj.conv").out_channels < 128  # and the residual stream
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert max_diff(mask_model(model, plan).eval()(x), compact(x)) < 1e-4
+
+
+def test_cost_model_counts_split_convs_as_the_compact_model():
+    model = tiny_v8("yolo11n")
+    graph = ChannelGraph.trace(model)
+    plan = plan_channels(model, graph, importance_for("l1"), ratio=0.5, global_rank=False, min_channels=1)
+    params, flops = CostModel(model, graph, imgsz=64).cost({g: len(k) for g, k in plan.keep.items()})
+    compact = apply_plan(model, plan)
+    assert params == count_params(compact)
+    assert flops == round(total_gflops(profile(compact, 64)) * 1e9)

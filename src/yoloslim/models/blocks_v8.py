@@ -25,6 +25,7 @@ from yoloslim.models.blocks import Conv
 from yoloslim.models.spec import Widths
 
 REG_MAX = 16  # DFL bins per box side
+HEAD_WIDTH = 64  # C2PSA attention: one head per 64 channels (at least one)
 
 
 def split_sizes(w: Widths, conv: str, total: int, default: list[int]) -> list[int]:
@@ -150,10 +151,10 @@ class Attention(nn.Module):
     ``pe`` fixed: their channels are reshaped across heads).
     """
 
-    def __init__(self, w: Widths, name: str, c: int, inner: int, heads: int) -> None:
+    def __init__(self, w: Widths, name: str, c: int, inner: int) -> None:
         super().__init__()
         inner = w.ch(f"{name}.pe.conv", inner)
-        self.heads = max(1, heads)
+        self.heads = max(1, inner // HEAD_WIDTH)  # from the fixed inner width: pruning never changes the heads
         if inner % (2 * self.heads):
             raise UserError(f"spec of {w.spec.name!r}: attention width {inner} of {name} does not split into "
                             f"{self.heads} heads")
@@ -180,9 +181,9 @@ class Attention(nn.Module):
 class PSABlock(nn.Module):
     """``x + attn(x)`` then ``x + ffn(x)`` (ffn: 1x1 to twice the width, 1x1 back, no activation after)."""
 
-    def __init__(self, w: Widths, name: str, c: int, inner: int, heads: int) -> None:
+    def __init__(self, w: Widths, name: str, c: int, inner: int) -> None:
         super().__init__()
-        self.attn = Attention(w, f"{name}.attn", c, inner, heads)
+        self.attn = Attention(w, f"{name}.attn", c, inner)
         f0 = Conv(c, w.ch(f"{name}.ffn.0.conv", 2 * c), 1, 1)
         self.ffn = nn.Sequential(f0, Conv(f0.conv.out_channels, w.ch(f"{name}.ffn.1.conv", c), 1, 1, act="linear"))
 
@@ -201,7 +202,7 @@ class C2PSA(nn.Module):
         self.sizes = split_sizes(w, f"{name}.cv1.conv", self.cv1.conv.out_channels, [c, c])
         blocks, c_in = [], self.sizes[1]
         for i in range(w.depth(name, n)):
-            blocks.append(PSABlock(w, f"{name}.m.{i}", c_in, c, c // 64))
+            blocks.append(PSABlock(w, f"{name}.m.{i}", c_in, c))
             c_in = blocks[-1].ffn[1].conv.out_channels
         self.cv2 = Conv(self.sizes[0] + c_in, w.ch(f"{name}.cv2.conv", c2), 1, 1)
         self.m = nn.Sequential(*blocks)

@@ -96,6 +96,7 @@ PRESETS: dict[str, tuple[str, float, float, int]] = {
     "yolo11x": ("11", 1.00, 1.50, 512),
 }
 C3K_SCALES = ("m", "l", "x")
+MAX_REG_MAX = 64  # a file's spec may say anything; the published heads use 16
 
 
 class YOLOv8(nn.Module):
@@ -118,6 +119,8 @@ class YOLOv8(nn.Module):
         cap = int(opts.get("max_channels", 1024))
         c3k_all = bool(opts.get("c3k", False))
         self.reg_max = int(opts.get("reg_max", REG_MAX))
+        if not 1 <= self.reg_max <= MAX_REG_MAX:
+            raise UserError(f"spec of {spec.name!r}: reg_max {self.reg_max} is outside 1..{MAX_REG_MAX}")
         self.nc = spec.nc
         self.strides = list(spec.strides)
         w = Widths(spec, record)

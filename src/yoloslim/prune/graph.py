@@ -36,6 +36,7 @@ from torch.nn import functional as F
 
 from yoloslim.errors import UserError
 from yoloslim.models.io import unwrap
+from yoloslim.prune.splits import find_splits, split_ranges, split_request
 
 INPUT_CHANNELS = 3  # every model takes (b, 3, h, w)
 
@@ -334,7 +335,7 @@ class _Tracer:
 
     # the walk ----------------------------------------------------------
     def run(self) -> ChannelGraph:
-        self.find_splits()
+        self.split_at = find_splits(self.graph, self.modules, PASSTHROUGH_MODULES)
         for node in self.graph.nodes:
             if node.op == "placeholder":
                 self.env[node] = Layout((self.new_source(INPUT_CHANNELS, None, "holds the input image"),))
@@ -395,7 +396,7 @@ class _Tracer:
             return self.cat(args, kwargs, what)
         if t is operator.getitem and isinstance(args[0], (list, tuple)) and isinstance(args[1], int):
             return args[0][args[1]]  # a piece of a split
-        if _split_request(node) is not None:
+        if split_request(node) is not None:
             return self.split(node, args, what)
         if (method and t in ELEMENTWISE_METHODS) or (not method and t in ELEMENTWISE):
             if any(v is OPAQUE for v in ts):
@@ -426,44 +427,13 @@ class _Tracer:
             return Layout(s for x in xs for s in x)
         return self.unify(list(xs), f"{what} on dim {dim}")
 
-    # splits ------------------------------------------------------------
-    def find_splits(self) -> None:
-        """Before the walk: the convs whose output reaches a channel split, and the pieces each gets."""
-        for node in self.graph.nodes:
-            req = _split_request(node)
-            if req is None:
-                continue
-            src = node.args[0]
-            while isinstance(src, fx.Node) and src.op == "call_module":
-                m = self.modules[str(src.target)]
-                if isinstance(m, nn.Conv2d):
-                    if m.groups == 1:
-                        cuts = set(_cut_points(self.split_at.get(str(src.target), [m.out_channels])))
-                        sizes = _piece_sizes(req, m.out_channels)
-                        if sizes is not None:
-                            cuts |= set(_cut_points(sizes))
-                            ends = sorted(cuts | {0})
-                            self.split_at[str(src.target)] = [b - a for a, b in zip(ends, ends[1:], strict=False)]
-                    break
-                if not isinstance(m, (nn.BatchNorm2d, *PASSTHROUGH_MODULES)):
-                    break
-                src = src.args[0]
-
     def split(self, node: fx.Node, args: Any, what: str) -> Any:
         """``x.split(sizes, 1)`` / ``x.chunk(n, 1)`` along source boundaries: a tuple of layouts, one per piece."""
         x = args[0]
-        if not self.is_layout(x):
-            return self.unknown(what, args)
-        sizes = _piece_sizes(_split_request(node), sum(self.size[s] for s in x))
-        bounds = _cut_points([self.size[s] for s in x])
-        if sizes is None or not set(_cut_points(sizes)) <= set(bounds):
+        ranges = split_ranges([self.size[s] for s in x], split_request(node)) if self.is_layout(x) else None
+        if ranges is None:
             return self.unknown(f"{what} across a conv's output", args)
-        pieces, i = [], 0
-        for end in _cut_points(sizes):
-            j = bounds.index(end) + 1
-            pieces.append(Layout(x[i:j]))
-            i = j
-        return tuple(pieces)
+        return tuple(Layout(x[i:j]) for i, j in ranges)
 
     # groups ------------------------------------------------------------
     def finish(self) -> ChannelGraph:
@@ -540,42 +510,6 @@ def _spatial_index(idx: Any) -> bool:
     full = slice(None)
     return len(idx) >= 2 and idx[0] == full and idx[1] == full and all(isinstance(i, slice) or i is Ellipsis
                                                                         for i in idx[2:])
-
-
-def _split_request(node: fx.Node) -> tuple[str, Any] | None:
-    """``("split", sizes or size)`` / ``("chunk", n)`` when ``node`` splits a tensor on the channel dimension."""
-    kind = node.target if node.op == "call_method" else {torch.split: "split", torch.chunk: "chunk"}.get(
-        node.target) if node.op == "call_function" else None
-    if kind not in ("split", "chunk") or len(node.args) < 2:
-        return None
-    dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
-    return (kind, node.args[1]) if dim in (1, -3) else None
-
-
-def _piece_sizes(req: tuple[str, Any] | None, total: int) -> list[int] | None:
-    """The piece widths a split request cuts ``total`` channels into (None when they do not add up)."""
-    if req is None:
-        return None
-    kind, arg = req
-    if kind == "chunk" and isinstance(arg, int) and arg > 0:
-        step = -(-total // arg)
-        sizes = [min(step, total - i) for i in range(0, total, step)]
-    elif isinstance(arg, int) and arg > 0:
-        sizes = [min(arg, total - i) for i in range(0, total, arg)]
-    elif isinstance(arg, (list, tuple)) and all(isinstance(v, int) and v > 0 for v in arg):
-        sizes = list(arg)
-    else:
-        return None
-    return sizes if sum(sizes) == total else None
-
-
-def _cut_points(sizes: list[int]) -> list[int]:
-    """Where each piece ends: the running sums of ``sizes``."""
-    out, total = [], 0
-    for n in sizes:
-        total += n
-        out.append(total)
-    return out
 
 
 def _check(ok: bool, name: str) -> None:
