@@ -13,8 +13,9 @@ from yoloslim.data.dataset import DetectionDataset, create_loader, load_data
 from yoloslim.data.synth import CLASSES
 from yoloslim.engine.train import TrainConfig, train
 from yoloslim.engine.train_state import load_state
+from yoloslim.errors import UserError
 from yoloslim.loss.distill import DistillLoss
-from yoloslim.models import create_model
+from yoloslim.models import build_model, create_model, model_spec
 from yoloslim.models.decode import preprocess
 from yoloslim.models.io import ModelInfo, load_model, read_info, save_model
 
@@ -128,3 +129,13 @@ def test_a_distilled_run_resumes_with_its_teacher(tiny_data, tmp_path, monkeypat
     assert all(torch.equal(a[k], b[k]) for k in a)
     event = read_info(resumed.last).history[-1]
     assert (event["teacher"], event["distill_weight"], event["epochs"]) == (teacher, 2.0, 2)
+
+
+def test_a_teacher_whose_head_differs_in_shape_is_refused_with_one_line():
+    teacher = create_model("yolov8n", nc=3)
+    spec = model_spec("yolov8n", 3)
+    spec.options["reg_max"] = 8  # the same classes and strides, fewer DFL bins: 4·8 + 3 channels per level
+    student = build_model(spec)
+    x = torch.rand(1, 3, 64, 64)
+    with pytest.raises(UserError, match=r"--teacher: its head's outputs .* differ from the student's"):
+        DistillLoss(teacher, 1.0)(student(x), x)
