@@ -1,7 +1,7 @@
 """Knowledge distillation from a teacher detector's outputs, outside both models.
 
 Output-level distillation after "Object detection at 200 Frames Per Second" (Mehta & Ozay 2019,
-arXiv:1906.11172), the same for every head (YOLOv5 and the YOLOv3 family: ``na`` anchors per cell;
+arXiv:1906.11172), the same for every head with objectness (YOLOv5 and the YOLOv3 family: ``na`` anchors per cell;
 YOLOX's decoupled head: one prior per cell, its ``reg``, ``obj`` and ``cls`` outputs):
 
 - objectness, on every prior: the Bernoulli KL divergence ``KL(σ(t) ‖ σ(s))`` (a BCE against the

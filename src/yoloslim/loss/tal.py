@@ -136,7 +136,7 @@ class TaskAlignedAssigner:
         multi = pos.sum(1, keepdim=True) > 1  # (b, 1, A)
         if multi.any():
             best = torch.where(inside, overlaps, -1.0).argmax(1)  # (b, A)
-            pos = torch.where(multi, F.one_hot(best, m).permute(0, 2, 1).bool(), pos)
+            pos = torch.where(multi, torch.arange(m, device=pos.device)[None, :, None] == best[:, None], pos)
         fg = pos.any(1)  # (b, A)
         gt_index = pos.float().argmax(1)  # (b, A)
 
