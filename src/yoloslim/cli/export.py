@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from yoloslim.cli.options import add_threads
+from yoloslim.device import DEVICE_HELP
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -20,6 +21,11 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--conf", type=float, default=0.25, help="with --nms: score threshold (default 0.25)")
     p.add_argument("--iou", type=float, default=0.45, help="with --nms: IoU threshold (default 0.45)")
     p.add_argument("--max-det", type=int, default=300, help="with --nms: boxes per class+image (300)")
+    p.add_argument("--half", action="store_true",
+                   help="float16 weights and computation, float32 input and output (for GPUs, TensorRT, "
+                        "Jetson); checked against the float32 model at float16 tolerance")
+    p.add_argument("--device", default=None,
+                   help=f"where the model is traced (default cpu; the file is the same): {DEVICE_HELP}")
     add_threads(p)
     p.add_argument("--out", help="the .onnx file (default: <weights name>.onnx next to the weights)")
     p.add_argument("--json", dest="json_file", help="also write the summary as JSON")
@@ -30,5 +36,6 @@ def _run(a: argparse.Namespace) -> int:
     from yoloslim.workflows.export import export
 
     export(weights=a.weights, format=a.format, imgsz=a.imgsz, dynamic=a.dynamic, nms=a.nms, opset=a.opset,
-           out=a.out, conf=a.conf, iou=a.iou, max_det=a.max_det, json_file=a.json_file)
+           out=a.out, conf=a.conf, iou=a.iou, max_det=a.max_det, json_file=a.json_file, half=a.half,
+           device=a.device)
     return 0
