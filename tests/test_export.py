@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -120,6 +121,39 @@ def test_pruned_like_model_gives_smaller_file(tmp_path):
     size_ratio = b.stat().st_size / a.stat().st_size
     assert param_ratio < 0.4
     assert abs(size_ratio - param_ratio) < 0.05
+
+
+@pytest.mark.slow
+def test_half_export_holds_float16_weights_and_keeps_float32_io(weights, tmp_path):
+    out, full = tmp_path / "half.onnx", tmp_path / "full.onnx"
+    js = tmp_path / "half.json"
+    assert main(["export", "--weights", str(weights), "--half", "--nms", "--conf", "0.5", "--out", str(out),
+                 "--json", str(js)]) == 0
+    assert main(["export", "--weights", str(weights), "--out", str(full)]) == 0
+    summary = json.loads(js.read_text())
+    assert summary["precision"] == "float16" and 0 < summary["max_diff"] <= onnx_export.HALF_TOLERANCE
+    proto = onnx.load(str(out))
+    conv_weights = {n.input[1] for n in proto.graph.node if n.op_type == "Conv"}
+    dtypes = {i.data_type for i in proto.graph.initializer if i.name in conv_weights}
+    assert dtypes == {onnx.TensorProto.FLOAT16} and len(conv_weights) > 20
+    assert [i.type.tensor_type.elem_type for i in proto.graph.input] == [onnx.TensorProto.FLOAT]
+    assert read_metadata(out)["precision"] == "float16" and read_metadata(full)["precision"] == "float32"
+    assert out.stat().st_size < 0.6 * full.stat().st_size
+    model, _ = load_model(weights)
+    x = check_input(model.spec, 1, 64, 64, seed=3)
+    det, raw = OnnxModel(out).run(x.numpy())
+    assert raw.dtype == np.float32 and relative_diff(raw, torch_decoded(model, x)) <= onnx_export.HALF_TOLERANCE
+    assert len(det) > 0 and det.dtype == np.float32  # NMS runs on the float32 output
+
+
+def test_half_and_device_refusals_are_one_line(weights, tmp_path, capsys):
+    assert main(["export", "--weights", str(weights), "--format", "darknet", "--half"]) == 2
+    assert "--half is for ONNX files" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["export", "--weights", str(weights), "--device", "cuda", "--out", str(tmp_path / "a.onnx")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "CUDA is not available" in err and len(err.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_failed_parity_check_writes_no_file(weights, tmp_path, monkeypatch):

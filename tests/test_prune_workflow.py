@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 
 from helpers import randomize_bn
 from yoloslim.cli import main
@@ -132,3 +133,5 @@ def test_iterative_pruning_with_finetuning(tmp_path, tiny_data):
     assert abs(report["after"]["gflops"] / report["before"]["gflops"] - 0.5) <= 0.02 * 0.5
     actions = [e["action"] for e in read_info(out).history]
     assert actions == ["pruned", "fine-tuned", "pruned", "pruned"]
+    runs = list(tmp_path.rglob("args.yaml"))  # the fine-tune between the steps distilled from the original
+    assert len(runs) == 1 and yaml.safe_load(runs[0].read_text())["config"]["teacher"] == str(weights)

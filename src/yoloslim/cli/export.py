@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from yoloslim.cli.options import add_threads
+from yoloslim.device import DEVICE_HELP
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -23,6 +24,11 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layout", default="yoloslim",
                    help="output tensor: yoloslim (batch, N, 5+nc) rows, or ultralytics (batch, 4+nc, N) as their "
                         "ONNX export writes it, RGB 0..1 input (default yoloslim)")
+    p.add_argument("--half", action="store_true",
+                   help="float16 weights and computation, float32 input and output (for GPUs, TensorRT, "
+                        "Jetson); checked against the float32 model at float16 tolerance")
+    p.add_argument("--device", default=None,
+                   help=f"where the model is traced (default cpu; the file is the same): {DEVICE_HELP}")
     add_threads(p)
     p.add_argument("--out", help="the .onnx file (default: <weights name>.onnx next to the weights)")
     p.add_argument("--json", dest="json_file", help="also write the summary as JSON")
@@ -33,6 +39,6 @@ def _run(a: argparse.Namespace) -> int:
     from yoloslim.workflows.export import export
 
     export(weights=a.weights, format=a.format, imgsz=a.imgsz, dynamic=a.dynamic, nms=a.nms, opset=a.opset,
-           out=a.out, conf=a.conf, iou=a.iou, max_det=a.max_det, json_file=a.json_file,
-           layout=a.layout)
+           out=a.out, conf=a.conf, iou=a.iou, max_det=a.max_det, json_file=a.json_file, half=a.half,
+           device=a.device, layout=a.layout)
     return 0

@@ -15,10 +15,13 @@ The exported file
   given at export (``conf``, ``iou``; at most ``max_det`` boxes per class and image), stored in the
   metadata. Rows are grouped by image and class, highest score first within a class. ``output``
   follows as the second output.
+* with ``half=True`` the weights and every computation are float16 (for GPUs and accelerators that run
+  float16: TensorRT, a Jetson, ONNX Runtime's CUDA provider); the input and output stay float32 (a
+  cast at each end), so code written for a float32 file, NMS included, runs on it unchanged.
 * metadata (``metadata_props``): ``input_channels``, ``input_range``, ``input_layout``, ``names``
   (JSON list), ``stride`` (largest), ``strides`` (JSON), ``imgsz``, ``dynamic``, ``family``,
   ``model``, ``nc``, ``layout``, ``output_layout``, ``nms`` (JSON thresholds or ``null``),
-  ``yoloslim_version``.
+  ``precision`` (``float32`` or ``float16``), ``yoloslim_version``.
 
 ``layout="ultralytics"`` instead writes what ultralytics' own export of a detect model writes, so that
 code written for their files runs on ours unchanged: input ``images`` RGB in 0..1 whatever the family
@@ -34,7 +37,8 @@ The check
 the output is compared with the unfused PyTorch model's. The difference is measured relative to the
 magnitude of each value, ``|onnx - torch| / max(1, |torch|)`` (probabilities absolutely, pixel
 coordinates relatively: float32 cannot hold 600-pixel coordinates to 1e-4 absolutely). A difference
-above 1e-4 fails the export, naming the number, and no file is written.
+above 1e-4 (:data:`HALF_TOLERANCE` for a float16 file, still against the float32 model) fails the
+export, naming the number, and no file is written.
 """
 
 from __future__ import annotations
@@ -59,6 +63,8 @@ from yoloslim.models.io import ModelInfo, atomic_write
 from yoloslim.models.spec import ArchSpec
 
 TOLERANCE = 1e-4
+# float16 keeps 11 significant bits (a relative step of 2^-11 = 4.9e-4) and every layer rounds again
+HALF_TOLERANCE = 1e-2
 MIN_OPSET = 17
 MAX_OPSET = 20  # the newest opset the TorchScript exporter writes
 INPUT = "images"
@@ -81,7 +87,8 @@ class ExportCheck:
 
 def export_onnx(model: nn.Module, info: ModelInfo, out: str | Path, imgsz: int, dynamic: bool = False,
                 nms: bool = False, opset: int = MIN_OPSET, check: bool = True, *, conf: float = 0.25,
-                iou: float = 0.45, max_det: int = 300, layout: str = "yoloslim") -> Path:
+                iou: float = 0.45, max_det: int = 300, half: bool = False,
+                device: torch.device | None = None, layout: str = "yoloslim") -> Path:
     """Fuse, decode and export ``model`` to ``out`` as ONNX, then check it against PyTorch.
 
     Args:
@@ -96,6 +103,8 @@ def export_onnx(model: nn.Module, info: ModelInfo, out: str | Path, imgsz: int, 
         conf: with ``nms``, the score threshold baked into the file.
         iou: with ``nms``, the IoU threshold baked into the file.
         max_det: with ``nms``, the boxes kept per class and image.
+        half: float16 weights and computation (float32 input and output).
+        device: where the model is traced (default cpu; the file is the same on any device).
         layout: ``"yoloslim"`` (rows of ``5 + nc``) or ``"ultralytics"`` (``(batch, 4 + nc, N)`` as
             ultralytics' export; RGB 0..1 input for every family); see the module docstring.
 
@@ -106,12 +115,13 @@ def export_onnx(model: nn.Module, info: ModelInfo, out: str | Path, imgsz: int, 
         UserError: bad size or opset, or the exported file computes something else than PyTorch.
     """
     return export_checked(model, info, out, imgsz, dynamic, nms, opset, check, conf=conf, iou=iou,
-                          max_det=max_det, layout=layout)[0]
+                          max_det=max_det, half=half, device=device, layout=layout)[0]
 
 
 def export_checked(model: nn.Module, info: ModelInfo, out: str | Path, imgsz: int, dynamic: bool = False,
                    nms: bool = False, opset: int = MIN_OPSET, check: bool = True, *, conf: float = 0.25,
-                   iou: float = 0.45, max_det: int = 300, layout: str = "yoloslim",
+                   iou: float = 0.45, max_det: int = 300, half: bool = False,
+                   device: torch.device | None = None, layout: str = "yoloslim",
                    ) -> tuple[Path, ExportCheck | None]:
     """:func:`export_onnx` that also returns what the parity check measured (None without ``check``)."""
     spec: ArchSpec = model.spec
@@ -129,7 +139,8 @@ def export_checked(model: nn.Module, info: ModelInfo, out: str | Path, imgsz: in
                         "(their detect files leave NMS to the caller)")
     out = Path(out)
     model = copy.deepcopy(model).cpu().float().eval()  # the caller's model keeps its mode and device
-    decoded = DecodedModel(fuse_model(model)).eval()
+    fused = fuse_model(model)
+    decoded = DecodedModel(Float16(fused) if half else fused).eval()
     reference = DecodedModel(model).eval()
     if layout == "ultralytics":
         decoded, reference = UltralyticsLayout(decoded).eval(), UltralyticsLayout(reference).eval()
@@ -137,13 +148,13 @@ def export_checked(model: nn.Module, info: ModelInfo, out: str | Path, imgsz: in
     result: list[ExportCheck] = []
 
     def write(tmp: str) -> None:
-        proto = _trace(decoded, imgsz, dynamic, opset)
+        proto = _trace(decoded, spec, imgsz, dynamic, opset, device or torch.device("cpu"))
         if nms:
             _append_nms(proto, conf, iou, max_det)
-        helper.set_model_props(proto, metadata(spec, info.names, imgsz, dynamic, nms_args, layout))
+        helper.set_model_props(proto, metadata(spec, info.names, imgsz, dynamic, nms_args, half, layout))
         onnx.save(proto, tmp)
         if check:
-            result.append(check_onnx(tmp, reference, imgsz, dynamic))
+            result.append(check_onnx(tmp, reference, imgsz, dynamic, HALF_TOLERANCE if half else TOLERANCE))
             r = result[0]
             logger.info(f"ONNX parity: max difference {r.max_diff:.2e} ({', '.join(r.diffs)})")
 
@@ -151,8 +162,21 @@ def export_checked(model: nn.Module, info: ModelInfo, out: str | Path, imgsz: in
     return out, (result[0] if result else None)
 
 
+class Float16(nn.Module):
+    """A detector run in float16 between a float32 input and float32 raw maps (decoded in float32: ONNX's
+    ``Range``, which builds the grids, takes no float16)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model.half()
+        self.spec = model.spec
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [p.float() for p in self.model(x.half())]
+
+
 def metadata(spec: ArchSpec, names: list[str], imgsz: int, dynamic: bool,
-             nms: dict[str, float] | None, layout: str = "yoloslim") -> dict[str, str]:
+             nms: dict[str, float] | None, half: bool = False, layout: str = "yoloslim") -> dict[str, str]:
     """The ``metadata_props`` of an exported file (all values are strings)."""
     rows = "output: (batch, N, 5+nc) cx,cy,w,h (input pixels), objectness, class probabilities"
     if nms:
@@ -177,6 +201,7 @@ def metadata(spec: ArchSpec, names: list[str], imgsz: int, dynamic: bool,
         "layout": layout,
         "output_layout": rows,
         "nms": json.dumps(nms),
+        "precision": "float16" if half else "float32",
         "yoloslim_version": __version__,
         **extra,
     }
@@ -204,14 +229,15 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     return {p.key: p.value for p in proto.metadata_props}
 
 
-def check_onnx(path: str | Path, reference: nn.Module, imgsz: int, dynamic: bool) -> ExportCheck:
+def check_onnx(path: str | Path, reference: nn.Module, imgsz: int, dynamic: bool,
+               tolerance: float = TOLERANCE) -> ExportCheck:
     """``onnx.checker`` plus ONNX Runtime against ``reference`` (a decoded PyTorch model).
 
     Static files are run at ``(1, 3, imgsz, imgsz)``; dynamic ones also at batch 2 and a
     non-square size, to prove the symbolic dimensions work.
 
     Raises:
-        UserError: the file is invalid or differs from PyTorch by more than :data:`TOLERANCE`.
+        UserError: the file is invalid or differs from PyTorch by more than ``tolerance``.
     """
     try:
         onnx.checker.check_model(str(path))
@@ -235,8 +261,8 @@ def check_onnx(path: str | Path, reference: nn.Module, imgsz: int, dynamic: bool
                             f"at {b}x3x{h}x{w}")
         diffs[f"{b}x3x{h}x{w}"] = relative_diff(got, expected)
     worst = max(diffs, key=diffs.get)
-    if not diffs[worst] <= TOLERANCE:
-        raise UserError(f"ONNX Runtime output differs from PyTorch by {diffs[worst]:.3g} (> {TOLERANCE:g}) "
+    if not diffs[worst] <= tolerance:
+        raise UserError(f"ONNX Runtime output differs from PyTorch by {diffs[worst]:.3g} (> {tolerance:g}) "
                         f"at input {worst}; the file was not written")
     return ExportCheck(diffs)
 
@@ -315,12 +341,14 @@ class OnnxModel:
         return self.session.run(outputs, {INPUT: x})
 
 
-def _trace(decoded: nn.Module, imgsz: int, dynamic: bool, opset: int) -> onnx.ModelProto:
-    """Export with the TorchScript exporter into memory and return the ModelProto."""
+def _trace(decoded: nn.Module, spec: ArchSpec, imgsz: int, dynamic: bool, opset: int,
+           device: torch.device) -> onnx.ModelProto:
+    """Export with the TorchScript exporter (on ``device``) into memory and return the ModelProto."""
     import io
     import warnings
 
-    x = check_input(getattr(decoded, "input_spec", decoded.model.spec), 1, imgsz, imgsz)
+    decoded = decoded.to(device)
+    x = check_input(getattr(decoded, "input_spec", spec), 1, imgsz, imgsz).to(device)
     output = getattr(decoded, "output_name", OUTPUT)
     ultralytics = output == ULTRALYTICS_OUTPUT
     axes = None
@@ -335,7 +363,7 @@ def _trace(decoded: nn.Module, imgsz: int, dynamic: bool, opset: int) -> onnx.Mo
     # the tracer leaves the row length symbolic in dynamic files; it is always 5 + nc (4 + nc)
     row = proto.graph.output[0].type.tensor_type.shape.dim[1 if ultralytics else 2]
     row.Clear()
-    row.dim_value = (4 if ultralytics else 5) + decoded.model.spec.nc
+    row.dim_value = (4 if ultralytics else 5) + spec.nc
     return proto
 
 

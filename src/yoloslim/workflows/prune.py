@@ -120,7 +120,10 @@ def prune(weights: str, method: str = "auto", ratio: float | None = None, target
     if steps == 1:
         result = prune_model(model, opts, batches=batches)
     else:
-        finetune = _finetuner(data, finetune_epochs, imgsz, batch, workers, class_map, dev) if finetune_epochs else None
+        # distilled from the unpruned model, unless a class map makes the student's classes another set
+        teacher = None if class_map else weights
+        finetune = (_finetuner(data, finetune_epochs, imgsz, batch, workers, class_map, dev, teacher=teacher)
+                    if finetune_epochs else None)
         step_dir = out_path.with_name(f"{out_path.stem}-steps")
         result, info, records = prune_in_steps(model, info, opts, steps, step_dir, source=str(weights),
                                                finetune=finetune, recalibrate=recal, batches=batches)
@@ -188,14 +191,15 @@ def prune(weights: str, method: str = "auto", ratio: float | None = None, target
 
 
 def _finetuner(data: str | None, epochs: int, imgsz: int, batch: int, workers: int, class_map: str | None,
-               device: torch.device):
-    """``fn(model_file, run_dir) -> best model file``: fine-tuning between pruning steps."""
+               device: torch.device, teacher: str | None = None):
+    """``fn(model_file, run_dir) -> best model file``: fine-tuning between pruning steps, distilling from
+    ``teacher`` (the unpruned model) as ``train --teacher`` does."""
     from yoloslim.engine.train import TrainConfig, train
 
     def finetune(model_file: Path, run_dir: Path) -> tuple[Path, dict[str, Any]]:
         run = train(TrainConfig(data=str(data), weights=str(model_file), epochs=epochs, batch=batch,
                                 imgsz=imgsz, workers=workers, out=str(run_dir), class_map=class_map,
-                                device=str(device)))
+                                device=str(device), teacher=teacher))
         return run.best, {k: v for k, v in run.metrics.items() if isinstance(v, (int, float))}
 
     return finetune
