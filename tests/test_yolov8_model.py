@@ -4,7 +4,7 @@ blocks with every method (the shared invariants run in test_model_contract.py).
 The reference numbers were read from ultralytics 8.4.190 in a separate environment (never a dependency):
 ``YOLO("yolov8n.yaml").model`` parameter counts and state-dict keys, and the fused model's GFLOPs at 640
 as its summary prints them. Loading its state dicts into these models gave the same raw maps (to 1e-6)
-and the same decoded boxes; see docs/cli.md (yoloslim info).
+and the same decoded boxes: bench/v8_reference.py repeats that check.
 """
 
 from __future__ import annotations
