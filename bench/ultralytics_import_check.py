@@ -14,8 +14,9 @@ unpickler and compares its output in the ultralytics layout::
     python bench/ultralytics_import_check.py compare --out /tmp/v8import_ref
 
 Measured with ultralytics 8.4.190 (input 1x3x128x160; the table in docs/prune-yolov8.md, "How we
-checked"): yolov8n/s/m/l and yolo11n/s/m/l import with the reference's parameter counts and keys in
-the same order; boxes equal to 1e-4 pixels (2e-6 relative), class scores to 1e-7.
+checked"): yolov8n/s/m/l, yolo11n/s/m/l and yolov5nu/su/mu import with the reference's parameter counts
+and state-dict keys (in the same order but for YOLOv5u's C3 blocks, whose ``m`` yoloslim lists before
+``cv3``); boxes equal to 1e-4 pixels (3e-6 relative), class scores to 1e-7.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-MODELS = ["yolov8n", "yolov8s", "yolov8m", "yolov8l", "yolo11n", "yolo11s", "yolo11m", "yolo11l"]
+MODELS = ["yolov8n", "yolov8s", "yolov8m", "yolov8l", "yolo11n", "yolo11s", "yolo11m", "yolo11l", "yolov5nu",
+          "yolov5su"]
 
 
 def dump(out: Path, names: list[str]) -> None:
