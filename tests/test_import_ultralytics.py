@@ -462,3 +462,13 @@ def test_other_architectures_and_wrong_commands_are_refused(tmp_path, ultralytic
         import_checkpoint("ultralytic", files["best"], tmp_path / "m.safetensors")
     assert main(["val", "--weights", str(files["best"]), "--data", str(tmp_path)]) == 2
     assert f"yoloslim import --from ultralytics {files['best']}" in capsys.readouterr().err
+
+
+def test_yolov5u_presets_have_the_reference_sizes():
+    """Parameter counts of ultralytics 8.4.190's YOLOv5u models (80 classes), read there with
+    ``sum(p.numel() for p in YOLO("yolov5nu.yaml").model.parameters())``."""
+    sizes = {"yolov5nu": 2_654_816, "yolov5su": 9_153_152}
+    for name, n in sizes.items():
+        with torch.device("meta"):
+            model = build_model(model_spec(name))
+        assert sum(p.numel() for p in model.parameters()) == n, name
