@@ -1,0 +1,209 @@
+"""Pruning to a measured latency: search the FLOPs fraction whose pruned model runs in the target time.
+
+FLOPs are a poor stand-in for speed (a cut to 30 % of the FLOPs can run only 1.3x faster), so
+``--target-latency`` measures. The search is a bracketing one on the FLOPs fraction ``f`` of the
+channel plan (latency falls as ``f`` falls): the unpruned model (``f = 1``) is too slow, the smallest
+model the options can cut (``f = floor``) must be fast enough, else the target is refused with what
+that smallest model measured. Each probe prunes at ``f`` and times the candidate alternately with the
+unpruned model (:func:`yoloslim.deploy.bench.compare_latency`, medians of several runs); the
+candidate's latency is its time relative to the unpruned model's in the same loop, times the
+unpruned model's latency measured at the start, so that a burst of load on the machine, which slows
+both alike, does not move the estimate. The next ``f`` is interpolated inside the bracket (kept at
+least a tenth of the bracket from either end, so the bracket always shrinks) until a probe lands within
+:data:`LATENCY_TOLERANCE` of the target or ``max_probes`` are spent; then the probe nearest the target
+that is not slower than it is taken (the widths are discrete: a narrow target may fall between two
+shapes).
+
+:func:`search_latency` is the search alone, given any ``measure(f) -> ms``: the tests drive it with a
+deterministic function, never with timings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from torch import nn
+
+from yoloslim.deploy.bench import compare_latency, machine_info, measure_latency
+from yoloslim.errors import UserError
+from yoloslim.log import logger
+
+LATENCY_TOLERANCE = 0.05  # relative distance to a --target-latency that counts as reached
+MAX_PROBES = 8  # pruned candidates timed at most, besides the smallest one
+MIN_BRACKET = 0.002  # stop when the FLOPs-fraction bracket is this narrow
+LATENCY_BACKEND = "onnxruntime"  # --target-latency's default backend: what a deployment runs
+
+
+@dataclass
+class LatencyTarget:
+    """What ``--target-latency`` asks for and how it is measured.
+
+    Attributes:
+        ms: the batch-1 latency to reach, in milliseconds, on this machine.
+        backend: ``"onnxruntime"`` or ``"torch"`` (fused), as :func:`yoloslim.deploy.bench.compare_latency` times.
+        imgsz: square input size of the timing.
+        runs: timed runs per model and probe (medians; alternating with the unpruned model).
+        threads: intra-op threads (None: the backend's default).
+        tolerance: relative distance to ``ms`` that counts as reached.
+        max_probes: candidates timed at most (besides the smallest one).
+    """
+
+    ms: float
+    backend: str = LATENCY_BACKEND
+    imgsz: int = 640
+    runs: int = 20
+    threads: int | None = None
+    tolerance: float = LATENCY_TOLERANCE
+    max_probes: int = MAX_PROBES
+
+    def check(self) -> None:
+        if not self.ms > 0:
+            raise UserError(f"--target-latency must be a positive number of milliseconds, got {self.ms}")
+        if self.runs < 1:
+            raise UserError(f"--latency-runs must be at least 1 with --target-latency, got {self.runs}")
+
+
+@dataclass
+class Probe:
+    """One measured candidate: its FLOPs fraction and latency (ms)."""
+
+    fraction: float
+    ms: float
+
+
+@dataclass
+class LatencyFit:
+    """The outcome of the search.
+
+    Attributes:
+        target_ms: the latency asked for.
+        base_ms: the unpruned model's latency.
+        fraction: FLOPs fraction of the chosen plan.
+        ms: the chosen candidate's latency.
+        within: ``ms`` is within the tolerance of the target.
+        probes: every candidate measured, in order.
+        machine: where it was measured (:func:`yoloslim.deploy.bench.machine_info`), filled by the caller.
+    """
+
+    target_ms: float
+    base_ms: float
+    fraction: float
+    ms: float
+    within: bool
+    probes: list[Probe] = field(default_factory=list)
+    machine: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def speedup(self) -> float:
+        return self.base_ms / self.ms if self.ms > 0 else float("inf")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("target_ms", "base_ms", "ms"):
+            d[k] = round(d[k], 3)
+        d["fraction"] = round(self.fraction, 5)
+        d["speedup"] = round(self.speedup, 3)
+        d["probes"] = [{"fraction": round(p.fraction, 5), "ms": round(p.ms, 3)} for p in self.probes]
+        return d
+
+
+def search_latency(target_ms: float, base_ms: float, measure: Callable[[float], float], floor: float,
+                   tolerance: float = LATENCY_TOLERANCE, max_probes: int = MAX_PROBES) -> LatencyFit:
+    """Find the FLOPs fraction in ``[floor, 1]`` whose pruned model's latency is ``target_ms``.
+
+    Args:
+        target_ms: the latency to reach.
+        base_ms: the unpruned model's latency (the fraction 1).
+        measure: FLOPs fraction -> the latency (ms) of the model pruned to it.
+        floor: the smallest FLOPs fraction the options can reach.
+        tolerance: relative distance to ``target_ms`` that counts as reached.
+        max_probes: candidates measured at most, besides the one at ``floor``.
+
+    Raises:
+        UserError: the unpruned model already meets the target, or the smallest model cannot.
+    """
+    if base_ms <= target_ms * (1 + tolerance):
+        raise UserError(f"--target-latency {target_ms:g} ms: the unpruned model already runs in {base_ms:.2f} ms "
+                        "here; nothing to prune for it")
+    smallest = Probe(floor, measure(floor))
+    probes = [smallest]
+    if smallest.ms > target_ms * (1 + tolerance):
+        raise UserError(f"--target-latency {target_ms:g} ms cannot be reached: the smallest model these options "
+                        f"cut ({floor:.3f} of the FLOPs) runs in {smallest.ms:.2f} ms here (unpruned "
+                        f"{base_ms:.2f} ms); widen --include, lower --round-to / --min-channels, or ask for "
+                        f"{smallest.ms * (1 + tolerance):.1f} ms or more")
+    lo, hi = smallest, Probe(1.0, base_ms)  # lo is fast enough, hi is too slow
+    for _ in range(max_probes):
+        if _close(lo, target_ms, tolerance) or hi.fraction - lo.fraction < MIN_BRACKET:
+            break
+        f = _next_fraction(lo, hi, target_ms)
+        p = Probe(f, measure(f))
+        probes.append(p)
+        logger.info(f"--target-latency: {f:.4f} of the FLOPs runs in {p.ms:.2f} ms (target {target_ms:g})")
+        if p.ms > target_ms:
+            hi = p
+        else:
+            lo = p
+    best = _choose(probes, target_ms, tolerance)
+    return LatencyFit(target_ms, base_ms, best.fraction, best.ms, _close(best, target_ms, tolerance), probes)
+
+
+def _close(p: Probe, target_ms: float, tolerance: float) -> bool:
+    return abs(p.ms - target_ms) <= tolerance * target_ms
+
+
+def _next_fraction(lo: Probe, hi: Probe, target_ms: float) -> float:
+    """Linear interpolation of the latency between the bracket's ends, kept a tenth of the bracket inside it."""
+    width = hi.fraction - lo.fraction
+    t = (target_ms - lo.ms) / (hi.ms - lo.ms) if hi.ms > lo.ms else 0.5
+    t = min(max(t, 0.1), 0.9)
+    return lo.fraction + t * width
+
+
+def _choose(probes: list[Probe], target_ms: float, tolerance: float) -> Probe:
+    """The probe within the tolerance nearest the target; else the slowest one not slower than the target."""
+    close = [p for p in probes if _close(p, target_ms, tolerance)]
+    if close:
+        return min(close, key=lambda p: (abs(p.ms - target_ms), -p.fraction))
+    fast = [p for p in probes if p.ms <= target_ms]
+    return max(fast, key=lambda p: p.ms)
+
+
+def prune_to_latency(model: nn.Module, target: LatencyTarget, prune: Callable[[float], Any], floor: float,
+                     ) -> tuple[Any, LatencyFit]:
+    """Prune ``model`` to ``target`` by measuring candidates on this machine.
+
+    Args:
+        model: the unpruned model (the reference every candidate is timed against).
+        target: the latency and how to time it.
+        prune: FLOPs fraction -> a :class:`~yoloslim.prune.pipeline.PruneResult` (its ``model`` is timed).
+        floor: the smallest FLOPs fraction ``prune`` accepts.
+
+    Returns:
+        The result pruned at the chosen fraction, and the search's :class:`LatencyFit` (with the machine).
+    """
+    target.check()
+    timing = {"backend": target.backend, "threads": target.threads}
+    base = measure_latency(model, target.imgsz, runs=target.runs, warmup=3, **timing)["median_ms"]
+    logger.info(f"--target-latency {target.ms:g} ms: the unpruned model runs in {base:.2f} ms "
+                f"({target.backend}, {target.imgsz} px, batch 1)")
+    results: dict[float, Any] = {}
+    timed: dict[tuple, float] = {}  # kept widths -> latency: equal shapes are timed once
+
+    def measure(f: float) -> float:
+        results[f] = result = prune(f)
+        shape = tuple(sorted((g, len(k)) for g, k in result.plan.keep.items()))
+        if shape not in timed:
+            lat = compare_latency({"candidate": result.model, "reference": model}, target.imgsz, target.runs,
+                                  warmup=3, **timing)
+            timed[shape] = lat["candidate"]["median_ms"] / lat["reference"]["median_ms"] * base
+        return timed[shape]
+
+    fit = search_latency(target.ms, base, measure, floor, target.tolerance, target.max_probes)
+    fit.machine = machine_info(target.backend, target.threads)
+    if not fit.within:
+        logger.warning(f"--target-latency {target.ms:g} ms: no pruned shape measured within "
+                       f"{target.tolerance:.0%}; kept the nearest one not slower than the target, {fit.ms:.2f} ms")
+    return results[fit.fraction], fit

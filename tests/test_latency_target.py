@@ -1,0 +1,147 @@
+"""``prune --target-latency``: the search on a deterministic stand-in for the clock (no timing in tests), and
+one small run end to end that checks only the plumbing (files, recorded latency and machine)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from helpers import randomize_bn
+from yoloslim.cli import main
+from yoloslim.errors import UserError
+from yoloslim.models import create_model
+from yoloslim.models.io import ModelInfo, load_model, save_model
+from yoloslim.models.profile import profile, total_gflops
+from yoloslim.prune import latency_target
+from yoloslim.prune.latency_target import LATENCY_TOLERANCE, search_latency
+from yoloslim.workflows.prune import prune
+
+BASE_MS = 100.0
+
+
+def fake_latency(f: float) -> float:
+    """A made-up monotone latency: a fixed overhead plus a part that grows with the FLOPs fraction."""
+    return 12.0 + 88.0 * f ** 0.8
+
+
+def stepped_latency(f: float) -> float:
+    """Discrete shapes: the latency only changes every 0.1 of the FLOPs (as round-to widths do)."""
+    return fake_latency(min(1.0, (int(f * 10) + 1) / 10))
+
+
+@pytest.mark.parametrize("target", [80.0, 50.0, 30.0, 20.0])
+def test_lands_within_tolerance(target):
+    calls = []
+
+    def measure(f):
+        calls.append(f)
+        return fake_latency(f)
+
+    fit = search_latency(target, BASE_MS, measure, floor=0.05)
+    assert fit.within
+    assert abs(fit.ms - target) <= LATENCY_TOLERANCE * target
+    assert fit.ms == fake_latency(fit.fraction)
+    assert [p.fraction for p in fit.probes] == calls
+    assert len(calls) <= 1 + 8
+    assert fit.speedup == pytest.approx(BASE_MS / fit.ms)
+
+
+def test_search_keeps_a_shrinking_bracket():
+    """Every probe lies strictly inside the bracket of the probes before it: faster ones below, slower above."""
+    target = 37.0
+    fit = search_latency(target, BASE_MS, fake_latency, floor=0.02, tolerance=0.001, max_probes=8)
+    lo, hi = 0.02, 1.0
+    for p in fit.probes[1:]:
+        assert lo < p.fraction < hi
+        if p.ms > target:
+            hi = p.fraction
+        else:
+            lo = p.fraction
+    assert hi - lo < 0.1  # 8 probes narrowed the bracket from 0.98
+    assert fit.probes[0].fraction == 0.02  # the smallest model is measured first
+
+
+def test_unreachable_target_is_refused_with_what_was_measured():
+    with pytest.raises(UserError, match=r"cannot be reached.*0\.200 of the FLOPs.*runs in 36\.\d\d ms"):
+        search_latency(20.0, BASE_MS, fake_latency, floor=0.2)
+
+
+def test_target_above_the_unpruned_latency_is_refused():
+    with pytest.raises(UserError, match="already runs in 100.00 ms"):
+        search_latency(120.0, BASE_MS, fake_latency, floor=0.1)
+
+
+def test_discrete_shapes_give_the_nearest_one_not_slower():
+    # stepped: f in [0.3, 0.4) runs like f = 0.4 -> 54.28 ms; [0.2, 0.3) like 0.3 -> 45.59 ms: 50 ms falls
+    # between, more than 5 % from either
+    fit = search_latency(50.0, BASE_MS, stepped_latency, floor=0.05)
+    assert not fit.within
+    assert fit.ms == pytest.approx(45.59, abs=0.01) == stepped_latency(0.25)
+    assert 0.2 <= fit.fraction < 0.3
+
+
+@pytest.fixture()
+def weights(tmp_path):
+    torch.manual_seed(0)
+    model = randomize_bn(create_model("yolov5n", nc=2))
+    path = tmp_path / "base.safetensors"
+    save_model(path, model, ModelInfo(model.spec, ["a", "b"], 64))
+    return path
+
+
+def flops_clock(monkeypatch):
+    """Stand-in for the timings: a model's "latency" is 1 ms + 10 ms per GFLOP at the asked size (deterministic)."""
+    def ms(model, imgsz):
+        return 1.0 + 10.0 * total_gflops(profile(model, imgsz))
+
+    def compare(models, imgsz, runs=50, warmup=5, **kw):
+        return {k: {"median_ms": ms(m, imgsz)} for k, m in models.items()}
+
+    monkeypatch.setattr(latency_target, "compare_latency", compare)
+    monkeypatch.setattr(latency_target, "measure_latency",
+                        lambda model, imgsz, **kw: {"median_ms": ms(model, imgsz)})
+    return ms
+
+
+def test_prune_cli_to_a_latency_target_records_it(tmp_path, weights, monkeypatch):
+    """The whole path (search, prune, save, report) with the stand-in clock: the numbers recorded are its."""
+    ms = flops_clock(monkeypatch)
+    model, _ = load_model(weights)
+    base = ms(model, 96)
+    target = round(0.6 * base, 3)
+    out, js = tmp_path / "p.safetensors", tmp_path / "p.json"
+    assert main(["prune", "--weights", str(weights), "--method", "l1", "--target-latency", str(target),
+                 "--imgsz", "96", "--round-to", "1", "--out", str(out), "--json", str(js)]) == 0
+    pruned, info = load_model(out)
+    event = info.history[-1]
+    lat = event["latency"]
+    assert lat["within"] and abs(lat["ms"] - target) <= LATENCY_TOLERANCE * target
+    assert lat["ms"] == pytest.approx(ms(pruned, 96), abs=1e-3)  # the saved model is the one measured
+    assert lat["base_ms"] == pytest.approx(base, abs=1e-3) and lat["target_ms"] == target
+    assert {"cpu", "threads", "backend", "torch", "onnxruntime"} <= set(lat["machine"])
+    assert lat["machine"]["backend"] == "onnxruntime"  # the default backend of --target-latency
+    report = json.loads(js.read_text())
+    assert report["after"]["latency_ms"] == pytest.approx(lat["ms"], abs=1e-3)
+    assert report["target_latency"]["fraction"] == lat["fraction"]
+
+
+def test_prune_cli_refuses_an_unreachable_latency(tmp_path, weights, monkeypatch, capsys):
+    flops_clock(monkeypatch)
+    out = tmp_path / "p.safetensors"
+    assert main(["prune", "--weights", str(weights), "--method", "l1", "--target-latency", "1.0",
+                 "--imgsz", "96", "--out", str(out)]) != 0
+    assert "cannot be reached" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_prune_to_latency_with_real_timings(tmp_path, weights):
+    """Real timings, an outcome that does not depend on them: no model runs in a microsecond. Asserts the
+    refusal names what the smallest model measured; nothing is written."""
+    out = tmp_path / "p.safetensors"
+    with pytest.raises(UserError, match=r"cannot be reached.*runs in \d+\.\d\d ms"):
+        prune(str(weights), method="l1", target_latency=0.001, backend="torch", imgsz=64, latency_runs=2,
+              out=str(out))
+    assert not out.exists()
