@@ -16,19 +16,22 @@ from yoloslim.data.class_map import match_classes
 from yoloslim.data.dataset import DetectionDataset, create_loader, load_data
 from yoloslim.data.source import DataSource
 from yoloslim.deploy.bench import BACKENDS, compare_latency
+from yoloslim.deploy.layer_latency import per_layer_latency
 from yoloslim.device import resolve_device
 from yoloslim.engine.evaluate import evaluate
 from yoloslim.errors import UserError
 from yoloslim.log import logger
 from yoloslim.models.decode import preprocess
 from yoloslim.models.head_classes import select_classes
-from yoloslim.models.io import ModelInfo, check_writable, load_model, save_model
+from yoloslim.models.io import ModelInfo, check_writable, load_model, read_info, save_model
 from yoloslim.models.profile import count_params, profile, total_gflops
 from yoloslim.prune.gradients import train_batches
 from yoloslim.prune.iterative import Recalibrate, prune_in_steps
 from yoloslim.prune.latency_target import LATENCY_BACKEND, LatencyTarget
 from yoloslim.prune.pipeline import NEEDS_GRADIENTS, PruneOptions, PruneResult, prune_model
 from yoloslim.prune.recalibrate import CALIB_IMAGES, recalibrate_bn
+from yoloslim.prune.sensitivity import SensitivityCurves
+from yoloslim.viz.report import ReportParts, write_report
 from yoloslim.workflows.report import table, write_json
 
 
@@ -181,11 +184,12 @@ def prune(weights: str, method: str = "auto", ratio: float | None = None, target
                               backend=timing, threads=threads)
         before["latency_ms"], after["latency_ms"] = lat["before"]["median_ms"], lat["after"]["median_ms"]
     uncalibrated_maps, recalibrated_maps, kept = None, None, True
+    pr_curves: dict[str, Any] | None = {} if report else None
     if source is not None:
         models = {"before": (model, names_before), "after": (pruned, new_info.names)}
         if uncalibrated:
             models["pruned"] = (uncalibrated, new_info.names)
-        maps = _evaluate(models, source, imgsz, batch, workers, dev, class_map)
+        maps = _evaluate(models, source, imgsz, batch, workers, dev, class_map, curves=pr_curves)
         before.update(maps["before"])
         after.update(maps["after"])
         uncalibrated_maps = maps.get("pruned")
@@ -211,6 +215,16 @@ def prune(weights: str, method: str = "auto", ratio: float | None = None, target
     _print_report(summary)
     if json_file:
         write_json(json_file, summary)
+    if report:
+        layer_latency = None
+        if before["latency_ms"] is not None:
+            layer_latency = {label: per_layer_latency(m, imgsz, (timing,), latency_runs or 3, threads=threads)[timing]
+                             for label, m in (("before", model), ("after", pruned))}
+        write_report(report, ReportParts(
+            summary, model, pruned, read_info(out_path).history,
+            sensitivity=SensitivityCurves.load(sensitivity) if sensitivity else None, layer_latency=layer_latency,
+            pr_curves={k: v for k, v in pr_curves.items() if k in ("before", "after")} if pr_curves else None))
+        logger.info(f"pruning report -> {report}")
     return summary
 
 
@@ -256,8 +270,10 @@ def _measuring_data(data: str, names: list[str], nc: int, class_map: str | None)
 
 
 def _evaluate(models: dict[str, tuple[nn.Module, list[str]]], source: DataSource, imgsz: int, batch: int,
-              workers: int, device: torch.device, class_map: str | None = None) -> dict[str, dict]:
-    """mAP@.5 and mAP@.5:.95 of each ``(model, class names)`` on the data set's val split, on its classes."""
+              workers: int, device: torch.device, class_map: str | None = None,
+              curves: dict[str, Any] | None = None) -> dict[str, dict]:
+    """mAP@.5 and mAP@.5:.95 of each ``(model, class names)`` on the data set's val split, on its classes
+    (``curves``: also collect each model's PR curves there, by label)."""
     samples = source.splits.get("val") or source.splits.get("test")
     loader = create_loader(DetectionDataset(samples, imgsz), batch_size=batch, shuffle=False, workers=workers)
     out = {}
@@ -266,7 +282,10 @@ def _evaluate(models: dict[str, tuple[nn.Module, list[str]]], source: DataSource
         if not match.identity:
             logger.info(f"{label}: scoring {match.describe()}")
             model = select_classes(model, match.ids)
-        m = evaluate(model, loader, source.names, device=device).metrics
+        result = evaluate(model, loader, source.names, device=device)
+        m = result.metrics
+        if curves is not None and result.detections is not None:
+            curves[label] = result.detections.curves()
         out[label] = {"map50": round(float(m.map50), 5), "map": round(float(m.map), 5)}
     return out
 
