@@ -12,10 +12,10 @@ from helpers import randomize_bn
 from yoloslim.cli import main
 from yoloslim.errors import UserError
 from yoloslim.models import create_model
-from yoloslim.models.io import ModelInfo, load_model, save_model
+from yoloslim.models.io import ModelInfo, load_model, read_info, save_model
 from yoloslim.models.profile import profile, total_gflops
 from yoloslim.prune import latency_target
-from yoloslim.prune.latency_target import LATENCY_TOLERANCE, search_latency
+from yoloslim.prune.latency_target import LATENCY_TOLERANCE, LatencyTarget, search_latency
 from yoloslim.workflows.prune import prune
 
 BASE_MS = 100.0
@@ -125,6 +125,27 @@ def test_prune_cli_to_a_latency_target_records_it(tmp_path, weights, monkeypatch
     report = json.loads(js.read_text())
     assert report["after"]["latency_ms"] == pytest.approx(lat["ms"], abs=1e-3)
     assert report["target_latency"]["fraction"] == lat["fraction"]
+
+
+def test_a_share_of_the_unpruned_latency(tmp_path, weights, monkeypatch):
+    ms = flops_clock(monkeypatch)
+    model, _ = load_model(weights)
+    out = tmp_path / "p.safetensors"
+    assert main(["prune", "--weights", str(weights), "--method", "l1", "--target-latency", "60%", "--imgsz", "96",
+                 "--round-to", "1", "--out", str(out)]) == 0
+    lat = read_info(out).history[-1]["latency"]
+    assert lat["target_ms"] == pytest.approx(0.6 * ms(model, 96), abs=1e-3)
+    assert abs(lat["ms"] - lat["target_ms"]) <= LATENCY_TOLERANCE * lat["target_ms"]
+
+
+def test_latency_target_parsing():
+    assert (LatencyTarget.parse("35").ms, LatencyTarget.parse("35").share) == (35.0, None)
+    assert LatencyTarget.parse(" 50% ").share == 0.5
+    with pytest.raises(UserError, match="milliseconds"):
+        LatencyTarget.parse("fast")
+    for bad in ("0%", "150%", "-3"):
+        with pytest.raises(UserError, match="--target-latency"):
+            LatencyTarget.parse(bad).check()
 
 
 def test_prune_cli_refuses_an_unreachable_latency(tmp_path, weights, monkeypatch, capsys):

@@ -24,10 +24,10 @@ def add(sub: argparse._SubParsersAction) -> None:
                         help="FLOPs of the result as a fraction of the original")
     amount.add_argument("--target-params", type=float,
                         help="parameters of the result as a fraction of the original")
-    amount.add_argument("--target-latency", type=float, metavar="MS",
+    amount.add_argument("--target-latency", metavar="MS|P%",
                         help="prune until the batch-1 latency measured on this machine (at --imgsz, on --backend) "
-                             "is within 5 %% of MS milliseconds; refused, with what the smallest model measured, "
-                             "when it cannot be reached")
+                             "is within 5 %% of MS milliseconds, or of P %% of the unpruned model's; refused, with "
+                             "what the smallest model measured, when it cannot be reached")
     amount.add_argument("--blocks", type=int, help="layer: number of residual blocks to remove")
     p.add_argument("--global", dest="global_rank", action="store_true",
                    help="l1/l2/group/taylor: one ranking over all channels instead of the same ratio per layer "

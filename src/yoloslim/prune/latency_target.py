@@ -41,7 +41,9 @@ class LatencyTarget:
     """What ``--target-latency`` asks for and how it is measured.
 
     Attributes:
-        ms: the batch-1 latency to reach, in milliseconds, on this machine.
+        ms: the batch-1 latency to reach, in milliseconds, on this machine (0: ``share`` of the unpruned
+            model's latency measured here).
+        share: with ``ms`` 0, the target as a fraction of the unpruned model's latency (``--target-latency 50%``).
         backend: ``"onnxruntime"`` or ``"torch"`` (fused), as :func:`yoloslim.deploy.bench.compare_latency` times.
         imgsz: square input size of the timing.
         runs: timed runs per model and probe (medians; alternating with the unpruned model).
@@ -51,6 +53,7 @@ class LatencyTarget:
     """
 
     ms: float
+    share: float | None = None
     backend: str = LATENCY_BACKEND
     imgsz: int = 640
     runs: int = 20
@@ -58,8 +61,22 @@ class LatencyTarget:
     tolerance: float = LATENCY_TOLERANCE
     max_probes: int = MAX_PROBES
 
+    @classmethod
+    def parse(cls, text: str | float, **timing: Any) -> LatencyTarget:
+        """``"35"`` (milliseconds) or ``"50%"`` (of the unpruned model's latency), as ``--target-latency`` takes it."""
+        raw = str(text).strip()
+        try:
+            if raw.endswith("%"):
+                return cls(0.0, float(raw[:-1]) / 100, **timing)
+            return cls(float(raw), **timing)
+        except ValueError:
+            raise UserError(f"--target-latency takes milliseconds (35) or a share of the unpruned model's latency "
+                            f"(50%), got {text!r}") from None
+
     def check(self) -> None:
-        if not self.ms > 0:
+        if self.share is not None and not 0 < self.share < 1:
+            raise UserError(f"--target-latency as a share must be between 0% and 100%, got {self.share:.0%}")
+        if self.share is None and not self.ms > 0:
             raise UserError(f"--target-latency must be a positive number of milliseconds, got {self.ms}")
         if self.runs < 1:
             raise UserError(f"--latency-runs must be at least 1 with --target-latency, got {self.runs}")
@@ -187,7 +204,8 @@ def prune_to_latency(model: nn.Module, target: LatencyTarget, prune: Callable[[f
     target.check()
     timing = {"backend": target.backend, "threads": target.threads}
     base = measure_latency(model, target.imgsz, runs=target.runs, warmup=3, **timing)["median_ms"]
-    logger.info(f"--target-latency {target.ms:g} ms: the unpruned model runs in {base:.2f} ms "
+    ms = target.ms or base * target.share
+    logger.info(f"--target-latency {ms:.4g} ms: the unpruned model runs in {base:.2f} ms "
                 f"({target.backend}, {target.imgsz} px, batch 1)")
     results: dict[float, Any] = {}
     timed: dict[tuple, float] = {}  # kept widths -> latency: equal shapes are timed once
@@ -201,9 +219,9 @@ def prune_to_latency(model: nn.Module, target: LatencyTarget, prune: Callable[[f
             timed[shape] = lat["candidate"]["median_ms"] / lat["reference"]["median_ms"] * base
         return timed[shape]
 
-    fit = search_latency(target.ms, base, measure, floor, target.tolerance, target.max_probes)
+    fit = search_latency(ms, base, measure, floor, target.tolerance, target.max_probes)
     fit.machine = machine_info(target.backend, target.threads)
     if not fit.within:
-        logger.warning(f"--target-latency {target.ms:g} ms: no pruned shape measured within "
+        logger.warning(f"--target-latency {ms:.4g} ms: no pruned shape measured within "
                        f"{target.tolerance:.0%}; kept the nearest one not slower than the target, {fit.ms:.2f} ms")
     return results[fit.fraction], fit

@@ -43,7 +43,7 @@ def prune(weights: str, method: str = "auto", ratio: float | None = None, target
           steps: int = 1, finetune_epochs: int = 0, calib: str | None = None, calib_images: int = CALIB_IMAGES,
           no_calib: bool = False, class_map: str | None = None,
           device: str | None = None, allocation: str | None = None,
-          sensitivity: str | None = None, target_latency: float | None = None, backend: str | None = None,
+          sensitivity: str | None = None, target_latency: float | str | None = None, backend: str | None = None,
           threads: int | None = None, report: str | None = None) -> dict[str, Any]:
     """Prune ``weights``, write the compact model and print the Metric / Before / After table.
 
@@ -78,8 +78,9 @@ def prune(weights: str, method: str = "auto", ratio: float | None = None, target
             cpu); the pruning and the recalibration run on the CPU.
         allocation: one of :data:`yoloslim.prune.allocate.ALLOCATIONS` (None: the method's default).
         sensitivity: for ``allocation="sensitivity"``, the curves ``yoloslim sensitivity --json`` wrote.
-        target_latency: instead of an amount, the batch-1 latency (ms) to reach on this machine, at ``imgsz``
-            (:mod:`yoloslim.prune.latency_target`; ``latency_runs`` runs per probe).
+        target_latency: instead of an amount, the batch-1 latency to reach on this machine, at ``imgsz``: ms,
+            or ``"50%"`` of the unpruned model's (:mod:`yoloslim.prune.latency_target`; ``latency_runs`` runs
+            per candidate).
         backend: how latency is timed, for ``target_latency`` and the report: ``onnxruntime`` or ``torch``
             (None: :data:`LATENCY_BACKEND` with ``target_latency``, else torch).
         threads: intra-op threads of the timings (None: PyTorch's current setting).
@@ -93,8 +94,8 @@ def prune(weights: str, method: str = "auto", ratio: float | None = None, target
                         round_to=round_to, min_channels=min_channels, fold_bias=fold_bias,
                         allocation=allocation, sensitivity=sensitivity)
     if target_latency is not None:
-        opts.target_latency = LatencyTarget(target_latency, backend or LATENCY_BACKEND, imgsz or 0,
-                                            latency_runs, threads or torch.get_num_threads())
+        opts.target_latency = LatencyTarget.parse(target_latency, backend=backend or LATENCY_BACKEND, imgsz=imgsz or 0,
+                                                  runs=latency_runs, threads=threads or torch.get_num_threads())
         if steps > 1:
             raise UserError("--target-latency measures one cut: use --steps 1")
     if backend is not None and backend not in BACKENDS:
