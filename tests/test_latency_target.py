@@ -22,12 +22,12 @@ BASE_MS = 100.0
 
 
 def fake_latency(f: float) -> float:
-    """A made-up monotone latency: a fixed overhead plus a part that grows with the FLOPs fraction."""
+    """A made-up monotone latency: a fixed overhead plus a part that grows with the share of channels kept."""
     return 12.0 + 88.0 * f ** 0.8
 
 
 def stepped_latency(f: float) -> float:
-    """Discrete shapes: the latency only changes every 0.1 of the FLOPs (as round-to widths do)."""
+    """Discrete shapes: the latency only changes every 0.1 of the kept share (as round-to widths do)."""
     return fake_latency(min(1.0, (int(f * 10) + 1) / 10))
 
 
@@ -42,8 +42,8 @@ def test_lands_within_tolerance(target):
     fit = search_latency(target, BASE_MS, measure, floor=0.05)
     assert fit.within
     assert abs(fit.ms - target) <= LATENCY_TOLERANCE * target
-    assert fit.ms == fake_latency(fit.fraction)
-    assert [p.fraction for p in fit.probes] == calls
+    assert fit.ms == fake_latency(fit.keep)
+    assert [p.keep for p in fit.probes] == calls
     assert len(calls) <= 1 + 8
     assert fit.speedup == pytest.approx(BASE_MS / fit.ms)
 
@@ -54,17 +54,17 @@ def test_search_keeps_a_shrinking_bracket():
     fit = search_latency(target, BASE_MS, fake_latency, floor=0.02, tolerance=0.001, max_probes=8)
     lo, hi = 0.02, 1.0
     for p in fit.probes[1:]:
-        assert lo < p.fraction < hi
+        assert lo < p.keep < hi
         if p.ms > target:
-            hi = p.fraction
+            hi = p.keep
         else:
-            lo = p.fraction
+            lo = p.keep
     assert hi - lo < 0.1  # 8 probes narrowed the bracket from 0.98
-    assert fit.probes[0].fraction == 0.02  # the smallest model is measured first
+    assert fit.probes[0].keep == 0.02  # the smallest model is measured first
 
 
 def test_unreachable_target_is_refused_with_what_was_measured():
-    with pytest.raises(UserError, match=r"cannot be reached.*0\.200 of the FLOPs.*runs in 36\.\d\d ms"):
+    with pytest.raises(UserError, match=r"cannot be reached.*ratio 0\.800\).*runs in 36\.\d\d ms"):
         search_latency(20.0, BASE_MS, fake_latency, floor=0.2)
 
 
@@ -79,7 +79,7 @@ def test_discrete_shapes_give_the_nearest_one_not_slower():
     fit = search_latency(50.0, BASE_MS, stepped_latency, floor=0.05)
     assert not fit.within
     assert fit.ms == pytest.approx(45.59, abs=0.01) == stepped_latency(0.25)
-    assert 0.2 <= fit.fraction < 0.3
+    assert 0.2 <= fit.keep < 0.3
 
 
 @pytest.fixture()
@@ -124,7 +124,7 @@ def test_prune_cli_to_a_latency_target_records_it(tmp_path, weights, monkeypatch
     assert lat["machine"]["backend"] == "onnxruntime"  # the default backend of --target-latency
     report = json.loads(js.read_text())
     assert report["after"]["latency_ms"] == pytest.approx(lat["ms"], abs=1e-3)
-    assert report["target_latency"]["fraction"] == lat["fraction"]
+    assert report["target_latency"]["ratio"] == lat["ratio"] == round(1 - lat["keep"], 5)
 
 
 def test_a_share_of_the_unpruned_latency(tmp_path, weights, monkeypatch):

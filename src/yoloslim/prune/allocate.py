@@ -261,13 +261,11 @@ def find_ratio(alloc: Allocator, cost: CostModel, what: str, target: float) -> f
     return round(best, 6)
 
 
-def smallest_fraction(model: nn.Module, graph: ChannelGraph, importance: Importance, *, global_rank: bool,
-                      include: list[str] | None = None, round_to: int = ROUND_TO, min_channels: int = 0,
-                      what: str = "flops") -> float:
-    """The smallest ``what`` (flops|params) fraction a plan of these options reaches (at the largest safe ratio)."""
+def largest_ratio(model: nn.Module, graph: ChannelGraph, importance: Importance, *, global_rank: bool,
+                  include: list[str] | None = None, round_to: int = ROUND_TO, min_channels: int = 0) -> float:
+    """The largest ratio a plan of these options takes (the largest safe one; 0.999 with ``min_channels``)."""
     groups = graph.select(include)
-    alloc = Allocator(groups, score_groups(model, groups, importance), global_rank, round_to, min_channels)
-    return CostModel(model, graph).fraction(alloc.counts(alloc.max_ratio()).keep, what)
+    return Allocator(groups, score_groups(model, groups, importance), global_rank, round_to, min_channels).max_ratio()
 
 
 def plan_channels(model: nn.Module, graph: ChannelGraph, importance: Importance, *,

@@ -1,21 +1,22 @@
-"""Pruning to a measured latency: search the FLOPs fraction whose pruned model runs in the target time.
+"""Pruning to a measured latency: search the pruning ratio whose model runs in the target time here.
 
 FLOPs are a poor stand-in for speed (a cut to 30 % of the FLOPs can run only 1.3x faster), so
-``--target-latency`` measures. The search is a bracketing one on the FLOPs fraction ``f`` of the
-channel plan (latency falls as ``f`` falls): the unpruned model (``f = 1``) is too slow, the smallest
-model the options can cut (``f = floor``) must be fast enough, else the target is refused with what
-that smallest model measured. Each probe prunes at ``f`` and times the candidate alternately with the
-unpruned model (:func:`yoloslim.deploy.bench.compare_latency`, medians of several runs); the
-candidate's latency is its time relative to the unpruned model's in the same loop, times the
-unpruned model's latency measured at the start, so that a burst of load on the machine, which slows
-both alike, does not move the estimate. The next ``f`` is interpolated inside the bracket (kept at
-least a tenth of the bracket from either end, so the bracket always shrinks) until a probe lands within
-:data:`LATENCY_TOLERANCE` of the target or ``max_probes`` are spent; then the probe nearest the target
-that is not slower than it is taken (the widths are discrete: a narrow target may fall between two
-shapes).
+``--target-latency`` measures. The search is a bracketing one on the share of the prunable channels
+kept, ``keep = 1 - ratio`` (latency falls as ``keep`` falls; the channel plan is the options' usual
+one, with ``--round-to``'s fast widths): the unpruned model (``keep = 1``) is too slow, and the
+smallest model the options can cut (``keep = floor``, the largest safe ratio) must be fast enough,
+else the target is refused with what that smallest model measured. Each probe prunes at ``keep`` and
+times the candidate alternately with the unpruned model (:func:`yoloslim.deploy.bench.compare_latency`,
+medians of several runs); the candidate's latency is its time relative to the unpruned model's in the
+same loop, times the unpruned model's latency measured at the start, so that a burst of load on the
+machine, which slows both alike, does not move the estimate. Shapes already timed are not timed again.
+The next ``keep`` is interpolated inside the bracket (at least a tenth of the bracket from either end,
+so the bracket always shrinks) until a probe lands within :data:`LATENCY_TOLERANCE` of the target or
+``max_probes`` are spent; then the probe nearest the target that is not slower than it is taken (the
+widths are discrete: a narrow target may fall between two shapes).
 
-:func:`search_latency` is the search alone, given any ``measure(f) -> ms``: the tests drive it with a
-deterministic function, never with timings.
+:func:`search_latency` is the search alone, given any ``measure(keep) -> ms``: the tests drive it with
+a deterministic function, never with timings.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from yoloslim.log import logger
 
 LATENCY_TOLERANCE = 0.05  # relative distance to a --target-latency that counts as reached
 MAX_PROBES = 8  # pruned candidates timed at most, besides the smallest one
-MIN_BRACKET = 0.002  # stop when the FLOPs-fraction bracket is this narrow
+MIN_BRACKET = 0.002  # stop when the bracket on the kept share is this narrow
 LATENCY_BACKEND = "onnxruntime"  # --target-latency's default backend: what a deployment runs
 
 
@@ -84,9 +85,9 @@ class LatencyTarget:
 
 @dataclass
 class Probe:
-    """One measured candidate: its FLOPs fraction and latency (ms)."""
+    """One measured candidate: the share of the prunable channels it keeps (1 - ratio) and its latency (ms)."""
 
-    fraction: float
+    keep: float
     ms: float
 
 
@@ -97,7 +98,7 @@ class LatencyFit:
     Attributes:
         target_ms: the latency asked for.
         base_ms: the unpruned model's latency.
-        fraction: FLOPs fraction of the chosen plan.
+        keep: the share of the prunable channels the chosen plan keeps (its ratio is ``1 - keep``).
         ms: the chosen candidate's latency.
         within: ``ms`` is within the tolerance of the target.
         probes: every candidate measured, in order.
@@ -106,7 +107,7 @@ class LatencyFit:
 
     target_ms: float
     base_ms: float
-    fraction: float
+    keep: float
     ms: float
     within: bool
     probes: list[Probe] = field(default_factory=list)
@@ -120,21 +121,22 @@ class LatencyFit:
         d = asdict(self)
         for k in ("target_ms", "base_ms", "ms"):
             d[k] = round(d[k], 3)
-        d["fraction"] = round(self.fraction, 5)
+        d["keep"] = round(self.keep, 5)
+        d["ratio"] = round(1 - self.keep, 5)
         d["speedup"] = round(self.speedup, 3)
-        d["probes"] = [{"fraction": round(p.fraction, 5), "ms": round(p.ms, 3)} for p in self.probes]
+        d["probes"] = [{"ratio": round(1 - p.keep, 5), "ms": round(p.ms, 3)} for p in self.probes]
         return d
 
 
 def search_latency(target_ms: float, base_ms: float, measure: Callable[[float], float], floor: float,
                    tolerance: float = LATENCY_TOLERANCE, max_probes: int = MAX_PROBES) -> LatencyFit:
-    """Find the FLOPs fraction in ``[floor, 1]`` whose pruned model's latency is ``target_ms``.
+    """Find the kept share in ``[floor, 1]`` whose pruned model's latency is ``target_ms``.
 
     Args:
         target_ms: the latency to reach.
-        base_ms: the unpruned model's latency (the fraction 1).
-        measure: FLOPs fraction -> the latency (ms) of the model pruned to it.
-        floor: the smallest FLOPs fraction the options can reach.
+        base_ms: the unpruned model's latency (``keep`` 1).
+        measure: kept share of the prunable channels -> the latency (ms) of the model pruned to it.
+        floor: the smallest kept share the options allow (1 - the largest safe ratio).
         tolerance: relative distance to ``target_ms`` that counts as reached.
         max_probes: candidates measured at most, besides the one at ``floor``.
 
@@ -148,42 +150,42 @@ def search_latency(target_ms: float, base_ms: float, measure: Callable[[float], 
     probes = [smallest]
     if smallest.ms > target_ms * (1 + tolerance):
         raise UserError(f"--target-latency {target_ms:g} ms cannot be reached: the smallest model these options "
-                        f"cut ({floor:.3f} of the FLOPs) runs in {smallest.ms:.2f} ms here (unpruned "
+                        f"cut (ratio {1 - floor:.3f}) runs in {smallest.ms:.2f} ms here (unpruned "
                         f"{base_ms:.2f} ms); widen --include, lower --round-to / --min-channels, or ask for "
                         f"{smallest.ms * (1 + tolerance):.1f} ms or more")
     lo, hi = smallest, Probe(1.0, base_ms)  # lo is fast enough, hi is too slow
     for _ in range(max_probes):
-        if _close(lo, target_ms, tolerance) or hi.fraction - lo.fraction < MIN_BRACKET:
+        if _close(lo, target_ms, tolerance) or hi.keep - lo.keep < MIN_BRACKET:
             break
-        f = _next_fraction(lo, hi, target_ms)
+        f = _next_keep(lo, hi, target_ms)
         p = Probe(f, measure(f))
         probes.append(p)
-        logger.info(f"--target-latency: {f:.4f} of the FLOPs runs in {p.ms:.2f} ms (target {target_ms:g})")
+        logger.info(f"--target-latency: ratio {1 - f:.4f} runs in {p.ms:.2f} ms (target {target_ms:.4g})")
         if p.ms > target_ms:
             hi = p
         else:
             lo = p
     best = _choose(probes, target_ms, tolerance)
-    return LatencyFit(target_ms, base_ms, best.fraction, best.ms, _close(best, target_ms, tolerance), probes)
+    return LatencyFit(target_ms, base_ms, best.keep, best.ms, _close(best, target_ms, tolerance), probes)
 
 
 def _close(p: Probe, target_ms: float, tolerance: float) -> bool:
     return abs(p.ms - target_ms) <= tolerance * target_ms
 
 
-def _next_fraction(lo: Probe, hi: Probe, target_ms: float) -> float:
+def _next_keep(lo: Probe, hi: Probe, target_ms: float) -> float:
     """Linear interpolation of the latency between the bracket's ends, kept a tenth of the bracket inside it."""
-    width = hi.fraction - lo.fraction
+    width = hi.keep - lo.keep
     t = (target_ms - lo.ms) / (hi.ms - lo.ms) if hi.ms > lo.ms else 0.5
     t = min(max(t, 0.1), 0.9)
-    return lo.fraction + t * width
+    return lo.keep + t * width
 
 
 def _choose(probes: list[Probe], target_ms: float, tolerance: float) -> Probe:
     """The probe within the tolerance nearest the target; else the slowest one not slower than the target."""
     close = [p for p in probes if _close(p, target_ms, tolerance)]
     if close:
-        return min(close, key=lambda p: (abs(p.ms - target_ms), -p.fraction))
+        return min(close, key=lambda p: (abs(p.ms - target_ms), -p.keep))
     fast = [p for p in probes if p.ms <= target_ms]
     return max(fast, key=lambda p: p.ms)
 
@@ -195,11 +197,11 @@ def prune_to_latency(model: nn.Module, target: LatencyTarget, prune: Callable[[f
     Args:
         model: the unpruned model (the reference every candidate is timed against).
         target: the latency and how to time it.
-        prune: FLOPs fraction -> a :class:`~yoloslim.prune.pipeline.PruneResult` (its ``model`` is timed).
-        floor: the smallest FLOPs fraction ``prune`` accepts.
+        prune: kept share (1 - ratio) -> a :class:`~yoloslim.prune.pipeline.PruneResult` (its ``model`` is timed).
+        floor: the smallest kept share ``prune`` accepts.
 
     Returns:
-        The result pruned at the chosen fraction, and the search's :class:`LatencyFit` (with the machine).
+        The result pruned at the chosen share, and the search's :class:`LatencyFit` (with the machine).
     """
     target.check()
     timing = {"backend": target.backend, "threads": target.threads}
@@ -224,4 +226,4 @@ def prune_to_latency(model: nn.Module, target: LatencyTarget, prune: Callable[[f
     if not fit.within:
         logger.warning(f"--target-latency {ms:.4g} ms: no pruned shape measured within "
                        f"{target.tolerance:.0%}; kept the nearest one not slower than the target, {fit.ms:.2f} ms")
-    return results[fit.fraction], fit
+    return results[fit.keep], fit

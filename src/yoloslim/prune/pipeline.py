@@ -15,7 +15,7 @@ from torch import nn
 from yoloslim.errors import UserError
 from yoloslim.log import logger
 from yoloslim.models.io import unwrap
-from yoloslim.prune.allocate import ALLOCATIONS, ROUND_TO, plan_channels, score_groups, smallest_fraction
+from yoloslim.prune.allocate import ALLOCATIONS, ROUND_TO, largest_ratio, plan_channels, score_groups
 from yoloslim.prune.gradients import accumulate_gradients
 from yoloslim.prune.graph import ChannelGraph
 from yoloslim.prune.importance import importance_for
@@ -195,10 +195,10 @@ def prune_model(model: nn.Module, opts: PruneOptions, graph: ChannelGraph | None
 
 def _prune_to_latency(model: nn.Module, opts: PruneOptions, graph: ChannelGraph,
                       batches: list[tuple[torch.Tensor, torch.Tensor]] | None) -> PruneResult:
-    """``opts.target_latency``: search the FLOPs fraction whose pruned model runs in the target time here
+    """``opts.target_latency``: search the ratio whose pruned model runs in the target time here
     (:mod:`yoloslim.prune.latency_target`); the result carries the :class:`LatencyFit`."""
     if opts.method == "layer" or opts.allocation == "sensitivity":
-        raise UserError("--target-latency searches a channel plan's FLOPs fraction: use a channel method with "
+        raise UserError("--target-latency searches a channel plan's ratio: use a channel method with "
                         "the uniform or global allocation (not --method layer or --allocation sensitivity)")
     global_rank = opts.method == "slim" if opts.global_rank is None else opts.global_rank
     if opts.method in NEEDS_GRADIENTS:
@@ -207,7 +207,7 @@ def _prune_to_latency(model: nn.Module, opts: PruneOptions, graph: ChannelGraph,
                             "batches of the train split")
         accumulate_gradients(model, batches, imgsz=int(batches[0][0].shape[-1]))
     try:
-        floor = smallest_fraction(model, graph, importance_for(opts.method, global_rank), global_rank=global_rank,
+        floor = 1 - largest_ratio(model, graph, importance_for(opts.method, global_rank), global_rank=global_rank,
                                   include=list(opts.include) or None, round_to=opts.rounding,
                                   min_channels=opts.min_channels)
     finally:
@@ -215,8 +215,8 @@ def _prune_to_latency(model: nn.Module, opts: PruneOptions, graph: ChannelGraph,
             model.zero_grad(set_to_none=True)
     channel = dataclasses.replace(opts, target_latency=None)
 
-    def prune(f: float) -> PruneResult:
-        return prune_model(model, dataclasses.replace(channel, target_flops=round(f, 6)), graph, batches)
+    def prune(keep: float) -> PruneResult:
+        return prune_model(model, dataclasses.replace(channel, ratio=round(1 - keep, 6)), graph, batches)
 
     result, fit = prune_to_latency(model, opts.target_latency, prune, floor)
     result.latency = fit

@@ -145,13 +145,13 @@ def _table_section(s: dict[str, Any]) -> str:
 def _target_section(t: dict[str, Any]) -> str:
     m = t["machine"]
     verdict = "reached" if t["within"] else "not reached within 5 % (the nearest shape not slower was kept)"
-    probes = "".join(f"<tr><td>{p['fraction']:.4f}</td><td>{p['ms']:.2f}</td></tr>" for p in t["probes"])
-    return (f"<h2>Latency target</h2><p>Target <b>{t['target_ms']:g} ms</b>: {verdict}; measured "
+    probes = "".join(f"<tr><td>{p['ratio']:.4f}</td><td>{p['ms']:.2f}</td></tr>" for p in t["probes"])
+    return (f"<h2>Latency target</h2><p>Target <b>{t['target_ms']:.4g} ms</b>: {verdict}; measured "
             f"<b data-key=\"target-ms\">{t['ms']:.2f} ms</b> ({t['speedup']:.2f}× the unpruned "
             f"{t['base_ms']:.2f} ms) at "
-            f"{t['fraction']:.3f} of the FLOPs. Measured on {_e(m['cpu'])}, {m['threads']} threads, "
+            f"ratio {t['ratio']:.3f}. Measured on {_e(m['cpu'])}, threads {m['threads']}, "
             f"{_e(m['backend'])} (torch {_e(m['torch'])}, onnxruntime {_e(m['onnxruntime'])}).</p>"
-            f"<table><tr><th>FLOPs fraction tried</th><th>ms</th></tr>{probes}</table>")
+            f"<table><tr><th>ratio tried</th><th>ms</th></tr>{probes}</table>")
 
 
 def _done_section(s: dict[str, Any], history: list[dict[str, Any]]) -> str:

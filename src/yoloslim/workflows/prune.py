@@ -340,8 +340,8 @@ def _print_report(s: dict[str, Any]) -> None:
     if fit:
         m = fit["machine"]
         reached = "reached" if fit["within"] else "not reached within 5 %; the nearest faster shape"
-        print(f"--target-latency {fit['target_ms']:g} ms {reached}: {fit['ms']:.2f} ms at {fit['fraction']:.3f} of "
-              f"the FLOPs ({len(fit['probes'])} candidates timed; {m['backend']}, {m['threads']} threads, {m['cpu']})")
+        print(f"--target-latency {fit['target_ms']:.4g} ms {reached}: {fit['ms']:.2f} ms at ratio {fit['ratio']:.3f} "
+              f"({len(fit['probes'])} candidates; {m['backend']}, threads {m['threads']}, {m['cpu']})")
     print(f"{s['method']} at ratio {s['ratio']:.4g} in {s['seconds']:.2f}s -> {s['out']}{extra}{blocks}")
 
 
