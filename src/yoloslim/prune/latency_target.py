@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from yoloslim.deploy.bench import compare_latency, machine_info, measure_latency
@@ -34,6 +35,8 @@ from yoloslim.log import logger
 LATENCY_TOLERANCE = 0.05  # relative distance to a --target-latency that counts as reached
 MAX_PROBES = 8  # pruned candidates timed at most, besides the smallest one
 MIN_BRACKET = 0.002  # stop when the bracket on the kept share is this narrow
+WARMUP = 5  # untimed runs per model and timing (a new ONNX Runtime session's first runs are slow)
+RETIMES = 2  # extra timings of a candidate whose latency contradicts the bracket (the median is kept)
 LATENCY_BACKEND = "onnxruntime"  # --target-latency's default backend: what a deployment runs
 
 
@@ -129,7 +132,8 @@ class LatencyFit:
 
 
 def search_latency(target_ms: float, base_ms: float, measure: Callable[[float], float], floor: float,
-                   tolerance: float = LATENCY_TOLERANCE, max_probes: int = MAX_PROBES) -> LatencyFit:
+                   tolerance: float = LATENCY_TOLERANCE, max_probes: int = MAX_PROBES,
+                   remeasure: Callable[[float], float] | None = None) -> LatencyFit:
     """Find the kept share in ``[floor, 1]`` whose pruned model's latency is ``target_ms``.
 
     Args:
@@ -139,6 +143,9 @@ def search_latency(target_ms: float, base_ms: float, measure: Callable[[float], 
         floor: the smallest kept share the options allow (1 - the largest safe ratio).
         tolerance: relative distance to ``target_ms`` that counts as reached.
         max_probes: candidates measured at most, besides the one at ``floor``.
+        remeasure: like ``measure``, timing again and returning the median of every timing of that
+            candidate; called (up to :data:`RETIMES` times) when a latency contradicts the bracket (slower
+            than a candidate keeping more channels, or faster than one keeping fewer): noise on a busy machine.
 
     Raises:
         UserError: the unpruned model already meets the target, or the smallest model cannot.
@@ -159,6 +166,12 @@ def search_latency(target_ms: float, base_ms: float, measure: Callable[[float], 
             break
         f = _next_keep(lo, hi, target_ms)
         p = Probe(f, measure(f))
+        for _ in range(RETIMES if remeasure else 0):
+            if lo.ms <= p.ms <= hi.ms:
+                break
+            logger.info(f"--target-latency: ratio {1 - f:.4f} measured {p.ms:.2f} ms, outside the bracket "
+                        f"[{lo.ms:.2f}, {hi.ms:.2f}] ms: timing it again")
+            p.ms = remeasure(f)
         probes.append(p)
         logger.info(f"--target-latency: ratio {1 - f:.4f} runs in {p.ms:.2f} ms (target {target_ms:.4g})")
         if p.ms > target_ms:
@@ -205,23 +218,26 @@ def prune_to_latency(model: nn.Module, target: LatencyTarget, prune: Callable[[f
     """
     target.check()
     timing = {"backend": target.backend, "threads": target.threads}
-    base = measure_latency(model, target.imgsz, runs=target.runs, warmup=3, **timing)["median_ms"]
+    base = measure_latency(model, target.imgsz, runs=target.runs, warmup=WARMUP, **timing)["median_ms"]
     ms = target.ms or base * target.share
     logger.info(f"--target-latency {ms:.4g} ms: the unpruned model runs in {base:.2f} ms "
                 f"({target.backend}, {target.imgsz} px, batch 1)")
     results: dict[float, Any] = {}
-    timed: dict[tuple, float] = {}  # kept widths -> latency: equal shapes are timed once
+    timed: dict[tuple, list[float]] = {}  # kept widths -> latencies: equal shapes are timed once, unless retimed
 
-    def measure(f: float) -> float:
-        results[f] = result = prune(f)
+    def measure(f: float, again: bool = False) -> float:
+        if f not in results:
+            results[f] = prune(f)
+        result = results[f]
         shape = tuple(sorted((g, len(k)) for g, k in result.plan.keep.items()))
-        if shape not in timed:
+        if again or shape not in timed:
             lat = compare_latency({"candidate": result.model, "reference": model}, target.imgsz, target.runs,
-                                  warmup=3, **timing)
-            timed[shape] = lat["candidate"]["median_ms"] / lat["reference"]["median_ms"] * base
-        return timed[shape]
+                                  warmup=WARMUP, **timing)
+            timed.setdefault(shape, []).append(lat["candidate"]["median_ms"] / lat["reference"]["median_ms"] * base)
+        return float(np.median(timed[shape]))
 
-    fit = search_latency(ms, base, measure, floor, target.tolerance, target.max_probes)
+    fit = search_latency(ms, base, measure, floor, target.tolerance, target.max_probes,
+                         remeasure=lambda f: measure(f, again=True))
     fit.machine = machine_info(target.backend, target.threads)
     if not fit.within:
         logger.warning(f"--target-latency {ms:.4g} ms: no pruned shape measured within "

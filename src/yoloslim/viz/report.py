@@ -193,7 +193,7 @@ th {{ background: #f1f4f8; text-align: left; }}
 img.plot {{ max-width: 100%; }}
 figure {{ margin: 0.5em 0; }}
 .row {{ display: flex; flex-wrap: wrap; gap: 1em; }}
-.row img.plot {{ max-width: 540px; }}
+.row img.plot {{ max-width: 500px; }}
 .big {{ font-size: 1.2em; }}
 code {{ background: #f1f4f8; padding: 0 0.2em; }}
 </style></head><body>
