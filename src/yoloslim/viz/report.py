@@ -161,6 +161,10 @@ def _done_section(s: dict[str, Any], history: list[dict[str, Any]]) -> str:
                 "blocks", "fold_bias", "sensitivity", "steps", "finetune_epochs"):
         if pruned.get(key) is not None:
             done.append((key, pruned[key]))
+    if s.get("target_latency"):
+        t = s["target_latency"]
+        done.append(("--target-latency", f"{t['target_ms']:.4g} ms ({t['machine']['backend']}): "
+                     f"{'reached' if t['within'] else 'not reached'}, {t['ms']:.2f} ms"))
     if s.get("calib"):
         c = s["calib"]
         done.append(("BN recalibration", f"{c['images']} images of {c['source']}"
