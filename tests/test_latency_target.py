@@ -126,7 +126,7 @@ def flops_clock(monkeypatch):
     return ms
 
 
-def test_prune_cli_to_a_latency_target_records_it(tmp_path, weights, monkeypatch):
+def test_prune_cli_to_a_latency_target_records_it(tmp_path, weights, monkeypatch, capsys):
     """The whole path (search, prune, save, report) with the stand-in clock: the numbers recorded are its."""
     ms = flops_clock(monkeypatch)
     model, _ = load_model(weights)
@@ -143,6 +143,10 @@ def test_prune_cli_to_a_latency_target_records_it(tmp_path, weights, monkeypatch
     assert lat["base_ms"] == pytest.approx(base, abs=1e-3) and lat["target_ms"] == target
     assert {"cpu", "threads", "backend", "torch", "onnxruntime"} <= set(lat["machine"])
     assert lat["machine"]["backend"] == "onnxruntime"  # the default backend of --target-latency
+    assert lat["imgsz"] == 96
+    capsys.readouterr()
+    assert main(["info", "--weights", str(out)]) == 0
+    assert f"latency={lat['ms']:.2f} ms at 96 px (target {target:.4g} ms, reached" in capsys.readouterr().out
     report = json.loads(js.read_text())
     assert report["after"]["latency_ms"] == pytest.approx(lat["ms"], abs=1e-3)
     assert report["target_latency"]["ratio"] == lat["ratio"] == round(1 - lat["keep"], 5)

@@ -106,6 +106,7 @@ class LatencyFit:
         within: ``ms`` is within the tolerance of the target.
         probes: every candidate measured, in order.
         machine: where it was measured (:func:`yoloslim.deploy.bench.machine_info`), filled by the caller.
+        imgsz: the input size of the timings, filled by the caller.
     """
 
     target_ms: float
@@ -115,6 +116,7 @@ class LatencyFit:
     within: bool
     probes: list[Probe] = field(default_factory=list)
     machine: dict[str, Any] = field(default_factory=dict)
+    imgsz: int = 0
 
     @property
     def speedup(self) -> float:
@@ -239,7 +241,21 @@ def prune_to_latency(model: nn.Module, target: LatencyTarget, prune: Callable[[f
     fit = search_latency(ms, base, measure, floor, target.tolerance, target.max_probes,
                          remeasure=lambda f: measure(f, again=True))
     fit.machine = machine_info(target.backend, target.threads)
+    fit.imgsz = target.imgsz
     if not fit.within:
         logger.warning(f"--target-latency {ms:.4g} ms: no pruned shape measured within "
                        f"{target.tolerance:.0%}; kept the nearest one not slower than the target, {fit.ms:.2f} ms")
     return results[fit.keep], fit
+
+
+def describe_fit(fit: dict[str, Any]) -> str:
+    """One line for a model's history (``yoloslim info``): a :meth:`LatencyFit.to_dict` summarised (as it is,
+    when it is not one)."""
+    try:
+        m = fit.get("machine") or {}
+        verdict = "reached" if fit.get("within") else "not reached"
+        return (f"{float(fit['ms']):.2f} ms at {fit.get('imgsz', '?')} px (target {float(fit['target_ms']):.4g} ms, "
+                f"{verdict}; unpruned {float(fit['base_ms']):.2f} ms; {m.get('backend', '?')}, threads "
+                f"{m.get('threads', '?')}, {m.get('cpu', '?')})")
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return str(fit)
