@@ -84,6 +84,13 @@ def test_a_timing_that_contradicts_the_bracket_is_taken_again():
     assert fit.ms == pytest.approx(fake_latency(fit.keep))
 
 
+def test_the_smallest_model_is_timed_again_before_a_refusal():
+    timings = iter([BASE_MS, fake_latency(0.05), fake_latency(0.05)])  # the first reading: a burst of load
+    fit = search_latency(30.0, BASE_MS, lambda f: next(timings) if f == 0.05 else fake_latency(f), floor=0.05,
+                         remeasure=lambda f: next(timings))
+    assert fit.probes[0].ms == fake_latency(0.05) and fit.within
+
+
 def test_unreachable_target_is_refused_with_what_was_measured():
     with pytest.raises(UserError, match=r"cannot be reached.*ratio 0\.800\).*runs in 36\.\d\d ms"):
         search_latency(20.0, BASE_MS, fake_latency, floor=0.2)
@@ -180,6 +187,22 @@ def test_prune_cli_refuses_an_unreachable_latency(tmp_path, weights, monkeypatch
                  "--imgsz", "96", "--out", str(out)]) != 0
     assert "cannot be reached" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_prune_to_a_generous_latency_with_real_timings(tmp_path, weights, capsys):
+    """Real timings and a generous target (90 % of the unpruned latency: the smallest cut runs several times
+    faster): asserts the plumbing only, files and records, never a time."""
+    out, js, page = tmp_path / "p.safetensors", tmp_path / "p.json", tmp_path / "r.html"
+    assert main(["prune", "--weights", str(weights), "--method", "l1", "--target-latency", "90%", "--backend",
+                 "torch", "--imgsz", "64", "--latency-runs", "3", "--out", str(out), "--json", str(js),
+                 "--report", str(page)]) == 0
+    lat = read_info(out).history[-1]["latency"]
+    assert lat["ms"] > 0 and lat["base_ms"] > 0 and lat["target_ms"] == pytest.approx(0.9 * lat["base_ms"], abs=1e-3)
+    assert len(lat["probes"]) >= 1 and lat["machine"]["backend"] == "torch" and lat["machine"]["threads"] >= 1
+    report = json.loads(js.read_text())
+    assert report["target_latency"] == lat and report["after"]["latency_ms"] == pytest.approx(lat["ms"], abs=1e-3)
+    assert "Latency target" in page.read_text()
 
 
 @pytest.mark.slow

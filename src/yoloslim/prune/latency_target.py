@@ -147,7 +147,8 @@ def search_latency(target_ms: float, base_ms: float, measure: Callable[[float], 
         max_probes: candidates measured at most, besides the one at ``floor``.
         remeasure: like ``measure``, timing again and returning the median of every timing of that
             candidate; called (up to :data:`RETIMES` times) when a latency contradicts the bracket (slower
-            than a candidate keeping more channels, or faster than one keeping fewer): noise on a busy machine.
+            than a candidate keeping more channels, or faster than one keeping fewer: noise on a busy
+            machine), and before the smallest model is declared too slow.
 
     Raises:
         UserError: the unpruned model already meets the target, or the smallest model cannot.
@@ -157,6 +158,10 @@ def search_latency(target_ms: float, base_ms: float, measure: Callable[[float], 
                         "here; nothing to prune for it")
     smallest = Probe(floor, measure(floor))
     probes = [smallest]
+    for _ in range(RETIMES if remeasure else 0):  # before refusing, make sure it was not a burst of load
+        if smallest.ms <= target_ms * (1 + tolerance):
+            break
+        smallest.ms = remeasure(floor)
     if smallest.ms > target_ms * (1 + tolerance):
         raise UserError(f"--target-latency {target_ms:g} ms cannot be reached: the smallest model these options "
                         f"cut (ratio {1 - floor:.3f}) runs in {smallest.ms:.2f} ms here (unpruned "

@@ -202,6 +202,8 @@ def prune(weights: str, method: str = "auto", ratio: float | None = None, target
             else:  # the --data default: keep the statistics the model was trained with
                 logger.warning(f"{lowered}: kept the trained statistics (--calib {data} forces recalibration)")
                 recalibrated_maps, kept = dict(after), False
+                if pr_curves and "pruned" in pr_curves:  # the report draws the model written
+                    pr_curves["after"] = pr_curves["pruned"]
                 pruned = uncalibrated
                 after.update(uncalibrated_maps)
                 save_model(out_path, pruned, pruned_info.with_event("pruned", **event, calib_kept=False))
