@@ -190,7 +190,8 @@ def prune(weights: str, method: str = "auto", ratio: float | None = None, target
         models = {"before": (model, names_before), "after": (pruned, new_info.names)}
         if uncalibrated:
             models["pruned"] = (uncalibrated, new_info.names)
-        maps = _evaluate(models, source, imgsz, batch, workers, dev, class_map, curves=pr_curves)
+        maps = _evaluate(models, source, imgsz, batch, workers, dev, class_map,
+                         **({"curves": pr_curves} if pr_curves is not None else {}))
         before.update(maps["before"])
         after.update(maps["after"])
         uncalibrated_maps = maps.get("pruned")
