@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from yoloslim.errors import UserError
-from yoloslim.models.blocks import Concat, Conv
+from yoloslim.models.blocks import Concat, Conv, run_layers
 from yoloslim.models.blocks_v8 import C2PSA, REG_MAX, Attention, C2f, DetectDFL
 from yoloslim.models.family import Family
 from yoloslim.models.spec import ArchSpec, Widths, make_divisible
@@ -212,20 +212,13 @@ class YOLOv8(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Args: x (b, 3, h, w) RGB in 0..1. Returns raw maps [(b, 4·reg_max + nc, h/s, w/s) for s in strides]."""
-        outputs: list[torch.Tensor | None] = []
-        for m in self.model:
-            if m.f != -1:
-                x = outputs[m.f] if isinstance(m.f, int) else [x if j == -1 else outputs[j] for j in m.f]
-            x = m(x)
-            outputs.append(x if m.i in self.save else None)
-        return x
+        return run_layers(self.model, self.save, x)
 
     @property
     def head_convs(self) -> list[nn.Conv2d]:
         """The prediction convs whose outputs are fixed by the head's layout, and the fixed DFL conv."""
         d = self.detect
         return [*(s[-1] for s in d.cv2), *(s[-1] for s in d.cv3), d.dfl.conv]
-
 
     @property
     def fixed_channels(self) -> dict[str, str]:

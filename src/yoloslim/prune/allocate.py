@@ -26,6 +26,11 @@ from yoloslim.prune.importance import Importance
 from yoloslim.prune.surgery import ChannelPlan
 
 TARGET_TOLERANCE = 0.02  # relative distance to a FLOPs / params target
+# --round-to's default: kept widths are multiples of 8 (or the group's whole width). The vectorised CPU
+# kernels work in blocks of 8-16 channels: a YOLOv5n cut to 30 % of its FLOPs ran 1.29x faster with widths
+# like 33, 65, 129 (round-to 1) and 1.69x with multiples of 8; round-to 16 ran no faster than 8 for 36 %
+# more FLOPs (docs/BENCHMARKS.md, "Which pruned shapes run fastest").
+ROUND_TO = 8
 # --allocation: the same ratio in every group, one global ranking (--global), or the measured sensitivity
 # curves (yoloslim.prune.sensitivity)
 ALLOCATIONS = ("uniform", "global", "sensitivity")
@@ -47,12 +52,13 @@ class Allocator:
         groups: the groups to prune (prunable, scorable, selected by ``--include``).
         scores: group id -> ``(size,)`` scores, higher = keep.
         global_rank: one ranking over all channels (True) or the same ratio per group (False).
-        round_to: kept widths are multiples of this (and at least this, unless the group is smaller).
+        round_to: kept widths are multiples of this (and at least this, unless the group is smaller);
+            1 keeps exact counts.
         min_channels: floor on kept channels per group; 0 = refuse ratios that empty a group.
     """
 
     def __init__(self, groups: list[Group], scores: dict[int, torch.Tensor], global_rank: bool,
-                 round_to: int = 1, min_channels: int = 0) -> None:
+                 round_to: int = ROUND_TO, min_channels: int = 0) -> None:
         if round_to < 1:
             raise UserError(f"--round-to must be at least 1, got {round_to}")
         if min_channels < 0:
@@ -255,10 +261,17 @@ def find_ratio(alloc: Allocator, cost: CostModel, what: str, target: float) -> f
     return round(best, 6)
 
 
+def largest_ratio(model: nn.Module, graph: ChannelGraph, importance: Importance, *, global_rank: bool,
+                  include: list[str] | None = None, round_to: int = ROUND_TO, min_channels: int = 0) -> float:
+    """The largest ratio a plan of these options takes (the largest safe one; 0.999 with ``min_channels``)."""
+    groups = graph.select(include)
+    return Allocator(groups, score_groups(model, groups, importance), global_rank, round_to, min_channels).max_ratio()
+
+
 def plan_channels(model: nn.Module, graph: ChannelGraph, importance: Importance, *,
                   ratio: float | None = None, target_flops: float | None = None,
                   target_params: float | None = None, global_rank: bool = True,
-                  include: list[str] | None = None, round_to: int = 1, min_channels: int = 0,
+                  include: list[str] | None = None, round_to: int = ROUND_TO, min_channels: int = 0,
                   cost: CostModel | None = None) -> ChannelPlan:
     """Score, allocate and select: the channel plan for a ratio or a FLOPs / params target.
 

@@ -8,6 +8,7 @@ from yoloslim.errors import UserError
 from yoloslim.models import build_model, model_spec
 from yoloslim.models.io import check_writable, load_model
 from yoloslim.models.profile import conv_gflops, count_params, profile, total_gflops
+from yoloslim.prune.latency_target import describe_fit
 from yoloslim.workflows.report import table, write_json
 
 
@@ -46,7 +47,8 @@ def info(weights: str | None = None, model: str | None = None, nc: int = 80, img
           f"{params:,} parameters, {gflops:.1f} GFLOPs at {imgsz}x{imgsz} "
           f"({summary['conv_gflops']:.2f} in convolutions)")
     for event in history:
-        details = ", ".join(f"{k}={v}" for k, v in event.items() if k not in ("action", "time"))
+        details = ", ".join(f"{k}={describe_fit(v) if k == 'latency' and isinstance(v, dict) else v}"
+                            for k, v in event.items() if k not in ("action", "time"))
         print(f"  {event.get('time', '')} {event['action']}" + (f": {details}" if details else ""))
     if json_file:
         write_json(json_file, summary)

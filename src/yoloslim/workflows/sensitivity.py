@@ -99,8 +99,9 @@ class Scorer:
 def prune_group_alone(model: nn.Module, graph: ChannelGraph, group: Group, scores: torch.Tensor,
                       ratio: float) -> nn.Module | None:
     """``model`` with ``ratio`` of ``group``'s channels removed (its weakest by ``scores``, at least one kept);
-    None when that removes no channel."""
-    plan = Allocator([group], {group.id: scores}, global_rank=False, min_channels=1).plan(graph, ratio)
+    None when that removes no channel. The curves are measured at the exact ratios (``round_to=1``); the
+    allocation rounds the widths it picks."""
+    plan = Allocator([group], {group.id: scores}, global_rank=False, round_to=1, min_channels=1).plan(graph, ratio)
     return apply_plan(model, plan) if plan.keep else None
 
 
