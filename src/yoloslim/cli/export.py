@@ -21,6 +21,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--conf", type=float, default=0.25, help="with --nms: score threshold (default 0.25)")
     p.add_argument("--iou", type=float, default=0.45, help="with --nms: IoU threshold (default 0.45)")
     p.add_argument("--max-det", type=int, default=300, help="with --nms: boxes per class+image (300)")
+    p.add_argument("--layout", default="yoloslim",
+                   help="output tensor: yoloslim (batch, N, 5+nc) rows, or ultralytics (batch, 4+nc, N) as their "
+                        "ONNX export writes it, RGB 0..1 input (default yoloslim)")
     p.add_argument("--half", action="store_true",
                    help="float16 weights and computation, float32 input and output (for GPUs, TensorRT, "
                         "Jetson); checked against the float32 model at float16 tolerance")
@@ -37,5 +40,5 @@ def _run(a: argparse.Namespace) -> int:
 
     export(weights=a.weights, format=a.format, imgsz=a.imgsz, dynamic=a.dynamic, nms=a.nms, opset=a.opset,
            out=a.out, conf=a.conf, iou=a.iou, max_det=a.max_det, json_file=a.json_file, half=a.half,
-           device=a.device)
+           device=a.device, layout=a.layout)
     return 0
