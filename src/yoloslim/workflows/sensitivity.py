@@ -152,7 +152,7 @@ def sensitivity(weights: str, data: str, method: str = "auto", ratios: list[floa
     if imgsz <= 0 or imgsz % stride:
         raise UserError(f"--imgsz must be a positive multiple of {stride}, got {imgsz}")
     if method == "auto":
-        method = auto_method(True)[0]
+        method = auto_method()[0]
     calib = [] if no_calib else [preprocess(x, model.spec) for x in calibration_images(data, imgsz, calib_images,
                                                                                           batch)]
     reference = copy.deepcopy(model)  # recalibrated like every cut model, so that a loss is the cut's alone
