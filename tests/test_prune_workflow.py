@@ -134,4 +134,6 @@ def test_iterative_pruning_with_finetuning(tmp_path, tiny_data):
     actions = [e["action"] for e in read_info(out).history]
     assert actions == ["pruned", "fine-tuned", "pruned", "pruned"]
     runs = list(tmp_path.rglob("args.yaml"))  # the fine-tune between the steps distilled from the original
-    assert len(runs) == 1 and yaml.safe_load(runs[0].read_text())["config"]["teacher"] == str(weights)
+    args = yaml.safe_load(runs[0].read_text())
+    assert len(runs) == 1 and args["config"]["teacher"] == str(weights)
+    assert args["hyp"]["warmup_epochs"] == 0.0  # a pruned model's fine-tune starts without warm-up

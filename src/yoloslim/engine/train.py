@@ -216,7 +216,8 @@ def _train(cfg: TrainConfig, d: ddp.Dist, device: torch.device, started: list[Pa
     if teacher is not None:
         check_teacher(teacher.info.spec, info.spec, teacher.path)
     family = info.spec.family
-    hyp = hyp_from_dict(state["hyp"]) if state else load_hyp(cfg.hyp, family=family)
+    pruned = any(e.get("action") == "pruned" for e in info.history)
+    hyp = hyp_from_dict(state["hyp"]) if state else load_hyp(cfg.hyp, family=family, pruned=pruned)
     if cfg.no_aug_epochs is None:
         cfg = dataclasses.replace(cfg, no_aug_epochs=family_defaults(family).no_aug_epochs)
     cfg = dataclasses.replace(cfg, nominal_batch=nominal_batch_for(
