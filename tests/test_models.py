@@ -3,7 +3,7 @@ import pytest
 from yoloslim.errors import UserError
 from yoloslim.models import build_model, create_model, model_spec
 from yoloslim.models.profile import count_params, profile, total_gflops
-from yoloslim.models.spec import ArchSpec
+from yoloslim.models.spec import ArchSpec, check_imgsz
 
 
 @pytest.mark.parametrize("name,params", [("yolov5n", 1_872_157), ("yolov5s", 7_235_389), ("yolov5m", 21_190_557)])
@@ -28,6 +28,17 @@ def test_spec_with_smaller_widths_builds_smaller_model():
     model = build_model(ArchSpec.from_json(spec.to_json()))
     assert model.model[2].m[0].cv1.conv.out_channels == 5
     assert model.model[2].m[0].cv2.conv.in_channels == 5
+
+
+@pytest.mark.parametrize("imgsz", [70, 0, -32, 16])
+def test_imgsz_not_a_positive_multiple_of_the_largest_stride_is_refused(imgsz):
+    spec = model_spec("yolov5n", nc=3)
+    check_imgsz(64, spec)
+    check_imgsz(128, 64, "--calib-imgsz")
+    with pytest.raises(UserError, match=f"^--imgsz must be a positive multiple of 32, got {imgsz}$"):
+        check_imgsz(imgsz, spec)
+    with pytest.raises(UserError, match=f"^--size must be a positive multiple of 64, got {imgsz}$"):
+        check_imgsz(imgsz, 64, "--size")
 
 
 def test_spec_with_unknown_conv_is_refused():
