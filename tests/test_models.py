@@ -2,7 +2,7 @@ import pytest
 
 from yoloslim.errors import UserError
 from yoloslim.models import build_model, create_model, model_spec
-from yoloslim.models.profile import count_params, profile, total_gflops
+from yoloslim.models.profile import count_params, probe, profile, total_gflops
 from yoloslim.models.spec import ArchSpec, check_imgsz
 
 
@@ -51,3 +51,24 @@ def test_spec_with_unknown_conv_is_refused():
 def test_unknown_model_name_suggests_close_ones():
     with pytest.raises(UserError, match="did you mean"):
         model_spec("yolov5ss")
+
+
+def test_probe_runs_one_zero_image_in_eval_mode_and_leaves_no_trace():
+    model = build_model(model_spec("yolov5n", nc=2)).train()
+    seen = {}
+
+    def after(m, inputs, out):
+        seen["out"] = (tuple(out.shape), out.requires_grad, m.training)
+
+    probe(model, 64, {"model.0.conv": after}, {"model.0.conv": lambda m, inputs: seen.setdefault("in", inputs[0])})
+    assert seen["out"] == ((1, 16, 32, 32), False, False)
+    assert tuple(seen["in"].shape) == (1, 3, 64, 64) and seen["in"].abs().sum() == 0
+    conv = model.model[0].conv
+    assert model.training and not conv._forward_hooks and not conv._forward_pre_hooks
+
+    def boom(m, inputs, out):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        probe(model, 64, {"model.0.conv": boom})
+    assert model.training and not conv._forward_hooks
