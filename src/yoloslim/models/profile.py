@@ -1,4 +1,8 @@
-"""Parameters and FLOPs, per layer and in total, counted by running the model once."""
+"""Parameters and FLOPs, per layer and in total, counted by running the model once; that hooked run.
+
+:func:`probe` / :func:`run_hooked` are the one way the package runs a model once with hooks (to count
+FLOPs, to read feature maps, to measure output areas or the constants removed channels emit).
+"""
 
 from __future__ import annotations
 
