@@ -1,4 +1,4 @@
-"""Parameters and FLOPs, per layer and in total, counted by running the model once; that hooked run.
+"""Parameters and FLOPs, per layer and in total, counted by running the model once with hooks.
 
 :func:`probe` / :func:`run_hooked` are the one way the package runs a model once with hooks (to count
 FLOPs, to read feature maps, to measure output areas or the constants removed channels emit).
