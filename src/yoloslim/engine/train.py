@@ -83,6 +83,7 @@ from yoloslim.loss import make_loss
 from yoloslim.loss.distill import DistillLoss
 from yoloslim.models import build_model
 from yoloslim.models.io import ModelInfo, unwrap
+from yoloslim.models.spec import check_imgsz
 from yoloslim.prune.sparsity import BNSparsity, check_target
 from yoloslim.viz.run_plots import write_training_plots
 
@@ -211,8 +212,7 @@ def _train(cfg: TrainConfig, d: ddp.Dist, device: torch.device, started: list[Pa
         model, info = build_model(spec), ModelInfo(spec, names, cfg.imgsz, history)
     else:
         model, info = initial_model(cfg.model, cfg.weights, source.names, cfg.imgsz, cfg.class_map)
-    if cfg.imgsz % max(info.spec.strides):
-        raise UserError(f"--imgsz must be a multiple of {max(info.spec.strides)}, got {cfg.imgsz}")
+    check_imgsz(cfg.imgsz, info.spec)
     if teacher is not None:
         check_teacher(teacher.info.spec, info.spec, teacher.path)
     family = info.spec.family

@@ -20,7 +20,7 @@ from torch import nn
 from yoloslim.errors import UserError
 from yoloslim.log import logger
 from yoloslim.models.io import unwrap
-from yoloslim.models.profile import count_params
+from yoloslim.models.profile import count_params, probe
 from yoloslim.prune.graph import ChannelGraph, Group
 from yoloslim.prune.importance import Importance
 from yoloslim.prune.surgery import ChannelPlan
@@ -182,17 +182,7 @@ class CostModel:
         self.graph = graph
         self.modules = {n: model.get_submodule(n) for n in graph.calls}
         self.area: dict[str, int] = {}
-        hooks = [m.register_forward_hook(self._hook(n)) for n, m in self.modules.items()]
-        was_training = model.training
-        model.eval()
-        try:
-            p = next(model.parameters())
-            with torch.no_grad():
-                model(torch.zeros(1, 3, imgsz, imgsz, dtype=p.dtype, device=p.device))
-        finally:
-            for h in hooks:
-                h.remove()
-            model.train(was_training)
+        probe(model, imgsz, {n: self._hook(n) for n in self.modules})
         self.other_params = count_params(model) - sum(count_params(m) for m in self.modules.values())
         self.base_params, self.base_flops = self.cost({})
 

@@ -25,6 +25,7 @@ from yoloslim.models.decode import preprocess
 from yoloslim.models.head_classes import select_classes
 from yoloslim.models.io import ModelInfo, check_writable, load_model, read_info, save_model
 from yoloslim.models.profile import count_params, profile, total_gflops
+from yoloslim.models.spec import check_imgsz
 from yoloslim.prune.gradients import train_batches
 from yoloslim.prune.iterative import Recalibrate, prune_in_steps
 from yoloslim.prune.latency_target import LATENCY_BACKEND, LatencyTarget
@@ -126,9 +127,7 @@ def prune(weights: str, method: str = "auto", ratio: float | None = None, target
     names_before = list(info.names)
     model.eval()
     imgsz = int(imgsz or info.imgsz)
-    stride = max(model.spec.strides)
-    if imgsz <= 0 or imgsz % stride:
-        raise UserError(f"--imgsz must be a positive multiple of {stride}, got {imgsz}")
+    check_imgsz(imgsz, model.spec)
     if opts.target_latency is not None:
         opts.target_latency.imgsz = imgsz
         opts.target_latency.check()

@@ -32,6 +32,7 @@ from yoloslim.log import logger
 from yoloslim.models.decode import preprocess
 from yoloslim.models.head_classes import select_classes
 from yoloslim.models.io import check_writable, load_model
+from yoloslim.models.spec import check_imgsz
 from yoloslim.prune.allocate import Allocator, score_groups
 from yoloslim.prune.gradients import accumulate_gradients, train_batches
 from yoloslim.prune.graph import ChannelGraph, Group
@@ -148,9 +149,7 @@ def sensitivity(weights: str, data: str, method: str = "auto", ratios: list[floa
     model, info = load_model(weights)
     model.eval()
     imgsz = int(imgsz or info.imgsz)
-    stride = max(model.spec.strides)
-    if imgsz <= 0 or imgsz % stride:
-        raise UserError(f"--imgsz must be a positive multiple of {stride}, got {imgsz}")
+    check_imgsz(imgsz, model.spec)
     if method == "auto":
         method = auto_method()[0]
     calib = [] if no_calib else [preprocess(x, model.spec) for x in calibration_images(data, imgsz, calib_images,
