@@ -12,6 +12,9 @@ Rules (also stated at the end of docs/cli.md):
   Besides, every ``--out`` / ``--json`` / ``--save-json`` target of a command must exist after it.
 * ``<!-- setup: video NAME -->`` right before a block makes a short video ``NAME`` from the ``.jpg``
   images the guide has made so far, standing in for the user's own clip.
+* ``<!-- setup: ultralytics NAME -->`` right before a block writes ``NAME``, a YOLOv8n ``best.pt`` as
+  the ``ultralytics`` package pickles it (classes of the guide's ``data/data.yaml``), standing in for
+  the user's own checkpoint (see tests/test_import_ultralytics.py).
 
 Each file's blocks run in order in one fresh working folder (``tmp_path``), in this process, through
 :func:`yoloslim.cli.main`, which must return 0 for every command.
@@ -27,13 +30,16 @@ from pathlib import Path
 
 import pytest
 
+from test_import_ultralytics import write_checkpoint
 from yoloslim.cli import build_parser, main
+from yoloslim.workflows.importer import read_names
 
 ROOT = Path(__file__).resolve().parents[1]
 # BENCHMARKS.md: full-size measurements (minutes to hours), reproduced by the lead, not by this test.
 EXCLUDED = {"BENCHMARKS.md"}
 OUTPUT_FLAGS = ("--out", "--json", "--save-json")
-OWN_GUIDES = ("README.md", "getting-started.md", "prune-yolov5.md", "deploy.md", "checkpoints.md", "cli.md")
+OWN_GUIDES = ("README.md", "getting-started.md", "prune-yolov5.md", "deploy.md", "checkpoints.md", "cli.md",
+              "prune-yolov8.md")
 
 
 @dataclass
@@ -220,8 +226,11 @@ def test_guide_commands_run(name, tmp_path, monkeypatch, capsys):
     for block in ALL_BLOCKS[name]:
         where = f"{name}:{block.line}"
         for kind, target in block.setup:
-            assert kind == "video", f"{where}: unknown setup {kind!r}"
-            make_video(tmp_path / target, tmp_path)
+            assert kind in ("video", "ultralytics"), f"{where}: unknown setup {kind!r}"
+            if kind == "video":
+                make_video(tmp_path / target, tmp_path)
+            else:
+                write_checkpoint(tmp_path / target, names=read_names(tmp_path / "data" / "data.yaml"))
         for cmd in block.commands:
             argv = shlex.split(cmd.text, comments=True)[1:]
             try:

@@ -28,6 +28,7 @@ import yaml
 from safetensors.torch import save_file
 
 from test_darknet_io import TINY_CFG
+from test_import_ultralytics import write_checkpoint as write_ultralytics_checkpoint
 from test_import_yolov5 import _save_like_ultralytics, _ultralytics_model, ultralytics_modules  # noqa: F401
 from yoloslim.cli import main
 from yoloslim.data.dataset import load_data
@@ -36,6 +37,7 @@ from yoloslim.data.synth import synthesize
 from yoloslim.data.voc import parse_xml
 from yoloslim.data.yolo import parse_label_file
 from yoloslim.deploy.darknet_io import load_darknet, write_darknet
+from yoloslim.deploy.import_ultralytics import import_ultralytics
 from yoloslim.deploy.import_yolov5 import import_yolov5
 from yoloslim.deploy.import_yolox import load_yolox_checkpoint
 from yoloslim.deploy.safe_unpickle import UnsafePickleError, load_torch_file
@@ -225,6 +227,12 @@ def test_fuzz_yolov5_repo_checkpoint(tmp_path: Path, ultralytics_modules: Callab
     ultralytics_modules()  # their classes are gone: only the file remains, as on a user's machine
     fuzz(tmp_path / "m.pt", src.read_bytes(), import_yolov5, seed=13)
     fuzz(tmp_path / "p.pt", src.read_bytes(), import_yolov5, seed=14, how=mutate_pickle)
+
+
+def test_fuzz_ultralytics_package_checkpoint(tmp_path: Path) -> None:
+    src = tmp_path / "best.pt"
+    write_ultralytics_checkpoint(src, names=("a", "b"))  # a YOLOv8n best.pt; its module tree is gone again
+    fuzz(tmp_path / "p.pt", src.read_bytes(), import_ultralytics, seed=15, how=mutate_pickle)
 
 
 # ---------------------------------------------------------------- the classic attacks

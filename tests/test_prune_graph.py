@@ -132,3 +132,42 @@ def test_fold_bias_matches_gamma_only_mask_inside():
     inner = (slice(None), slice(None), slice(8, 24), slice(8, 24))  # away from zero-padded borders
     assert (folded - ref)[inner].abs().max() < 1e-4
     assert (plain - ref)[inner].abs().max() > 1e-2  # without folding the outputs move
+
+
+class Splitter(nn.Module):
+    """A conv chunked in two halves, each read by its own conv; then a split that cuts across two convs."""
+
+    def __init__(self, spec: ArchSpec, record: bool = False) -> None:
+        super().__init__()
+        self.spec = spec
+        w = Widths(spec, record)
+        self.stem = Conv(3, w.ch("stem.conv", 16), 3, 2)
+        half = self.stem.conv.out_channels // 2
+        self.left = Conv(half, w.ch("left.conv", 8), 1)
+        self.right = Conv(half, w.ch("right.conv", 8), 1)
+        self.head = nn.Conv2d(12, 2, 1)
+        self.rest = nn.Conv2d(self.left.conv.out_channels + self.right.conv.out_channels - 12, 2, 1)
+        w.check_all_used()
+
+    def forward(self, x):
+        a, b = self.stem(x).chunk(2, 1)  # the halves get their own groups
+        y = torch.cat((self.left(a), self.right(b)), 1)  # (b, 16, h, w)
+        p, q = y.split([12, 4], 1)  # 12 cuts through right.conv's 8 channels: beyond the graph
+        return [self.head(p), self.rest(q)]
+
+    @property
+    def head_convs(self):
+        return [self.head, self.rest]
+
+
+def test_split_pieces_on_source_boundaries_are_groups_of_their_own():
+    spec = ArchSpec(family="toy", name="splitter", nc=1)
+    Splitter(spec, record=True)
+    graph = ChannelGraph.trace(Splitter(spec).eval())
+    a, b = [g for g in graph.groups if "stem.conv" in g.producers]
+    assert a.prunable and b.prunable and (a.size, b.size) == (8, 8)
+    assert (a.rows("stem.conv"), b.rows("stem.conv")) == (slice(0, 8), slice(8, 16))
+    assert [m.module for m in a.consumers] == ["left.conv"] and [m.module for m in b.consumers] == ["right.conv"]
+    assert [m.offset for m in b.bns] == [8]  # the stem's batch norm holds both halves
+    for conv in ("left.conv", "right.conv"):
+        assert not graph.group_of(conv).prunable and "across" in graph.group_of(conv).reason

@@ -3,11 +3,16 @@
 A hyp YAML file is flat, as the reference's: optimisation and loss keys go to :class:`Hyp`,
 augmentation keys (``hsv_h``, ``mosaic`` ...) to :class:`yoloslim.data.augment.AugmentConfig`,
 which owns their defaults. A key that is neither is refused with the closest known key.
+
+A family whose recipe differs from YOLOv5's says how in :data:`FAMILY_DEFAULTS`, the one place
+per-family training defaults live: its hyp keys replace the dataclass defaults (a hyp file and
+overrides still win), and its ``no_aug_epochs`` is the training run's default for that setting.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from difflib import get_close_matches
 from pathlib import Path
@@ -26,6 +31,32 @@ def _default_augment() -> AugmentConfig:
     return AugmentConfig()
 
 
+@dataclass(frozen=True)
+class FamilyDefaults:
+    """What a family's training recipe changes from the YOLOv5 one.
+
+    Attributes:
+        hyp: :class:`Hyp` (or augmentation) keys and their values for the family.
+        no_aug_epochs: the last this many epochs train without mosaic, mixup and affine warps
+            (:attr:`yoloslim.engine.train.TrainConfig.no_aug_epochs`).
+    """
+
+    hyp: Mapping[str, Any] = field(default_factory=dict)
+    no_aug_epochs: int = 0
+
+
+# family name (ArchSpec.family) -> its defaults; a family not listed trains with YOLOv5's.
+FAMILY_DEFAULTS: dict[str, FamilyDefaults] = {
+    # ultralytics' YOLOv8 / YOLO11 recipe: loss gains box 7.5, cls 0.5, dfl 1.5; close_mosaic 10
+    "yolov8": FamilyDefaults(hyp={"box": 7.5, "cls": 0.5, "dfl": 1.5}, no_aug_epochs=10),
+}
+
+
+def family_defaults(family: str | None) -> FamilyDefaults:
+    """The training defaults of ``family`` (YOLOv5's for a family without its own, or None)."""
+    return FAMILY_DEFAULTS.get(family or "", FamilyDefaults())
+
+
 @dataclass
 class Hyp:
     """Optimiser, schedule and loss settings (defaults: YOLOv5 hyp.scratch-low.yaml).
@@ -40,6 +71,7 @@ class Hyp:
         warmup_bias_lr: bias learning rate at the start of warm-up.
         box: box loss gain.
         cls: class loss gain.
+        dfl: distribution focal loss gain (YOLOv8 / YOLO11 only).
         cls_pw: class BCE positive weight.
         obj: objectness loss gain.
         obj_pw: objectness BCE positive weight.
@@ -59,6 +91,7 @@ class Hyp:
     warmup_bias_lr: float = 0.1
     box: float = 0.05
     cls: float = 0.5
+    dfl: float = 1.5
     cls_pw: float = 1.0
     obj: float = 1.0
     obj_pw: float = 1.0
@@ -91,8 +124,11 @@ def hyp_from_dict(data: dict[str, Any], source: str = "hyp") -> Hyp:
     return hyp
 
 
-def load_hyp(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Hyp:
-    """Defaults, updated from a flat YAML file, then from ``overrides``; unknown keys are refused."""
-    data = read_yaml_mapping(path, "hyp")
+def load_hyp(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+             family: str | None = None) -> Hyp:
+    """Defaults (``family``'s, see :data:`FAMILY_DEFAULTS`), updated from a flat YAML file, then from
+    ``overrides``; unknown keys are refused."""
+    data = dict(family_defaults(family).hyp)
+    data.update(read_yaml_mapping(path, "hyp"))
     data.update(overrides or {})
     return hyp_from_dict(data, source=str(path) if path else "hyp")

@@ -26,6 +26,9 @@ def add(sub: argparse._SubParsersAction) -> None:
                         "Jetson); checked against the float32 model at float16 tolerance")
     p.add_argument("--device", default=None,
                    help=f"where the model is traced (default cpu; the file is the same): {DEVICE_HELP}")
+    p.add_argument("--layout", default="yoloslim",
+                   help="output tensor: yoloslim (batch, N, 5+nc) rows, or ultralytics (batch, 4+nc, N) as their "
+                        "ONNX export writes it, RGB 0..1 input (default yoloslim)")
     add_threads(p)
     p.add_argument("--out", help="the .onnx file (default: <weights name>.onnx next to the weights)")
     p.add_argument("--json", dest="json_file", help="also write the summary as JSON")
@@ -37,5 +40,5 @@ def _run(a: argparse.Namespace) -> int:
 
     export(weights=a.weights, format=a.format, imgsz=a.imgsz, dynamic=a.dynamic, nms=a.nms, opset=a.opset,
            out=a.out, conf=a.conf, iou=a.iou, max_det=a.max_det, json_file=a.json_file, half=a.half,
-           device=a.device)
+           device=a.device, layout=a.layout)
     return 0

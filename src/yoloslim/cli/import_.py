@@ -6,10 +6,11 @@ import argparse
 
 
 def add(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("import", help="import a YOLOv5 / darknet / YOLOX checkpoint as a yoloslim model file")
+    p = sub.add_parser("import", help="import a YOLOv5 / YOLOv8 / YOLO11 / darknet / YOLOX checkpoint as a "
+                                            "yoloslim model file")
     p.add_argument("--from", dest="source", required=True, metavar="FORMAT",
-                   help="the source project: yolov5 (ultralytics .pt), darknet (.cfg + .weights), "
-                        "yolox (.pth)")
+                   help="the source project: yolov5 (the YOLOv5 repo's .pt), ultralytics (YOLOv8 / YOLO11 .pt "
+                        "of the ultralytics package), darknet (.cfg + .weights), yolox (.pth)")
     p.add_argument("src", help="the checkpoint to import")
     p.add_argument("--out", required=True, help="the yoloslim model file to write (.safetensors)")
     p.add_argument("--cfg", help="the source's architecture file (a YOLOv5 model yaml for a bare state dict, "

@@ -45,8 +45,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--patience", type=int, default=100, help="stop after this many epochs without "
                                                              "improvement (default 100)")
     p.add_argument("--no-augment", action="store_true", help="train on plain letterboxed images")
-    p.add_argument("--no-aug-epochs", type=int, default=0, metavar="N",
-                   help="last N epochs without mosaic/mixup/affine (YOLOX recipe: 15; default 0)")
+    p.add_argument("--no-aug-epochs", type=int, default=None, metavar="N",
+                   help="last N epochs without mosaic/mixup/affine (YOLOX recipe: 15; default 10 for "
+                        "YOLOv8/YOLO11, as ultralytics' close_mosaic, else 0)")
     p.add_argument("--cache", action="store_true", help="keep the images in RAM")
     p.add_argument("--workers", type=int, default=2, help="data loader processes (default 2)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")

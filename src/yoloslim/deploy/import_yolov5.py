@@ -15,7 +15,6 @@ A plain ``{"model": state_dict}`` file is accepted with the model's yaml (``--cf
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ import torch
 import yaml
 from torch import nn
 
-from yoloslim.deploy.safe_unpickle import StandIn, load_torch_file
+from yoloslim.deploy.safe_unpickle import StandIn, children, load_torch_file, state_of, submodule
 from yoloslim.errors import UserError
 from yoloslim.log import logger
 from yoloslim.models.blocks import Bottleneck
@@ -64,7 +63,7 @@ def import_yolov5(src: str | Path, *, cfg: str | Path | None = None, model: str 
             arch = _read_cfg(cfg, src, why="the checkpoint's model has no yaml attribute")
         _check_kinds([_kind(type(m)) for m in layers], _levels(detect, arch), src)
         _check_wiring([getattr(m, "f", None) for m in layers], src)
-        state = _state_of(tree)
+        state = state_of(tree)
         ck_names = tree.__dict__.get("names")
         stride = detect.__dict__.get("stride")
         if isinstance(stride, torch.Tensor) and [int(s) for s in stride.tolist()] != STRIDES:
@@ -87,8 +86,8 @@ def import_yolov5(src: str | Path, *, cfg: str | Path | None = None, model: str 
     load_state_strict(net, state, source=str(src))
     net.eval()
     user = names is not None
-    class_names = _class_names(names if user else ck_names, spec.nc, src, from_user=user)
-    return net, ModelInfo(spec, class_names, _imgsz(obj))
+    labels = class_names(names if user else ck_names, spec.nc, src, from_user=user)
+    return net, ModelInfo(spec, labels, _imgsz(obj))
 
 
 # ---------------------------------------------------------------- finding the model in the file
@@ -117,6 +116,9 @@ def _is_state(d: dict) -> bool:
 
 def _model_root(m: StandIn, src: Path) -> StandIn:
     kind = type(m).__name__
+    if m.pickled_name.startswith("ultralytics."):
+        raise UserError(f"{src}: a checkpoint of the `ultralytics` package (YOLOv8 era: yolov8/yolo11/yolov5u); "
+                        f"import it with `yoloslim import --from ultralytics {src} --out MODEL.safetensors`")
     if kind not in MODEL_CLASSES:
         what = {"SegmentationModel": "a segmentation model", "ClassificationModel": "a classification model"}
         raise UserError(f"{src}: the checkpoint holds {what.get(kind, m.pickled_name)}; {SUPPORTED}")
@@ -124,36 +126,11 @@ def _model_root(m: StandIn, src: Path) -> StandIn:
 
 
 def _layers_of(tree: StandIn, src: Path) -> list[StandIn]:
-    seq = _children(tree).get("model")
-    layers = list(_children(seq).values()) if seq is not None else []
+    seq = children(tree).get("model")
+    layers = list(children(seq).values()) if seq is not None else []
     if not layers or not all(isinstance(m, StandIn) for m in layers):
         raise UserError(f"{src}: the model has no 'model' layer sequence; {SUPPORTED}")
     return layers
-
-
-def _children(m: Any) -> dict[str, Any]:
-    mods = m.__dict__.get("_modules") if isinstance(m, StandIn) else None
-    return dict(mods) if isinstance(mods, dict) else {}
-
-
-def _state_of(tree: StandIn) -> dict[str, torch.Tensor]:
-    """``_parameters`` and persistent ``_buffers`` of every stand-in, under their module paths."""
-    state: dict[str, torch.Tensor] = {}
-    for prefix, m in _walk(tree, ""):
-        d = m.__dict__
-        skip = d.get("_non_persistent_buffers_set") or set()
-        for group in ("_parameters", "_buffers"):
-            for k, v in (d.get(group) or {}).items():
-                if isinstance(v, torch.Tensor) and k not in skip:
-                    state[prefix + k] = v
-    return state
-
-
-def _walk(m: StandIn, prefix: str) -> Iterator[tuple[str, StandIn]]:
-    yield prefix, m
-    for name, child in _children(m).items():
-        if isinstance(child, StandIn):
-            yield from _walk(child, f"{prefix}{name}.")
 
 
 # ---------------------------------------------------------------- architecture checks
@@ -227,7 +204,7 @@ def _check_modules(net: nn.Module, tree: StandIn, state: dict[str, torch.Tensor]
     A BatchNorm eps other than ours is folded into ``running_var`` (exact in eval mode).
     """
     for name, ours in net.named_modules():
-        theirs = _at(tree, name) if name else tree
+        theirs = submodule(tree, name) if name else tree
         if theirs is None:
             continue  # our containers without a counterpart are checked through their leaves' weights
         d, kind = theirs.__dict__, type(theirs).__name__
@@ -251,15 +228,6 @@ def _check_modules(net: nn.Module, tree: StandIn, state: dict[str, torch.Tensor]
         elif isinstance(ours, Bottleneck) and bool(d.get("add", ours.add)) != ours.add:
             raise UserError(f"{src}: {name} {'has' if d.get('add') else 'lacks'} a residual add that the "
                             "v6 architecture with these widths does not; inconsistent widths in the file")
-
-
-def _at(tree: StandIn, name: str) -> StandIn | None:
-    m: Any = tree
-    for part in name.split("."):
-        m = _children(m).get(part)
-        if m is None:
-            return None
-    return m if isinstance(m, StandIn) else None
 
 
 def _same(name: str, got: str, want: str, src: Path) -> None:
@@ -353,7 +321,7 @@ def _read_cfg(cfg: str | Path | None, src: Path, why: str) -> dict:
     return data
 
 
-def _class_names(raw: Any, nc: int, src: Path, from_user: bool) -> list[str]:
+def class_names(raw: Any, nc: int, src: Path, from_user: bool) -> list[str]:
     if isinstance(raw, dict):
         try:
             raw = [raw[k] for k in sorted(raw, key=int)]

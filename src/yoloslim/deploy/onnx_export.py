@@ -20,8 +20,16 @@ The exported file
   cast at each end), so code written for a float32 file, NMS included, runs on it unchanged.
 * metadata (``metadata_props``): ``input_channels``, ``input_range``, ``input_layout``, ``names``
   (JSON list), ``stride`` (largest), ``strides`` (JSON), ``imgsz``, ``dynamic``, ``family``,
-  ``model``, ``nc``, ``output_layout``, ``nms`` (JSON thresholds or ``null``), ``precision``
+  ``model``, ``nc``, ``layout``, ``output_layout``, ``nms`` (JSON thresholds or ``null``), ``precision``
   (``float32`` or ``float16``), ``yoloslim_version``.
+
+``layout="ultralytics"`` instead writes what ultralytics' own export of a detect model writes, so that
+code written for their files runs on ours unchanged: input ``images`` RGB in 0..1 whatever the family
+(YOLOX's BGR 0..255 convention is applied inside the graph), one output ``output0``: float32
+``(batch, 4 + nc, N)``, rows ``cx, cy, w, h`` (input pixels) then one score per class, no objectness
+column. A class's score is the same number the yoloslim layout gives (objectness × class probability;
+the DFL head of the YOLOv8 family has no objectness, its score is the class probability), so the two
+layouts keep the same detections. Metadata as above plus ultralytics' ``task`` and ``batch``; no NMS.
 
 The check
 ---------
@@ -62,6 +70,8 @@ MAX_OPSET = 20  # the newest opset the TorchScript exporter writes
 INPUT = "images"
 OUTPUT = "output"
 DETECTIONS = "detections"
+LAYOUTS = ("yoloslim", "ultralytics")  # --layout: the output tensor's arrangement, see the module docstring
+ULTRALYTICS_OUTPUT = "output0"  # the output name of ultralytics' own ONNX files
 
 
 @dataclass
@@ -78,7 +88,7 @@ class ExportCheck:
 def export_onnx(model: nn.Module, info: ModelInfo, out: str | Path, imgsz: int, dynamic: bool = False,
                 nms: bool = False, opset: int = MIN_OPSET, check: bool = True, *, conf: float = 0.25,
                 iou: float = 0.45, max_det: int = 300, half: bool = False,
-                device: torch.device | None = None) -> Path:
+                device: torch.device | None = None, layout: str = "yoloslim") -> Path:
     """Fuse, decode and export ``model`` to ``out`` as ONNX, then check it against PyTorch.
 
     Args:
@@ -95,6 +105,8 @@ def export_onnx(model: nn.Module, info: ModelInfo, out: str | Path, imgsz: int, 
         max_det: with ``nms``, the boxes kept per class and image.
         half: float16 weights and computation (float32 input and output).
         device: where the model is traced (default cpu; the file is the same on any device).
+        layout: ``"yoloslim"`` (rows of ``5 + nc``) or ``"ultralytics"`` (``(batch, 4 + nc, N)`` as
+            ultralytics' export; RGB 0..1 input for every family); see the module docstring.
 
     Returns:
         The path written.
@@ -103,13 +115,14 @@ def export_onnx(model: nn.Module, info: ModelInfo, out: str | Path, imgsz: int, 
         UserError: bad size or opset, or the exported file computes something else than PyTorch.
     """
     return export_checked(model, info, out, imgsz, dynamic, nms, opset, check, conf=conf, iou=iou,
-                          max_det=max_det, half=half, device=device)[0]
+                          max_det=max_det, half=half, device=device, layout=layout)[0]
 
 
 def export_checked(model: nn.Module, info: ModelInfo, out: str | Path, imgsz: int, dynamic: bool = False,
                    nms: bool = False, opset: int = MIN_OPSET, check: bool = True, *, conf: float = 0.25,
                    iou: float = 0.45, max_det: int = 300, half: bool = False,
-                   device: torch.device | None = None) -> tuple[Path, ExportCheck | None]:
+                   device: torch.device | None = None, layout: str = "yoloslim",
+                   ) -> tuple[Path, ExportCheck | None]:
     """:func:`export_onnx` that also returns what the parity check measured (None without ``check``)."""
     spec: ArchSpec = model.spec
     stride = max(spec.strides)
@@ -119,11 +132,18 @@ def export_checked(model: nn.Module, info: ModelInfo, out: str | Path, imgsz: in
         raise UserError(f"--opset must be between {MIN_OPSET} and {MAX_OPSET}, got {opset}")
     if nms and not (0 <= conf <= 1 and 0 <= iou <= 1 and max_det >= 1):
         raise UserError(f"NMS needs conf and iou in 0..1 and max_det >= 1, got {conf}, {iou}, {max_det}")
+    if layout not in LAYOUTS:
+        raise UserError(f"unknown --layout {layout!r}; choose from {', '.join(LAYOUTS)}")
+    if nms and layout == "ultralytics":
+        raise UserError("--nms writes yoloslim's detections output; export --layout ultralytics without --nms "
+                        "(their detect files leave NMS to the caller)")
     out = Path(out)
     model = copy.deepcopy(model).cpu().float().eval()  # the caller's model keeps its mode and device
     fused = fuse_model(model)
     decoded = DecodedModel(Float16(fused) if half else fused).eval()
     reference = DecodedModel(model).eval()
+    if layout == "ultralytics":
+        decoded, reference = UltralyticsLayout(decoded).eval(), UltralyticsLayout(reference).eval()
     nms_args = {"conf": conf, "iou": iou, "max_det": max_det} if nms else None
     result: list[ExportCheck] = []
 
@@ -131,7 +151,7 @@ def export_checked(model: nn.Module, info: ModelInfo, out: str | Path, imgsz: in
         proto = _trace(decoded, spec, imgsz, dynamic, opset, device or torch.device("cpu"))
         if nms:
             _append_nms(proto, conf, iou, max_det)
-        helper.set_model_props(proto, metadata(spec, info.names, imgsz, dynamic, nms_args, half))
+        helper.set_model_props(proto, metadata(spec, info.names, imgsz, dynamic, nms_args, half, layout))
         onnx.save(proto, tmp)
         if check:
             result.append(check_onnx(tmp, reference, imgsz, dynamic, HALF_TOLERANCE if half else TOLERANCE))
@@ -156,15 +176,19 @@ class Float16(nn.Module):
 
 
 def metadata(spec: ArchSpec, names: list[str], imgsz: int, dynamic: bool,
-             nms: dict[str, float] | None, half: bool = False) -> dict[str, str]:
+             nms: dict[str, float] | None, half: bool = False, layout: str = "yoloslim") -> dict[str, str]:
     """The ``metadata_props`` of an exported file (all values are strings)."""
-    layout = "output: (batch, N, 5+nc) cx,cy,w,h (input pixels), objectness, class probabilities"
+    rows = "output: (batch, N, 5+nc) cx,cy,w,h (input pixels), objectness, class probabilities"
     if nms:
-        layout = ("detections: (K, 7) batch_index,x1,y1,x2,y2,score,class (input pixels, per-class NMS); "
-                  + layout)
+        rows = ("detections: (K, 7) batch_index,x1,y1,x2,y2,score,class (input pixels, per-class NMS); "
+                + rows)
+    ours = layout != "ultralytics"
+    extra = {} if ours else {"task": "detect", "batch": "1"}
+    if not ours:
+        rows = f"{ULTRALYTICS_OUTPUT}: (batch, 4+nc, N) cx,cy,w,h (input pixels), class scores"
     return {
-        "input_channels": "BGR" if spec.input_bgr else "RGB",
-        "input_range": "0..1" if abs(spec.input_scale - 1.0) > 1e-9 else "0..255",
+        "input_channels": "BGR" if ours and spec.input_bgr else "RGB",
+        "input_range": "0..1" if not ours or abs(spec.input_scale - 1.0) > 1e-9 else "0..255",
         "input_layout": "NCHW float32, letterboxed to imgsz with grey (114) padding",
         "names": json.dumps(list(names)),
         "stride": str(max(spec.strides)),
@@ -174,10 +198,12 @@ def metadata(spec: ArchSpec, names: list[str], imgsz: int, dynamic: bool,
         "family": spec.family,
         "model": spec.name,
         "nc": str(spec.nc),
-        "output_layout": layout,
+        "layout": layout,
+        "output_layout": rows,
         "nms": json.dumps(nms),
         "precision": "float16" if half else "float32",
         "yoloslim_version": __version__,
+        **extra,
     }
 
 
@@ -218,16 +244,18 @@ def check_onnx(path: str | Path, reference: nn.Module, imgsz: int, dynamic: bool
     except onnx.checker.ValidationError as e:
         raise UserError(f"the exported ONNX file is invalid: {e}") from None
     session = OnnxModel(path).session
+    output = getattr(reference, "output_name", OUTPUT)
+    input_spec = getattr(reference, "input_spec", reference.model.spec)
     shapes = [(1, imgsz, imgsz)]
     if dynamic:
         stride = int(max(reference.model.spec.strides))
         shapes.append((2, imgsz, imgsz - stride if imgsz > stride else imgsz + stride))
     diffs = {}
     for b, h, w in shapes:
-        x = check_input(reference.model.spec, b, h, w)
+        x = check_input(input_spec, b, h, w)
         with torch.no_grad():
             expected = reference(x).numpy()
-        got = session.run([OUTPUT], {INPUT: x.numpy()})[0]
+        got = session.run([output], {INPUT: x.numpy()})[0]
         if got.shape != expected.shape:
             raise UserError(f"ONNX output shape {got.shape} differs from PyTorch's {expected.shape} "
                             f"at {b}x3x{h}x{w}")
@@ -288,19 +316,25 @@ class OnnxModel:
         except Exception as e:  # ORT raises its own exception types for a bad file
             raise UserError(f"{path}: ONNX Runtime cannot load it ({e.__class__.__name__}: {e})") from None
         self.meta = self.session.get_modelmeta().custom_metadata_map
-        if OUTPUT not in {o.name for o in self.session.get_outputs()}:
-            raise UserError(f"{path}: not a yoloslim export (no '{OUTPUT}' output)")
+        self.ultralytics = self.meta.get("layout") == "ultralytics"
+        self.output = ULTRALYTICS_OUTPUT if self.ultralytics else OUTPUT
+        if self.output not in {o.name for o in self.session.get_outputs()}:
+            raise UserError(f"{path}: not a yoloslim export (no '{self.output}' output)")
         shape = self.session.get_inputs()[0].shape  # [b, 3, h, w], ints or names
         self.static_hw = tuple(shape[2:]) if all(isinstance(s, int) for s in shape[2:]) else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """(b, 3, h, w) preprocessed float -> (b, N, 5 + nc) decoded rows."""
+        """(b, 3, h, w) preprocessed float -> (b, N, 5 + nc) decoded rows (an ultralytics-layout file's
+        ``(b, 4 + nc, N)`` comes back as rows with objectness 1 and the class scores)."""
         if self.static_hw and tuple(x.shape[2:]) != self.static_hw:
             h, w = self.static_hw
             raise UserError(f"the ONNX file was exported for {h}x{w} input, got {x.shape[2]}x{x.shape[3]}; "
                             "pass the export's --imgsz or export with --dynamic")
-        out = self.session.run([OUTPUT], {INPUT: x.detach().cpu().float().numpy()})[0]
-        return torch.from_numpy(out)
+        out = torch.from_numpy(self.session.run([self.output], {INPUT: x.detach().cpu().float().numpy()})[0])
+        if self.ultralytics:
+            out = out.transpose(1, 2)  # (b, N, 4 + nc)
+            out = torch.cat((out[..., :4], torch.ones_like(out[..., :1]), out[..., 4:]), -1)  # (b, N, 5 + nc)
+        return out
 
     def run(self, x: np.ndarray, outputs: list[str] | None = None) -> list[np.ndarray]:
         """Raw ``session.run`` on a float32 array."""
@@ -314,21 +348,54 @@ def _trace(decoded: nn.Module, spec: ArchSpec, imgsz: int, dynamic: bool, opset:
     import warnings
 
     decoded = decoded.to(device)
-    x = check_input(spec, 1, imgsz, imgsz).to(device)
+    x = check_input(getattr(decoded, "input_spec", spec), 1, imgsz, imgsz).to(device)
+    output = getattr(decoded, "output_name", OUTPUT)
+    ultralytics = output == ULTRALYTICS_OUTPUT
     axes = None
     if dynamic:
-        axes = {INPUT: {0: "batch", 2: "height", 3: "width"}, OUTPUT: {0: "batch", 1: "anchors"}}
+        axes = {INPUT: {0: "batch", 2: "height", 3: "width"}, output: {0: "batch", 2 if ultralytics else 1: "anchors"}}
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer/deprecation warnings: the parity check is the proof
         torch.onnx.export(decoded, (x,), buf, dynamo=False, opset_version=opset, input_names=[INPUT],
-                          output_names=[OUTPUT], dynamic_axes=axes, do_constant_folding=True)
+                          output_names=[output], dynamic_axes=axes, do_constant_folding=True)
     proto = onnx.load_from_string(buf.getvalue())
-    # the tracer leaves the row length symbolic in dynamic files; it is always 5 + nc
-    row = proto.graph.output[0].type.tensor_type.shape.dim[2]
+    # the tracer leaves the row length symbolic in dynamic files; it is always 5 + nc (4 + nc)
+    row = proto.graph.output[0].type.tensor_type.shape.dim[1 if ultralytics else 2]
     row.Clear()
-    row.dim_value = 5 + spec.nc
+    row.dim_value = (4 if ultralytics else 5) + spec.nc
     return proto
+
+
+class UltralyticsLayout(nn.Module):
+    """A decoded model seen as ultralytics' detect export: RGB 0..1 in, ``(b, 4 + nc, N)`` out.
+
+    The family's input convention is applied inside (BGR channel order, the 0..255 range of YOLOX),
+    and a class's score is objectness × class probability, the score the yoloslim layout implies.
+
+    Args:
+        decoded: a :class:`DecodedModel`.
+    """
+
+    output_name = ULTRALYTICS_OUTPUT
+
+    def __init__(self, decoded: DecodedModel) -> None:
+        super().__init__()
+        self.decoded = decoded
+        self.model = decoded.model
+        self.input_spec = decoded.model.spec.copy()  # what the file takes: RGB, 0..1
+        self.input_spec.options.update(input_bgr=False, input_scale=1 / 255)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spec = self.model.spec
+        if spec.input_bgr:
+            x = x.flip(1)
+        factor = 255 * spec.input_scale
+        if abs(factor - 1.0) > 1e-9:
+            x = x * factor
+        rows = self.decoded(x)  # (b, N, 5 + nc)
+        scores = rows[..., 4:5] * rows[..., 5:]  # (b, N, nc)
+        return torch.cat((rows[..., :4], scores), -1).transpose(1, 2)  # (b, 4 + nc, N)
 
 
 def _append_nms(proto: onnx.ModelProto, conf: float, iou: float, max_det: int) -> None:

@@ -10,9 +10,10 @@ reads the archive with :class:`RestrictedUnpickler`, whose ``find_class`` hands 
   ...), storage-type markers and ``torch`` dtypes;
 * plain containers and values (``collections.OrderedDict``, ``set``, ``frozenset``, ``complex``,
   ``bytes`` through ``_codecs.encode`` of a string);
-* INERT stand-ins for classes of a known set of modules (the ultralytics repo's ``models.*``,
-  ``torch.nn.modules.*``, numpy arrays, ``pathlib`` paths): empty objects that only keep the state
-  the pickle gives them (``__setstate__``), never the real class;
+* INERT stand-ins for classes of a known set of modules (the YOLOv5 repo's ``models.*``, the
+  ``ultralytics`` package's ``ultralytics.*``, ``torch.nn.modules.*``, numpy arrays, ``pathlib``
+  paths): empty objects that only keep the state the pickle gives them (``__setstate__``), never the
+  real class;
 
 and refuses every other global (``os.system``, ``builtins.eval``, ``subprocess.Popen`` ...) with a
 :class:`UnsafePickleError` before anything is called. Nothing from the file is imported.
@@ -29,6 +30,7 @@ import warnings
 import zipfile
 import zlib
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +54,7 @@ DTYPES: dict[str, torch.dtype] = {
 
 # Modules whose CamelCase classes become inert stand-ins (module name, or prefix ending in ".").
 STAND_IN_MODULES = (
-    "models.yolo", "models.common", "models.experimental", "models.pruned_common",
+    "models.yolo", "models.common", "models.experimental", "models.pruned_common", "ultralytics.",
     "torch.nn.modules.", "numpy", "numpy.core.multiarray", "numpy._core.multiarray", "pathlib", "argparse",
 )
 # Lower-case names that rebuild numpy arrays and scalars: harmless when replaced by stand-ins.
@@ -66,8 +68,6 @@ MAX_INFLATION = 64  # torch.save stores members uncompressed; more than this rat
 _CLASS_NAME = re.compile(r"[A-Z][A-Za-z0-9_]*\Z")
 # Globals that honest checkpoints sometimes hold, with what to do about them.
 _HINTS = {
-    "ultralytics.": " (this is a checkpoint of the YOLOv8-era `ultralytics` package, e.g. yolov5su.pt; "
-                    "yoloslim imports the YOLOv5 repo's v6/v7 checkpoints)",
     "builtins.getattr": " (a fused model stores bound methods; import the unfused checkpoint from training)",
 }
 
@@ -313,3 +313,43 @@ def _load_archive(zf: zipfile.ZipFile, path: Path) -> Any:
     except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError, IndexError) as e:
         first = str(e).splitlines()[0][:120] if str(e) else ""
         raise UserError(f"{path}: damaged checkpoint pickle ({e.__class__.__name__}: {first})") from None
+
+
+# ---------------------------------------------------------------- reading a tree of stand-ins (a pickled nn.Module)
+
+def children(m: Any) -> dict[str, Any]:
+    """The ``_modules`` of a stand-in (a pickled ``nn.Module``), or ``{}``."""
+    mods = m.__dict__.get("_modules") if isinstance(m, StandIn) else None
+    return dict(mods) if isinstance(mods, dict) else {}
+
+
+def walk(m: StandIn, prefix: str = "") -> Iterator[tuple[str, StandIn]]:
+    """``(dotted name + ".", stand-in)`` for ``m`` and every stand-in below it, parents first."""
+    yield prefix, m
+    for name, child in children(m).items():
+        if isinstance(child, StandIn):
+            yield from walk(child, f"{prefix}{name}.")
+
+
+def state_of(tree: StandIn) -> dict[str, torch.Tensor]:
+    """``_parameters`` and persistent ``_buffers`` of every stand-in, under their module paths: the state
+    dict the pickled module would give."""
+    state: dict[str, torch.Tensor] = {}
+    for prefix, m in walk(tree, ""):
+        d = m.__dict__
+        skip = d.get("_non_persistent_buffers_set") or set()
+        for group in ("_parameters", "_buffers"):
+            for k, v in (d.get(group) or {}).items():
+                if isinstance(v, torch.Tensor) and k not in skip:
+                    state[prefix + k] = v
+    return state
+
+
+def submodule(tree: StandIn, name: str) -> StandIn | None:
+    """The stand-in at dotted path ``name`` below ``tree``, or None."""
+    m: Any = tree
+    for part in name.split("."):
+        m = children(m).get(part)
+        if m is None:
+            return None
+    return m if isinstance(m, StandIn) else None

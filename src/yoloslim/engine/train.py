@@ -77,7 +77,7 @@ from yoloslim.engine.train_setup import (
     spec_of,
 )
 from yoloslim.errors import UserError
-from yoloslim.hyp import hyp_from_dict, load_hyp
+from yoloslim.hyp import family_defaults, hyp_from_dict, load_hyp
 from yoloslim.log import logger, setup_logging
 from yoloslim.loss import make_loss
 from yoloslim.loss.distill import DistillLoss
@@ -121,7 +121,9 @@ class TrainConfig:
         augment: use the hyp's augmentations (False: plain letterboxing).
         no_aug_epochs: the last this many epochs train without mosaic, mixup and affine warps (flips
             and HSV stay), and tell the loss (YOLOX switches its L1 term on); the official YOLOX
-            recipe uses 15.
+            recipe uses 15. None: the family's default (:data:`yoloslim.hyp.FAMILY_DEFAULTS`: 10 for
+            YOLOv8 / YOLO11, ultralytics' ``close_mosaic``; 0 for the others), resolved before the
+            run starts, so the resume state holds the number.
         nominal_batch: gradients are accumulated to this many images per step; 0 (auto): the batch
             itself for ``optimizer`` auto on a short run, else 64 (see
             :func:`yoloslim.engine.optim.nominal_batch_for`).
@@ -161,7 +163,7 @@ class TrainConfig:
     sparsity_bias: bool = False
     patience: int = 100
     augment: bool = True
-    no_aug_epochs: int = 0
+    no_aug_epochs: int | None = None
     nominal_batch: int = 0
     cache: bool = False
     val_every_epoch: bool = True
@@ -201,7 +203,6 @@ def _train(cfg: TrainConfig, d: ddp.Dist, device: torch.device, started: list[Pa
     cfg, state = _resume_config(cfg)
     _check_config(cfg)
     _seed_everything(cfg.seed + d.rank)
-    hyp = hyp_from_dict(state["hyp"]) if state else load_hyp(cfg.hyp)
     teacher = load_teacher(cfg.teacher, device) if cfg.teacher else None
     label_free = is_image_folder(cfg.data)
     source = image_folder_source(cfg.data, teacher) if label_free else load_training_data(cfg.data)
@@ -214,6 +215,10 @@ def _train(cfg: TrainConfig, d: ddp.Dist, device: torch.device, started: list[Pa
         raise UserError(f"--imgsz must be a multiple of {max(info.spec.strides)}, got {cfg.imgsz}")
     if teacher is not None:
         check_teacher(teacher.info.spec, info.spec, teacher.path)
+    family = info.spec.family
+    hyp = hyp_from_dict(state["hyp"]) if state else load_hyp(cfg.hyp, family=family)
+    if cfg.no_aug_epochs is None:
+        cfg = dataclasses.replace(cfg, no_aug_epochs=family_defaults(family).no_aug_epochs)
     cfg = dataclasses.replace(cfg, nominal_batch=nominal_batch_for(
         cfg.nominal_batch, cfg.optimizer, len(source.splits["train"]), cfg.batch, cfg.epochs))
     run_dir = _run_dir(cfg, d)  # created only once the inputs are known to be good
@@ -333,6 +338,8 @@ def _check_config(cfg: TrainConfig) -> None:
         raise UserError(f"--nominal-batch must be at least 1 (or 0: auto), got {cfg.nominal_batch}")
     if cfg.sparsity < 0:
         raise UserError(f"--sparsity must be >= 0, got {cfg.sparsity}")
+    if cfg.no_aug_epochs is not None and cfg.no_aug_epochs < 0:
+        raise UserError(f"--no-aug-epochs must be >= 0, got {cfg.no_aug_epochs}")
     if cfg.distill_weight < 0:
         raise UserError(f"--distill-weight must be >= 0, got {cfg.distill_weight}")
     optimizer_name(cfg.optimizer)

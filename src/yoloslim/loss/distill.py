@@ -1,7 +1,7 @@
 """Knowledge distillation from a teacher detector's outputs, outside both models.
 
 Output-level distillation after "Object detection at 200 Frames Per Second" (Mehta & Ozay 2019,
-arXiv:1906.11172), the same for every head (YOLOv5 and the YOLOv3 family: ``na`` anchors per cell;
+arXiv:1906.11172), the same for every head with objectness (YOLOv5 and the YOLOv3 family: ``na`` anchors per cell;
 YOLOX's decoupled head: one prior per cell, its ``reg``, ``obj`` and ``cls`` outputs):
 
 - objectness, on every prior: the Bernoulli KL divergence ``KL(σ(t) ‖ σ(s))`` (a BCE against the
@@ -18,6 +18,17 @@ The box units come from the decode style (:func:`yoloslim.models.decode.decode_s
 ``σ(t)`` for all four, darknet's ``σ(t_xy)`` and ``t_wh = log(wh / anchor)``, YOLOX's ``t_xy``
 (offsets in strides) and ``t_wh = log(wh / stride)``.
 
+The DFL head of YOLOv8 / YOLO11 (decode style ``"dfl"``: no objectness, per side a distribution
+over ``reg_max`` distance bins, :mod:`yoloslim.loss.yolov8`) is distilled in its own terms:
+
+- classes, on every prior: the Bernoulli KL of each class summed over the classes (the detection
+  loss sums its class BCE over every prior and class), divided by the teacher's confidence mass
+  ``Σ w``, ``w = max_c σ(t_cls)`` per prior (the detection loss divides by its target-score mass);
+- boxes: localization distillation (Zheng et al. 2022, "Localization Distillation for Dense Object
+  Detection", arXiv:2102.12252): per side the KL between the teacher's and the student's bin
+  distributions softened by the temperature ``T = 10``, times ``T²``, averaged over the four sides
+  and weighted by ``w`` (summed, / ``Σ w``), with LD's weight 0.25.
+
 The teacher runs in eval mode under ``no_grad``, on the student's input. With ``detection`` off
 (label-free training on unlabelled images) the distillation is the whole loss.
 """
@@ -30,9 +41,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from yoloslim.errors import UserError
 from yoloslim.loss.yolov3 import MAX_LOG_WH
+from yoloslim.loss.yolov8 import reg_max_of, split_maps
 from yoloslim.models.decode import decode_style
 from yoloslim.models.io import unwrap
+
+LD_TEMPERATURE = 10.0  # localization distillation's temperature and weight (arXiv:2102.12252)
+LD_WEIGHT = 0.25
 
 
 @dataclass
@@ -95,6 +111,33 @@ def output_distance(student: HeadOutputs, teacher: HeadOutputs,
     return {"obj": obj, "box": box, "cls": cls}
 
 
+@dataclass
+class DFLOutputs:
+    """A DFL head's raw maps, one row per prior of every level.
+
+    Attributes:
+        dist: (b, A, 4, reg_max) logits of the ``l, t, r, b`` distance bins.
+        cls: (b, A, nc) class logits.
+    """
+
+    dist: torch.Tensor
+    cls: torch.Tensor
+
+
+def dfl_distance(student: DFLOutputs, teacher: DFLOutputs) -> dict[str, torch.Tensor]:
+    """The DFL head's distillation terms: ``{"box", "cls"}`` (see the module docstring)."""
+    t_prob = teacher.cls.sigmoid()
+    w = t_prob.amax(-1) if t_prob.shape[-1] else t_prob.new_zeros(t_prob.shape[:-1])  # (b, A) teacher confidence
+    norm = w.sum().clamp(min=1.0)
+    cls = bernoulli_kl(teacher.cls, student.cls).sum() / norm
+    temp = LD_TEMPERATURE
+    t_log = F.log_softmax(teacher.dist / temp, -1)
+    s_log = F.log_softmax(student.dist / temp, -1)
+    kl = (t_log.exp() * (t_log - s_log)).sum(-1).clamp(min=0).mean(-1)  # (b, A) mean over the four sides
+    box = LD_WEIGHT * temp**2 * (w * kl).sum() / norm
+    return {"box": box, "cls": cls}
+
+
 class DistillLoss:
     """``distill(student_raw, x) -> (weight · distance × batch size, {"distill": distance})``.
 
@@ -110,28 +153,42 @@ class DistillLoss:
         self.teacher = unwrap(teacher).eval().requires_grad_(False)
         spec = self.teacher.spec
         self.na, self.nc, self.style = spec.num_anchors, spec.nc, decode_style(spec)
+        self.reg_max = reg_max_of(self.teacher) if self.style == "dfl" else 0
         self.weight = float(weight)
         self.detection = detection
 
-    def outputs(self, raw: list[torch.Tensor]) -> HeadOutputs:
-        """Raw maps of the student or the teacher as :class:`HeadOutputs`."""
+    def outputs(self, raw: list[torch.Tensor]) -> HeadOutputs | DFLOutputs:
+        """Raw maps of the student or the teacher as :class:`HeadOutputs` (:class:`DFLOutputs` for a DFL head)."""
+        if self.style == "dfl":
+            return DFLOutputs(*split_maps(raw, self.reg_max))
         return head_outputs(raw, self.na, self.nc, self.style)
 
     @torch.no_grad()
-    def teacher_outputs(self, x: torch.Tensor) -> HeadOutputs:
-        """The teacher's outputs on model input ``x`` (b, 3, S, S), in eval mode, without gradients."""
+    def teacher_raw(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The teacher's raw maps on model input ``x`` (b, 3, S, S), in eval mode, without gradients."""
         self.teacher.eval()
-        return self.outputs(self.teacher(x))
+        return self.teacher(x)
+
+    def teacher_outputs(self, x: torch.Tensor) -> HeadOutputs | DFLOutputs:
+        """The teacher's outputs on model input ``x``."""
+        return self.outputs(self.teacher_raw(x))
 
     def distance(self, student_raw: list[torch.Tensor], x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The distillation terms of the student's raw maps against the teacher's on ``x``."""
-        return output_distance(self.outputs(student_raw), self.teacher_outputs(x),
-                               obj_per_object=self.style == "anchor_free")
+        teacher_raw = self.teacher_raw(x)
+        shapes = [tuple(p.shape) for p in student_raw], [tuple(p.shape) for p in teacher_raw]
+        if shapes[0] != shapes[1]:
+            raise UserError(f"--teacher: its head's outputs {shapes[1]} differ from the student's {shapes[0]}; "
+                            "the teacher must have the same head (classes, anchors, DFL bins)")
+        student, teacher = self.outputs(student_raw), self.outputs(teacher_raw)
+        if self.style == "dfl":
+            return dfl_distance(student, teacher)
+        return output_distance(student, teacher, obj_per_object=self.style == "anchor_free")
 
     def __call__(self, student_raw: list[torch.Tensor],
                  x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         terms = self.distance(student_raw, x)
-        total = terms["obj"] + terms["box"] + terms["cls"]
+        total = sum(terms.values())
         return self.weight * total * x.shape[0], {"distill": total.detach()}
 
     def combine(self, student_raw: list[torch.Tensor], x: torch.Tensor, targets: torch.Tensor,

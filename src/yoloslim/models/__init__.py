@@ -9,12 +9,12 @@ import torch
 from torch import nn
 
 from yoloslim.errors import UserError
-from yoloslim.models import yolov3, yolov5, yolox
+from yoloslim.models import yolov3, yolov5, yolov8, yolox
 from yoloslim.models.family import Family
 from yoloslim.models.spec import ArchSpec
 
 # family name (ArchSpec.family) -> its record. The one place a family is registered.
-FAMILIES: dict[str, Family] = {f.name: f for f in (yolov5.FAMILY, yolox.FAMILY, yolov3.FAMILY)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (yolov5.FAMILY, yolox.FAMILY, yolov3.FAMILY, yolov8.FAMILY)}
 
 # model name -> function(nc) returning the preset spec, from the families' presets.
 MODELS: dict[str, Callable[[int], ArchSpec]] = {name: fn for f in FAMILIES.values() for name, fn in f.presets.items()}

@@ -6,12 +6,13 @@ import torch
 from torch import nn
 
 from yoloslim.models import family_of
+from yoloslim.models.blocks_v8 import REG_MAX
 from yoloslim.models.spec import ArchSpec
 
 
 def decode_style(spec: ArchSpec) -> str:
-    """How the spec's raw maps decode: ``"yolov5"``, ``"darknet"`` or ``"anchor_free"`` (see :class:`Decoder`);
-    ``options["decode"]`` when the spec sets it, else its family's."""
+    """How the spec's raw maps decode: ``"yolov5"``, ``"darknet"``, ``"anchor_free"`` or ``"dfl"`` (see
+    :class:`Decoder`); ``options["decode"]`` when the spec sets it, else its family's."""
     return spec.options.get("decode", family_of(spec).decode)
 
 
@@ -20,8 +21,10 @@ class Decoder(nn.Module):
 
     Each row is ``cx, cy, w, h`` in input pixels, objectness probability, class probabilities.
     The style comes from the spec: ``"yolov5"`` (``xy = (2σ - 0.5 + grid)·s``, ``wh = (2σ)²·anchor``),
-    ``"darknet"`` (``xy = (σ + grid)·s``, ``wh = exp(t)·anchor``) or ``"anchor_free"`` (YOLOX:
-    ``xy = (t + grid)·s``, ``wh = exp(t)·s``).
+    ``"darknet"`` (``xy = (σ + grid)·s``, ``wh = exp(t)·anchor``), ``"anchor_free"`` (YOLOX:
+    ``xy = (t + grid)·s``, ``wh = exp(t)·s``) or ``"dfl"`` (YOLOv8 / YOLO11: each box side's distance
+    is the expectation of a softmax over ``reg_max`` bins, ``l, t, r, b`` × s from the anchor point
+    ``grid + 0.5``; no objectness, so its column is 1 and a row's confidence is its class probability).
     """
 
     def __init__(self, spec: ArchSpec) -> None:
@@ -30,11 +33,15 @@ class Decoder(nn.Module):
         self.nc = spec.nc
         self.na = spec.num_anchors if spec.anchors else 1
         self.strides = [float(s) for s in spec.strides]
+        self.reg_max = int(spec.options.get("reg_max", REG_MAX))
+        self.register_buffer("bins", torch.arange(self.reg_max, dtype=torch.float32), persistent=False)
         anchors = (torch.tensor(spec.anchors, dtype=torch.float32).view(len(spec.anchors), -1, 2) if spec.anchors
                    else torch.zeros(0))
         self.register_buffer("anchors", anchors, persistent=False)  # (nl, na, 2) in pixels
 
     def forward(self, raw: list[torch.Tensor]) -> torch.Tensor:
+        if self.style == "dfl":
+            return torch.cat([self._dfl(p, s) for p, s in zip(raw, self.strides, strict=True)], 1)
         out = []
         for i, p in enumerate(raw):
             b, _, h, w = p.shape
@@ -59,6 +66,21 @@ class Decoder(nn.Module):
                 rest = p[..., 4:].sigmoid()
             out.append(torch.cat((xy, wh, rest), -1).view(b, -1, no))
         return torch.cat(out, 1)
+
+
+    def _dfl(self, p: torch.Tensor, s: float) -> torch.Tensor:
+        """One level of a DFL head: (b, 4·reg_max + nc, h, w) -> (b, h·w, 5 + nc)."""
+        b, _, h, w = p.shape
+        box = p[:, :4 * self.reg_max].view(b, 4, self.reg_max, h, w).softmax(2)  # (b, 4, bins, h, w)
+        dist = (box * self.bins.to(p.dtype).view(1, 1, -1, 1, 1)).sum(2)  # (b, 4, h, w): l, t, r, b in strides
+        gy, gx = torch.meshgrid(torch.arange(h, device=p.device, dtype=p.dtype),
+                                torch.arange(w, device=p.device, dtype=p.dtype), indexing="ij")
+        ax, ay = gx + 0.5, gy + 0.5  # (h, w) anchor points
+        x1, y1, x2, y2 = ax - dist[:, 0], ay - dist[:, 1], ax + dist[:, 2], ay + dist[:, 3]
+        xywh = torch.stack(((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1), 1) * s  # (b, 4, h, w)
+        cls = p[:, 4 * self.reg_max:].sigmoid()  # (b, nc, h, w)
+        rows = torch.cat((xywh, torch.ones_like(cls[:, :1]), cls), 1)  # (b, 5 + nc, h, w)
+        return rows.flatten(2).transpose(1, 2)
 
 
 class DecodedModel(nn.Module):

@@ -23,7 +23,7 @@ from torch import nn
 
 from yoloslim.models.spec import ArchSpec
 
-DECODE_STYLES = ("yolov5", "darknet", "anchor_free")  # see yoloslim.models.decode.Decoder
+DECODE_STYLES = ("yolov5", "darknet", "anchor_free", "dfl")  # see yoloslim.models.decode.Decoder
 
 
 @dataclass(frozen=True)

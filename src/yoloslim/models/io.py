@@ -208,8 +208,8 @@ def _torch_file_advice(path: Path) -> str:
         return (f"a YOLOv5 repo checkpoint, not a yoloslim model file; convert it first: "
                 f"`yoloslim import --from yolov5 {path} --out {out}`")
     if any(w.startswith("ultralytics") for w in words):
-        return ("a checkpoint of the `ultralytics` package, not a yoloslim model file; yoloslim imports the "
-                "YOLOv5 repo's checkpoints (`yoloslim import --from yolov5`)")
+        return (f"a checkpoint of the `ultralytics` package (YOLOv8 / YOLO11), not a yoloslim model file; "
+                f"convert it first: `yoloslim import --from ultralytics {path} --out {out}`")
     if "start_epoch" in words:  # the YOLOX trainer's key
         return (f"a YOLOX checkpoint, not a yoloslim model file; convert it first: "
                 f"`yoloslim import --from yolox {path} --out {out}`")
@@ -218,7 +218,7 @@ def _torch_file_advice(path: Path) -> str:
         return ("this is a yoloslim training state (torch.save), not a model file; continue its run with "
                 "`yoloslim train --resume`, or use its weights/*.safetensors")
     return ("a torch.save checkpoint of another project, not a yoloslim model file; convert it with "
-            "`yoloslim import --from yolov5|yolox|darknet SRC --out MODEL.safetensors`")
+            "`yoloslim import --from yolov5|ultralytics|yolox|darknet SRC --out MODEL.safetensors`")
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelInfo]:

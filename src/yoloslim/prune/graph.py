@@ -11,8 +11,17 @@ group removes channel ``i`` of every source in it, from every producer, batch no
 and consumer that touches it.
 
 A group is not prunable when it reaches a model output (the head's prediction convs), holds the
-input image, meets an op the tracer does not understand (a reshape, a channel split, a grouped
-conv), or when a producer's width is not in the spec; :attr:`Group.reason` says which.
+input image, meets an op the tracer does not understand (a reshape, a grouped conv), when a
+producer's width is not in the spec, or when the model lists its producer in a ``fixed_channels``
+mapping (conv name -> reason; YOLO11's attention convs); :attr:`Group.reason` says which.
+
+Channel splits (YOLOv8's C2f / C3k2 / C2PSA: ``a, b = cv1(x).split(sizes, 1)``): a conv whose output
+reaches ``split`` / ``chunk`` on the channel dimension (through batch norms and activations) starts one
+source per piece, and the split hands each piece its own layout. The pieces are then separate groups,
+pruned independently; the conv is a producer of each, at the piece's offset
+(:attr:`Group.producer_offsets`). The model must read its split sizes from its spec (YOLOv8 keeps them
+in ``options["split"]``, which :func:`yoloslim.prune.surgery.pruned_spec` updates), so that the compact
+model splits at the new boundaries. A split that cuts across a source stays an op the graph cannot follow.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from torch.nn import functional as F
 
 from yoloslim.errors import UserError
 from yoloslim.models.io import unwrap
+from yoloslim.prune.splits import find_splits, split_ranges, split_request
 
 INPUT_CHANNELS = 3  # every model takes (b, 3, h, w)
 
@@ -99,6 +109,8 @@ class Group:
         consumers: non-depthwise convs reading the group's channels (input offset).
         depthwise: depthwise convs carrying the group's channels (in == out == groups).
         prunable: False when the channels are fixed; ``reason`` then says why.
+        producer_offsets: row offset of the group in a producer's output, for producers whose output is
+            split into several groups (absent: 0, the producer's whole output).
     """
 
     id: int
@@ -109,6 +121,12 @@ class Group:
     depthwise: list[Member] = field(default_factory=list)
     prunable: bool = True
     reason: str = ""
+    producer_offsets: dict[str, int] = field(default_factory=dict)
+
+    def rows(self, producer: str) -> slice:
+        """The rows of ``producer``'s output (its weight's first dimension) that hold this group."""
+        off = self.producer_offsets.get(producer, 0)
+        return slice(off, off + self.size)
 
     @property
     def name(self) -> str:
@@ -230,14 +248,20 @@ class _Tracer:
         self.size: list[int] = []
         self.producer: list[str | None] = []
         self.fixed: dict[int, str] = {}  # source -> reason
+        self.offset: list[int] = []  # source -> its first row in its producer's output
+        self.split_at: dict[str, list[int]] = {}  # conv -> its output's pieces, from the splits it reaches
+        # convs whose output channels the model itself declares fixed, with the reason (``fixed_channels``)
+        self.declared: dict[str, str] = dict(getattr(model, "fixed_channels", {}) or {})
         self.env: dict[fx.Node, Any] = {}
         self.records: list[tuple[str, str, Any, Any]] = []  # (module, kind, in value, out value)
 
     # sources -----------------------------------------------------------
-    def new_source(self, size: int, producer: str | None, fixed: str | None = None) -> int:
+    def new_source(self, size: int, producer: str | None, fixed: str | None = None, offset: int = 0) -> int:
         s = self.uf.add()
         self.size.append(size)
         self.producer.append(producer)
+        self.offset.append(offset)
+        fixed = self.declared.get(producer or "", fixed)
         if fixed:
             self.fixed[s] = fixed
         return s
@@ -311,6 +335,7 @@ class _Tracer:
 
     # the walk ----------------------------------------------------------
     def run(self) -> ChannelGraph:
+        self.split_at = find_splits(self.graph, self.modules, PASSTHROUGH_MODULES)
         for node in self.graph.nodes:
             if node.op == "placeholder":
                 self.env[node] = Layout((self.new_source(INPUT_CHANNELS, None, "holds the input image"),))
@@ -336,7 +361,9 @@ class _Tracer:
         x = args[0] if args else None
         if isinstance(m, nn.Conv2d):
             if m.groups == 1:
-                out = Layout((self.new_source(m.out_channels, name),))
+                pieces = self.split_at.get(name, [m.out_channels])
+                starts = [sum(pieces[:i]) for i in range(len(pieces))]
+                out = Layout(self.new_source(n, name, offset=o) for n, o in zip(pieces, starts, strict=True))
                 self.records.append((name, "conv", x, out))
                 return out
             if m.groups == m.in_channels == m.out_channels and self.is_layout(x):
@@ -367,6 +394,10 @@ class _Tracer:
             return META
         if t in (torch.cat, torch.concat) or (method and t in ("cat", "concat")):
             return self.cat(args, kwargs, what)
+        if t is operator.getitem and isinstance(args[0], (list, tuple)) and isinstance(args[1], int):
+            return args[0][args[1]]  # a piece of a split
+        if split_request(node) is not None:
+            return self.split(node, args, what)
         if (method and t in ELEMENTWISE_METHODS) or (not method and t in ELEMENTWISE):
             if any(v is OPAQUE for v in ts):
                 return self.unknown(what, ts)
@@ -396,6 +427,14 @@ class _Tracer:
             return Layout(s for x in xs for s in x)
         return self.unify(list(xs), f"{what} on dim {dim}")
 
+    def split(self, node: fx.Node, args: Any, what: str) -> Any:
+        """``x.split(sizes, 1)`` / ``x.chunk(n, 1)`` along source boundaries: a tuple of layouts, one per piece."""
+        x = args[0]
+        ranges = split_ranges([self.size[s] for s in x], split_request(node)) if self.is_layout(x) else None
+        if ranges is None:
+            return self.unknown(f"{what} across a conv's output", args)
+        return tuple(Layout(x[i:j]) for i, j in ranges)
+
     # groups ------------------------------------------------------------
     def finish(self) -> ChannelGraph:
         cg = ChannelGraph()
@@ -417,6 +456,8 @@ class _Tracer:
                 raise RuntimeError(f"pruning graph bug: coupled sources of different sizes in group {g.id}")
             if self.producer[s] is not None and self.producer[s] not in g.producers:
                 g.producers.append(self.producer[s])
+                if self.offset[s]:
+                    g.producer_offsets[self.producer[s]] = self.offset[s]
             if s in self.fixed and g.prunable:
                 g.prunable, g.reason = False, f"{self.producer[s] or 'the input'} {self.fixed[s]}"
 

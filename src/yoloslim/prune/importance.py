@@ -84,7 +84,7 @@ class FilterNorm(Importance):
     def __call__(self, model: nn.Module, group: Group) -> torch.Tensor | None:
         scores = []
         for name in group.producers:
-            w = model.get_submodule(name).weight.detach().float().cpu()  # (out, in, kh, kw)
+            w = model.get_submodule(name).weight.detach()[group.rows(name)].float().cpu()  # (size, in, kh, kw)
             scores.append(w.flatten(1).norm(p=self.p, dim=1))
         return self.reduce(scores)
 
@@ -99,7 +99,8 @@ def _slices(model: nn.Module, group: Group) -> list[Slice]:
     n = group.size
     out: list[Slice] = []
     for name in group.producers:
-        out.append((model.get_submodule(name).weight, lambda t: t.reshape(n, -1)))  # (size, in, kh, kw)
+        rows = group.rows(name)  # the group's output rows of (out, in, kh, kw)
+        out.append((model.get_submodule(name).weight, lambda t, r=rows: t[r].reshape(n, -1)))
     for mem in group.consumers:
         out.append((model.get_submodule(mem.module).weight,  # (out, in, kh, kw): the group's input columns
                     lambda t, o=mem.offset: t[:, o:o + n].transpose(0, 1).reshape(n, -1)))

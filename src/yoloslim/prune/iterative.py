@@ -24,7 +24,7 @@ from yoloslim.errors import UserError
 from yoloslim.log import logger
 from yoloslim.models.io import ModelInfo, load_model, save_model
 from yoloslim.models.profile import count_params, profile, total_gflops
-from yoloslim.prune.graph import ChannelGraph, is_under
+from yoloslim.prune.graph import ChannelGraph, Group, is_under
 from yoloslim.prune.layers import find_blocks
 from yoloslim.prune.pipeline import PruneOptions, PruneResult, prune_model
 
@@ -151,10 +151,24 @@ def _overall_ratio(opts: PruneOptions, total_blocks: int, model: nn.Module, fina
     """Fraction of the selected blocks / prunable channels that the steps removed together."""
     if opts.method == "layer":
         return total_blocks / max(1, len(_layer_blocks(model, opts)))
-    groups = ChannelGraph.trace(model).select(list(opts.include) or None)
+    graph = ChannelGraph.trace(model)
+    groups = graph.select(list(opts.include) or None)
     before = sum(g.size for g in groups)
-    after = sum(final.get_submodule(g.producers[0]).out_channels for g in groups)
+    # a group's width now: its first producer's output, or the same piece of it when a split cuts that
+    # output into several groups (YOLOv8's C2f)
+    final_graph = ChannelGraph.trace(final)
+    after = sum(_piece(final_graph, g.producers[0], _piece_index(graph, g)).size for g in groups)
     return 1 - after / max(1, before)
+
+
+def _piece_index(graph: ChannelGraph, group: Group) -> int:
+    """Which piece of its first producer's output ``group`` is (0 unless that output is split)."""
+    p = group.producers[0]
+    return sorted(h.rows(p).start for h in graph.groups if p in h.producers).index(group.rows(p).start)
+
+
+def _piece(graph: ChannelGraph, producer: str, index: int) -> Group:
+    return sorted((h for h in graph.groups if producer in h.producers), key=lambda h: h.rows(producer).start)[index]
 
 
 def _removed_blocks(model: nn.Module, names: dict[str, str | None]) -> list[str]:

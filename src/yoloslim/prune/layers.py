@@ -6,6 +6,10 @@ follows), and it is removable when its output is ``input + branch`` and nothing 
 enters it. Removing it leaves ``x``, which is what the block computes once its branch is zero: the
 masked model zeroes γ and β of the branch's last batch norm. Blocks are ranked by that batch norm's
 mean |γ| (network slimming's scale, as the darknet layer-pruning projects rank shortcuts).
+
+A stage that also concatenates every block's output (YOLOv8's C2f / C3k2) then reads one piece less:
+its module's ``fold_removed_blocks(prefix, state, removed)`` folds the removed piece's input columns
+of the conv after the concat into the piece it copied, so the compact model still equals the masked one.
 """
 
 from __future__ import annotations
@@ -231,8 +235,12 @@ def apply_layer_plan(model: nn.Module, plan: LayerPlan,
     new = build(layer_pruned_spec(src.spec, plan))
     p = next(src.parameters())
     new = new.to(device=p.device, dtype=p.dtype)
-    state = {k2: v.detach().clone() for k, v in src.state_dict().items()
-             if (k2 := rename_key(k, renames)) is not None}
+    full = {k: v.detach().clone() for k, v in src.state_dict().items()}
+    for stage, gone in plan.removed.items():  # stages that concatenate their blocks' outputs (YOLOv8's C2f)
+        fold = getattr(src.get_submodule(stage), "fold_removed_blocks", None)
+        if fold is not None:
+            fold(stage, full, gone)
+    state = {k2: v for k, v in full.items() if (k2 := rename_key(k, renames)) is not None}
     load_state_strict(new, state, source="layer-pruned model")
     return new.train(src.training)
 

@@ -75,6 +75,13 @@ def pruned_spec(spec: ArchSpec, plan: ChannelPlan) -> ArchSpec:
             new.channels[name] = width
         elif plan.graph.calls[name].kind != "depthwise":  # depthwise widths may follow their input
             raise RuntimeError(f"pruning bug: conv {name} changes width but the spec does not list it")
+    for name, sizes in new.options.get("split", {}).items():  # a split conv's pieces (YOLOv8's C2f)
+        outputs = plan.graph.calls[name].outputs if name in plan.graph.calls else None
+        if outputs is not None and len(outputs) == len(sizes):
+            sizes[:] = [plan.kept(g, n) for g, n in outputs]
+        elif outputs is not None and any(g in plan.keep for g, _ in outputs):
+            raise RuntimeError(f"pruning bug: conv {name} is split in {len(sizes)} pieces, the graph sees "
+                               f"{len(outputs)}")
     return new
 
 

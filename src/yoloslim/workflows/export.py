@@ -19,7 +19,7 @@ FORMATS = ("onnx", "darknet")
 def export(weights: str, format: str = "onnx", imgsz: int | None = None, dynamic: bool = False,
            nms: bool = False, opset: int = MIN_OPSET, out: str | None = None, conf: float = 0.25,
            iou: float = 0.45, max_det: int = 300, json_file: str | None = None, half: bool = False,
-           device: str | None = None) -> dict[str, Any]:
+           device: str | None = None, layout: str = "yoloslim") -> dict[str, Any]:
     """Export ``weights`` (fused, decoded) and check the file against PyTorch in ONNX Runtime.
 
     Args:
@@ -36,6 +36,8 @@ def export(weights: str, format: str = "onnx", imgsz: int | None = None, dynamic
         json_file: also write the summary as JSON.
         half: float16 weights and computation (ONNX; float32 input and output).
         device: where the model is traced (``--device``; the file does not depend on it).
+        layout: ``"yoloslim"`` or ``"ultralytics"`` (the output tensor of ultralytics' own ONNX export; see
+            :mod:`yoloslim.deploy.onnx_export`).
 
     Returns:
         The summary: file, size, parity difference, params.
@@ -46,6 +48,8 @@ def export(weights: str, format: str = "onnx", imgsz: int | None = None, dynamic
     if format == "darknet":  # .cfg + .weights of a YOLOv3-family model (workflows/export_darknet.py)
         if half:
             raise UserError("--half is for ONNX files; darknet .weights hold float32")
+        if layout != "yoloslim":
+            raise UserError("--layout is for --format onnx")
         return export_darknet_files(weights, out=out, imgsz=imgsz, dynamic=dynamic, nms=nms,
                                     json_file=json_file)
     target = Path(out) if out else Path(weights).with_suffix(".onnx")
@@ -56,15 +60,16 @@ def export(weights: str, format: str = "onnx", imgsz: int | None = None, dynamic
     model, info = load_model(weights)
     imgsz = int(imgsz or info.imgsz)
     path, check = export_checked(model, info, target, imgsz, dynamic=dynamic, nms=nms, opset=opset,
-                                 conf=conf, iou=iou, max_det=max_det, half=half, device=dev)
+                                 conf=conf, iou=iou, max_det=max_det, half=half, device=dev, layout=layout)
     summary = {
         "file": str(path), "format": format, "bytes": path.stat().st_size, "imgsz": imgsz, "dynamic": dynamic,
-        "nms": nms, "opset": opset, "precision": "float16" if half else "float32", "params": count_params(model),
-        "family": model.spec.family,
+        "nms": nms, "layout": layout, "opset": opset, "precision": "float16" if half else "float32",
+        "params": count_params(model), "family": model.spec.family,
         "max_diff": check.max_diff if check else None, "checked": sorted(check.diffs) if check else [],
     }
-    print(f"exported {path} ({summary['bytes'] / 1e6:.1f} MB, opset {opset}, {summary['precision']}, "
-          f"{'dynamic' if dynamic else f'{imgsz}x{imgsz}'}{', with NMS' if nms else ''}); "
+    shape = f"{'dynamic' if dynamic else f'{imgsz}x{imgsz}'}{', with NMS' if nms else ''}"
+    print(f"exported {path} ({summary['bytes'] / 1e6:.1f} MB, opset {opset}, {summary['precision']}, {shape}"
+          f"{', ultralytics layout' if layout != 'yoloslim' else ''}); "
           f"ONNX Runtime vs PyTorch: max difference {summary['max_diff']:.2e}")
     if json_file:
         write_json(json_file, summary)

@@ -21,8 +21,8 @@ def train(data: str | None = None, model: str | None = None, weights: str | None
           sparsity_schedule: str = "constant", sparsity_bias: bool = False,
           hyp: str | None = None, cos_lr: bool = False, workers: int = 2, seed: int = 0, out: str | None = None,
           resume: str | None = None, device: str | None = None, patience: int = 100, cache: bool = False,
-          no_augment: bool = False, no_aug_epochs: int = 0, nominal_batch: int = 0, val_every_epoch: bool = True,
-          save_every: int = 1, json_file: str | None = None, class_map: str | None = None,
+          no_augment: bool = False, no_aug_epochs: int | None = None, nominal_batch: int = 0,
+          val_every_epoch: bool = True, save_every: int = 1, json_file: str | None = None, class_map: str | None = None,
           no_plots: bool = False, teacher: str | None = None, distill_weight: float | None = None) -> TrainResult:
     """Run one training (see :class:`yoloslim.engine.train.TrainConfig` for the arguments).
 
