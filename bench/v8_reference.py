@@ -10,6 +10,13 @@ Step 2, in yoloslim's environment, builds each preset, loads that state dict str
 
     python bench/v8_reference.py compare --out /tmp/v8ref
 
+A trained ultralytics checkpoint against its import (``yoloslim import --from ultralytics``): step 1
+runs the checkpoint's own model (its EMA weights, float32) on a seeded input, step 2 our imported
+file on the same input::
+
+    /tmp/refv5/bin/python bench/v8_reference.py dump --checkpoint last.pt --out /tmp/v8ckpt
+    python bench/v8_reference.py compare --weights last.safetensors --out /tmp/v8ckpt
+
 Measured with ultralytics 8.4.190 (input 1x3x128x160): parameter counts and state-dict keys (names and
 order) equal for all ten presets; raw maps equal to 1e-6, decoded boxes to 1e-4 pixels, class
 probabilities to 1e-9.
@@ -56,6 +63,44 @@ def dump(out: Path, names: list[str]) -> None:
         print(f"{name}: written")
 
 
+def dump_checkpoint(path: Path, out: Path, imgsz: int = 160) -> None:
+    """Run in the ultralytics environment: ``checkpoint.pt`` holds the raw maps of a trained checkpoint."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)  # their pickle, in their environment
+    model = (ckpt.get("ema") or ckpt["model"]).float().eval()
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 3, imgsz, imgsz, generator=g)
+    head, feats = model.model[-1], {}
+    hook = head.register_forward_hook(lambda m, inputs, output, feats=feats: feats.update(x=inputs[0]))
+    with torch.no_grad():
+        decoded = model(x)[0]
+        raw = [torch.cat((head.cv2[i](f), head.cv3[i](f)), 1) for i, f in enumerate(feats["x"])]
+    hook.remove()
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save({"params": sum(p.numel() for p in model.parameters()), "x": x, "raw": raw, "decoded": decoded},
+               out / "checkpoint.pt")
+    print(f"{path}: written {out / 'checkpoint.pt'}")
+
+
+def compare_weights(weights: Path, out: Path) -> None:
+    """Run in yoloslim's environment: the imported ``weights`` on the input :func:`dump_checkpoint` used."""
+    from yoloslim.models.decode import DecodedModel
+    from yoloslim.models.io import load_model
+
+    ref = torch.load(out / "checkpoint.pt", weights_only=True)
+    model, _info = load_model(weights)
+    model.eval()
+    with torch.no_grad():
+        raw = model(ref["x"])
+        rows = DecodedModel(model).eval()(ref["x"])  # (b, N, 5 + nc)
+    theirs = ref["decoded"].transpose(1, 2)  # (b, N, 4 + nc)
+    d_raw = max(float((a - b).abs().max()) for a, b in zip(raw, ref["raw"], strict=True))
+    d_box = float((rows[..., :4] - theirs[..., :4]).abs().max())
+    d_cls = float((rows[..., 5:] - theirs[..., 4:]).abs().max())
+    n = sum(p.numel() for p in model.parameters())
+    print(f"{weights}: params {n:,} (checkpoint {ref['params']:,}), raw {d_raw:.1e}, boxes {d_box:.1e} px, "
+          f"classes {d_cls:.1e}")
+
+
 def compare(out: Path, names: list[str]) -> None:
     """Run in yoloslim's environment: load each reference state dict into our preset and compare."""
     from yoloslim.models import create_model
@@ -85,8 +130,14 @@ def main() -> None:
     p.add_argument("step", choices=["dump", "compare"])
     p.add_argument("--out", type=Path, default=Path("/tmp/v8ref"))
     p.add_argument("--models", nargs="*", default=PRESETS)
+    p.add_argument("--checkpoint", type=Path, help="dump: a trained ultralytics .pt instead of the presets")
+    p.add_argument("--weights", type=Path, help="compare: its import (.safetensors) instead of the presets")
+    p.add_argument("--imgsz", type=int, default=160, help="dump --checkpoint: the input size")
     a = p.parse_args()
-    (dump if a.step == "dump" else compare)(a.out, a.models)
+    if a.step == "dump":
+        dump_checkpoint(a.checkpoint, a.out, a.imgsz) if a.checkpoint else dump(a.out, a.models)
+    else:
+        compare_weights(a.weights, a.out) if a.weights else compare(a.out, a.models)
 
 
 if __name__ == "__main__":
