@@ -25,6 +25,8 @@ split, as ``yoloslim val --imgsz 160`` does. Recipes:
 - ``defaults``: ``yoloslim train`` without a recipe flag: ``--optimizer auto`` and the model family's
   defaults (``--no-aug-epochs``: 10 for YOLOv8 / YOLO11, ultralytics' ``close_mosaic``, 0 for the others;
   ``--nominal-batch`` 0: a step on every batch on a short ``auto`` run). The recipe for ``--model yolov8n``.
+- ``defaults-nb64``: ``defaults`` accumulating to a nominal batch of 64 (``--nominal-batch 64``), as
+  ultralytics' trainer does whatever the run's length (150 steps here instead of 600).
 
 ``--score-ultralytics RUN`` adds a row for a run of ultralytics' own trainer (a folder with
 ``weights/last.pt`` and ``results.csv``, trained in its own environment on the same data, e.g. with
@@ -63,6 +65,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "new-nb": {"optimizer": "auto", "step_every_batch": True},
     "new-nb-close": {"optimizer": "auto", "step_every_batch": True, "close": True},
     "defaults": {"optimizer": "auto", "family_defaults": True},
+    "defaults-nb64": {"optimizer": "auto", "family_defaults": True, "nominal_batch": 64},
 }
 # an ultralytics results.csv's columns of the box metrics (its own validation)
 ULTRALYTICS_MAP50, ULTRALYTICS_MAP = "metrics/mAP50(B)", "metrics/mAP50-95(B)"
@@ -95,10 +98,11 @@ def run_recipe(name: str, data: Path, args: argparse.Namespace) -> dict[str, Any
         return json.loads(summary.read_text())
     recipe = RECIPES[name]
     no_aug = None if recipe.get("family_defaults") else (args.close if recipe.get("close") else 0)
+    nominal = recipe.get("nominal_batch", args.batch if recipe.get("step_every_batch") else TrainConfig.nominal_batch)
     cfg = TrainConfig(data=str(data), model=args.model, epochs=args.epochs, batch=args.batch, imgsz=args.imgsz,
                       workers=args.workers, device="cpu", out=str(out), optimizer=recipe["optimizer"],
                       no_aug_epochs=no_aug,
-                      nominal_batch=args.batch if recipe.get("step_every_batch") else TrainConfig.nominal_batch)
+                      nominal_batch=nominal)
     result = train(cfg)
     m = result.metrics
     resolved = yaml.safe_load((result.run_dir / "args.yaml").read_text())["config"]  # the family's defaults applied
