@@ -73,6 +73,7 @@ from yoloslim.log import logger, setup_logging
 from yoloslim.models import MODELS
 from yoloslim.models.io import atomic_write, read_info
 from yoloslim.prune import METHODS
+from yoloslim.prune.allocate import ROUND_TO
 from yoloslim.prune.recalibrate import CALIB_IMAGES
 from yoloslim.workflows.report import write_json
 
@@ -130,7 +131,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--nominal-batch", type=int, default=None, help="accumulate to this (default: --batch)")
     ap.add_argument("--workers", type=int, default=1, help="data-loader workers")
     ap.add_argument("--seed", type=int, default=0, help="seed of the data set and of training")
-    ap.add_argument("--round-to", type=int, default=8, help="pruned widths are multiples of this")
+    ap.add_argument("--round-to", type=int, default=ROUND_TO,
+                    help=f"pruned widths are multiples of this (default {ROUND_TO}, prune's)")
     ap.add_argument("--min-channels", type=int, default=0, help="floor per channel group (0: refuse, then 8)")
     ap.add_argument("--fold-bias", action="store_true", help="fold removed channels' act(β) into next biases")
     ap.add_argument("--calib-images", type=int, default=CALIB_IMAGES, help="BN recalibration images")

@@ -60,7 +60,7 @@ def test_compress_toy_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert rows["control"]["params"] == base["params"]
     assert rows["auto-f50"]["params"] == rows["auto-f50-kd"]["params"] == rows["auto-f50-ft"]["params"]
     assert 0.4 < 1 - rows["auto-f50-kd"]["flops_removed"] < 0.6  # --target-flops 0.5
-    assert rows["auto-f50"]["prune"]["method"] == "taylor" and rows["auto-f50"]["prune"]["target_flops"] == 0.5
+    assert rows["auto-f50"]["prune"]["method"] == "group" and rows["auto-f50"]["prune"]["target_flops"] == 0.5
     kd, ft = (read_info(models / f"auto-f50-{k}.safetensors").history[-1] for k in ("kd", "ft"))
     assert kd["action"] == ft["action"] == "fine-tuned"
     assert kd["teacher"] == str(models / "baseline.safetensors") and "teacher" not in ft

@@ -24,7 +24,7 @@ def test_demo_quick(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     lines = text.splitlines()
     assert lines[-6].split() == ["Metric", "Before", "(trained)", "After", "(pruned", "+", "fine-tuned)", "Change"]
     for label in ("mAP@.5 ", "mAP@.5:.95 ", "params ", "GFLOPs @128 ", "CPU latency ms (median, batch 1) ",
-                  "pruning (taylor) ", "fine-tuning "):
+                  "pruning (group) ", "fine-tuning "):
         assert any(line.startswith(label) for line in lines), label
     summary = json.loads((tmp_path / "demo.json").read_text())
     assert Path(summary["data_yaml"]).is_file() and (out / "yoloslim.log").is_file()
@@ -32,15 +32,15 @@ def test_demo_quick(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert Path(summary["train"]["weights"]).is_file() and summary["predict"]["images"] == 4
     assert 0 <= summary["val"]["map50"] <= 1 and len(list((out / "predict").glob("*.jpg"))) == 4
 
-    # prune (auto: Taylor, with BN recalibration) -> fine-tune distilled from the trained model
+    # prune (auto: the group norm, with BN recalibration) -> fine-tune distilled from the trained model
     trained, pruned, tuned = (Path(summary[k]["weights"]) for k in ("train", "prune", "finetune"))
     assert pruned == out / "prune" / "pruned.safetensors" and tuned == out / "finetune" / "weights" / "last.safetensors"
     history = read_info(tuned).history
     assert [e["action"] for e in history] == ["trained", "pruned", "fine-tuned"]
-    assert history[1]["method"] == "taylor" and history[1]["source"] == str(trained)
+    assert history[1]["method"] == "group" and history[1]["source"] == str(trained)
     assert history[1]["target_flops"] == 0.4 and history[2]["teacher"] == str(trained)
     report = json.loads((out / "prune" / "prune.json").read_text())
-    assert report["method"] == "taylor" and report["after"]["map"] is not None
+    assert report["method"] == "group" and report["after"]["map"] is not None
     assert report["calib"]["images"] > 0 and report["uncalibrated"]["map"] is not None  # mAP without and with
     assert summary["prune"]["uncalibrated"] == report["uncalibrated"]
     assert 0.3 < report["after"]["gflops"] / report["before"]["gflops"] < 0.5

@@ -15,6 +15,8 @@ Rules (also stated at the end of docs/cli.md):
 * ``<!-- setup: ultralytics NAME -->`` right before a block writes ``NAME``, a YOLOv8n ``best.pt`` as
   the ``ultralytics`` package pickles it (classes of the guide's ``data/data.yaml``), standing in for
   the user's own checkpoint (see tests/test_import_ultralytics.py).
+* ``<!-- setup: yolov5 NAME -->`` likewise writes ``NAME``, a YOLOv5n ``best.pt`` as the yolov5 repo
+  pickles it (see tests/test_import_yolov5.py): a pretrained model to import.
 
 Each file's blocks run in order in one fresh working folder (``tmp_path``), in this process, through
 :func:`yoloslim.cli.main`, which must return 0 for every command.
@@ -31,6 +33,7 @@ from pathlib import Path
 import pytest
 
 from test_import_ultralytics import write_checkpoint
+from test_import_yolov5 import write_checkpoint as write_yolov5_checkpoint
 from yoloslim.cli import build_parser, main
 from yoloslim.workflows.importer import read_names
 
@@ -226,11 +229,12 @@ def test_guide_commands_run(name, tmp_path, monkeypatch, capsys):
     for block in ALL_BLOCKS[name]:
         where = f"{name}:{block.line}"
         for kind, target in block.setup:
-            assert kind in ("video", "ultralytics"), f"{where}: unknown setup {kind!r}"
+            assert kind in ("video", "ultralytics", "yolov5"), f"{where}: unknown setup {kind!r}"
             if kind == "video":
                 make_video(tmp_path / target, tmp_path)
             else:
-                write_checkpoint(tmp_path / target, names=read_names(tmp_path / "data" / "data.yaml"))
+                write = write_checkpoint if kind == "ultralytics" else write_yolov5_checkpoint
+                write(tmp_path / target, names=read_names(tmp_path / "data" / "data.yaml"))
         for cmd in block.commands:
             argv = shlex.split(cmd.text, comments=True)[1:]
             try:

@@ -53,6 +53,7 @@ def _ultralytics_rows(model, rgb01):
     return torch.cat((rows[..., :4], rows[..., 4:5] * rows[..., 5:]), -1).transpose(1, 2).numpy()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["yolov5n", "yolox-nano"])
 def test_ultralytics_layout_equals_ours_rearranged(tmp_path, name, capsys):
     model, weights = _weights(tmp_path, name)
@@ -81,6 +82,7 @@ def test_ultralytics_layout_equals_ours_rearranged(tmp_path, name, capsys):
     assert float(want[:, 4:].max()) > 0.01  # the scores are not all zero: the comparison means something
 
 
+@pytest.mark.slow
 def test_ultralytics_layout_predicts_the_same_detections(tmp_path):
     model, weights = _weights(tmp_path, "yolov5n")
     ours, theirs = tmp_path / "ours.onnx", tmp_path / "theirs.onnx"

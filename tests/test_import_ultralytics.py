@@ -90,7 +90,7 @@ class C3k2(C2f):
     __module__ = BLOCK
 
 
-class C3k(nn.Module):
+class C3(nn.Module):
     __module__ = BLOCK
 
     def __init__(self, cv1, cv2, cv3, m):
@@ -99,6 +99,10 @@ class C3k(nn.Module):
 
     def forward(self, x):
         return self.cv3(torch.cat((self.m(self.cv1(x)), self.cv2(x)), 1))
+
+
+class C3k(C3):
+    __module__ = BLOCK
 
 
 class SPPF(nn.Module):
@@ -226,7 +230,8 @@ class SegmentationModel(DetectionModel):
     __module__ = TASKS
 
 
-ALL = {CONV: (Conv, DWConv, Concat), BLOCK: (Bottleneck, C2f, C3k2, C3k, SPPF, Attention, PSABlock, C2PSA, DFL),
+ALL = {CONV: (Conv, DWConv, Concat),
+       BLOCK: (Bottleneck, C2f, C3k2, C3, C3k, SPPF, Attention, PSABlock, C2PSA, DFL),
        HEAD: (Detect,), TASKS: (DetectionModel, SegmentationModel)}
 
 
@@ -235,8 +240,11 @@ def _mirror(m, version, path=""):
     if isinstance(m, blocks.Conv):
         cls = DWConv if ".cv3." in path and m.conv.groups > 1 else Conv
         return cls(copy.deepcopy(m.conv), copy.deepcopy(m.bn), copy.deepcopy(m.act))
-    if isinstance(m, blocks_v8.Bottleneck3):
+    if isinstance(m, (blocks_v8.Bottleneck3, blocks.Bottleneck)):
         return Bottleneck(_mirror(m.cv1, version), _mirror(m.cv2, version), m.add)
+    if isinstance(m, yolov5.C3):  # YOLOv5u
+        return C3(*(_mirror(x, version) for x in (m.cv1, m.cv2, m.cv3)),
+                  nn.Sequential(*(_mirror(b, version) for b in m.m)))
     if isinstance(m, blocks_v8.C3k):
         return C3k(*(_mirror(x, version) for x in (m.cv1, m.cv2, m.cv3)),
                    nn.Sequential(*(_mirror(b, version) for b in m.m)))
@@ -272,7 +280,7 @@ def _yaml(name, nc):
     rows = [[f, n, "nn.Upsample" if kind == "Upsample" else kind,
              {"Upsample": [None, 2, "nearest"], "Concat": [1], "Detect": ["nc"]}.get(kind, list(args))]
             for f, n, kind, args in table]
-    split = 10 if version == "v8" else 11
+    split = 11 if version == "11" else 10
     return {"nc": nc, "scales": {name[-1]: [gd, gw, cap]}, "scale": name[-1], "yaml_file": f"{name}.yaml",
             "channels": 3, "backbone": rows[:split], "head": rows[split:]}
 
@@ -366,7 +374,7 @@ def _reference(model, x):
         return copy.deepcopy(model).half().float()(x)
 
 
-@pytest.mark.parametrize("name,training", [("yolov8n", False), ("yolo11n", True)])
+@pytest.mark.parametrize("name,training", [("yolov8n", False), ("yolo11n", True), ("yolov5nu", False)])
 def test_import_gives_identical_outputs(tmp_path, ultralytics_modules, name, training):
     theirs = _ultralytics_model(name)
     ckpt = tmp_path / "best.pt"
@@ -454,3 +462,13 @@ def test_other_architectures_and_wrong_commands_are_refused(tmp_path, ultralytic
         import_checkpoint("ultralytic", files["best"], tmp_path / "m.safetensors")
     assert main(["val", "--weights", str(files["best"]), "--data", str(tmp_path)]) == 2
     assert f"yoloslim import --from ultralytics {files['best']}" in capsys.readouterr().err
+
+
+def test_yolov5u_presets_have_the_reference_sizes():
+    """Parameter counts of ultralytics 8.4.190's YOLOv5u models (80 classes), read there with
+    ``sum(p.numel() for p in YOLO("yolov5nu.yaml").model.parameters())``."""
+    sizes = {"yolov5nu": 2_654_816, "yolov5su": 9_153_152}
+    for name, n in sizes.items():
+        with torch.device("meta"):
+            model = build_model(model_spec(name))
+        assert sum(p.numel() for p in model.parameters()) == n, name

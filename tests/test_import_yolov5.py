@@ -10,6 +10,7 @@ them, then removed, so yoloslim reads the file without them.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import sys
@@ -217,9 +218,10 @@ def _ultralytics_model(nc=3, p6=False, focus=False):
     return theirs.eval()
 
 
-@pytest.fixture
-def ultralytics_modules():
-    """Register the classes above as ``models``, ``models.common`` and ``models.yolo``, then remove them."""
+@contextlib.contextmanager
+def registered():
+    """Register the classes above as ``models``, ``models.common`` and ``models.yolo``; calling what it
+    yields removes them."""
     mods = {name: types.ModuleType(name) for name in ("models", "models.common", "models.yolo", "utils")}
     for cls in (Conv, Focus, Bottleneck, C3, SPPF, Concat):
         setattr(mods["models.common"], cls.__name__, cls)
@@ -236,8 +238,25 @@ def ultralytics_modules():
             else:
                 sys.modules[k] = v
 
-    yield remove
-    remove()
+    try:
+        yield remove
+    finally:
+        remove()
+
+
+@pytest.fixture
+def ultralytics_modules():
+    """The classes above registered under their ultralytics module names, removed afterwards."""
+    with registered() as remove:
+        yield remove
+
+
+def write_checkpoint(path, names=("c0", "c1", "c2")):
+    """A ``best.pt`` of the yolov5 repo (a YOLOv5n of classes ``names``; the docs test's input)."""
+    with registered():
+        theirs = _ultralytics_model(len(names))
+        theirs.names = dict(enumerate(names))
+        _save_like_ultralytics(theirs, path)
 
 
 def _save_like_ultralytics(model, path, stripped=True):

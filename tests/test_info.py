@@ -20,3 +20,8 @@ def test_info_on_a_training_state_says_what_it_is(tmp_path, capsys):
     assert main(["info", "--weights", str(tmp_path / "last_state.pt")]) == 2
     err = capsys.readouterr().err
     assert "training state" in err and "--resume" in err and err.count("\n") == 1
+
+
+def test_info_refuses_an_imgsz_off_the_stride(capsys):
+    assert main(["info", "--model", "yolov5n", "--imgsz", "70"]) == 2
+    assert capsys.readouterr().err.strip().endswith("--imgsz must be a positive multiple of 32, got 70")

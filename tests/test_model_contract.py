@@ -160,7 +160,7 @@ def test_forward_gradients_graph_and_pruning(name):
     assert graph.prunable and len(graph.prunable) < len(graph.groups)
     # masked == compact for each importance
     for method, (imp, global_rank) in IMPORTANCES.items():
-        plan = plan_channels(model, graph, imp, ratio=0.5, global_rank=global_rank, min_channels=1)
+        plan = plan_channels(model, graph, imp, ratio=0.5, global_rank=global_rank, min_channels=1, round_to=1)
         compact, masked = apply_plan(model, plan).eval(), mask_model(model, plan).eval()
         with torch.no_grad():
             a, b = masked(x), compact(x)

@@ -2,8 +2,8 @@ import pytest
 
 from yoloslim.errors import UserError
 from yoloslim.models import build_model, create_model, model_spec
-from yoloslim.models.profile import count_params, profile, total_gflops
-from yoloslim.models.spec import ArchSpec
+from yoloslim.models.profile import count_params, probe, profile, total_gflops
+from yoloslim.models.spec import ArchSpec, check_imgsz
 
 
 @pytest.mark.parametrize("name,params", [("yolov5n", 1_872_157), ("yolov5s", 7_235_389), ("yolov5m", 21_190_557)])
@@ -30,6 +30,17 @@ def test_spec_with_smaller_widths_builds_smaller_model():
     assert model.model[2].m[0].cv2.conv.in_channels == 5
 
 
+@pytest.mark.parametrize("imgsz", [70, 0, -32, 16])
+def test_imgsz_not_a_positive_multiple_of_the_largest_stride_is_refused(imgsz):
+    spec = model_spec("yolov5n", nc=3)
+    check_imgsz(64, spec)
+    check_imgsz(128, 64, "--calib-imgsz")
+    with pytest.raises(UserError, match=f"^--imgsz must be a positive multiple of 32, got {imgsz}$"):
+        check_imgsz(imgsz, spec)
+    with pytest.raises(UserError, match=f"^--size must be a positive multiple of 64, got {imgsz}$"):
+        check_imgsz(imgsz, 64, "--size")
+
+
 def test_spec_with_unknown_conv_is_refused():
     spec = model_spec("yolov5n", nc=3)
     spec.channels["model.99.conv"] = 8
@@ -40,3 +51,24 @@ def test_spec_with_unknown_conv_is_refused():
 def test_unknown_model_name_suggests_close_ones():
     with pytest.raises(UserError, match="did you mean"):
         model_spec("yolov5ss")
+
+
+def test_probe_runs_one_zero_image_in_eval_mode_and_leaves_no_trace():
+    model = build_model(model_spec("yolov5n", nc=2)).train()
+    seen = {}
+
+    def after(m, inputs, out):
+        seen["out"] = (tuple(out.shape), out.requires_grad, m.training)
+
+    probe(model, 64, {"model.0.conv": after}, {"model.0.conv": lambda m, inputs: seen.setdefault("in", inputs[0])})
+    assert seen["out"] == ((1, 16, 32, 32), False, False)
+    assert tuple(seen["in"].shape) == (1, 3, 64, 64) and seen["in"].abs().sum() == 0
+    conv = model.model[0].conv
+    assert model.training and not conv._forward_hooks and not conv._forward_pre_hooks
+
+    def boom(m, inputs, out):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        probe(model, 64, {"model.0.conv": boom})
+    assert model.training and not conv._forward_hooks

@@ -7,7 +7,8 @@ from helpers import randomize_bn
 from yoloslim.errors import UserError
 from yoloslim.models import create_model
 from yoloslim.models.profile import count_params, profile, total_gflops
-from yoloslim.prune.allocate import CostModel, plan_channels
+from yoloslim.prune import PruneOptions, prune_model
+from yoloslim.prune.allocate import ROUND_TO, CostModel, plan_channels
 from yoloslim.prune.graph import ChannelGraph
 from yoloslim.prune.importance import BNScale, FilterNorm
 from yoloslim.prune.surgery import apply_plan
@@ -86,3 +87,29 @@ def test_cost_model_is_exact(v5n):
     compact = apply_plan(model, plan)
     assert params == count_params(compact)
     assert flops == round(total_gflops(profile(compact, 64)) * 1e9)
+
+
+def test_default_widths_are_the_fast_multiples(v5n):
+    """Without --round-to, every pruned group keeps a multiple of ROUND_TO (8) channels, or its whole width."""
+    model, graph = v5n
+    assert ROUND_TO == 8
+    for opts in (PruneOptions(method="l1", ratio=0.37), PruneOptions(method="slim", target_flops=0.5)):
+        plan = prune_model(model, opts, graph).plan
+        assert plan.keep
+        for gid, kept in plan.keep.items():
+            assert len(kept) % ROUND_TO == 0 and 0 < len(kept) < graph.groups[gid].size
+    exact = prune_model(model, PruneOptions(method="l1", ratio=0.37, round_to=1), graph).plan
+    assert any(len(k) % ROUND_TO for k in exact.keep.values())  # exact counts, e.g. 20 of 32
+
+
+@pytest.mark.parametrize("method", ["l1", "group"])
+def test_per_layer_targets_stay_close_with_fast_widths(v5n, method):
+    """Per-layer ratios rounded to multiples of 8 still meet a FLOPs target: YOLOv5n's many 16-channel groups
+    must not all drop to 8 at one ratio (rounded up together, a 0.4 target landed at 0.28)."""
+    model, graph = v5n
+    base = total_gflops(profile(model, 128))
+    for target in (0.6, 0.4, 0.25):
+        result = prune_model(model, PruneOptions(method=method, target_flops=target), graph)
+        got = total_gflops(profile(result.model, 128)) / base
+        assert abs(got - target) <= 0.05 * target, (target, got)
+        assert all(len(k) % ROUND_TO == 0 for k in result.plan.keep.values())

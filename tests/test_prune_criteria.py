@@ -64,12 +64,11 @@ def test_taylor_without_data_is_refused(v5n):
 
 def test_auto_resolves_to_the_measured_winner():
     assert "auto" in METHODS and all(m in METHODS for m in ("group", "taylor"))
-    assert auto_method(True) == ("taylor", True) and auto_method(False) == ("group", False)
+    assert auto_method() == ("group", False)
     opts = PruneOptions(method="auto", ratio=0.3)
-    assert opts.resolve(True).method == "taylor" and opts.resolve(True).global_rank is True
-    assert opts.resolve(False).method == "group" and opts.resolve(False).global_rank is False
-    assert PruneOptions(method="auto", ratio=0.3, global_rank=True).resolve(False).global_rank is True
-    assert PruneOptions(method="l1", ratio=0.3).resolve(True).method == "l1"
+    assert opts.resolve().method == "group" and opts.resolve().global_rank is False
+    assert PruneOptions(method="auto", ratio=0.3, global_rank=True).resolve().global_rank is True
+    assert PruneOptions(method="l1", ratio=0.3).resolve().method == "l1"
 
 
 def test_prune_cli_without_method_uses_auto(tmp_path, v5n):

@@ -94,7 +94,7 @@ def test_masked_equals_compact_with_depthwise():
     model = toy()
     graph = ChannelGraph.trace(model)
     for imp, global_rank in [(BNScale(), True), (FilterNorm(2), False)]:
-        plan = plan_channels(model, graph, imp, ratio=0.5, global_rank=global_rank)
+        plan = plan_channels(model, graph, imp, ratio=0.5, global_rank=global_rank, round_to=1)
         assert {graph.groups[g].name for g in plan.keep} == {"stem.conv", "pw.conv", "side.conv"}
         compact = apply_plan(model, plan, build=Toy).eval()
         kept = len(plan.keep[graph.group_of("stem.conv").id])
@@ -108,7 +108,7 @@ def test_masked_equals_compact_with_depthwise():
 def test_cost_model_matches_profile():
     model = toy()
     graph = ChannelGraph.trace(model)
-    plan = plan_channels(model, graph, BNScale(), ratio=0.5)
+    plan = plan_channels(model, graph, BNScale(), ratio=0.5, round_to=1)
     cost = CostModel(model, graph, imgsz=32)
     params, flops = cost.cost({g: len(k) for g, k in plan.keep.items()})
     compact = apply_plan(model, plan, build=Toy)
@@ -121,7 +121,7 @@ def test_fold_bias_matches_gamma_only_mask_inside():
 
     model = toy()
     graph = ChannelGraph.trace(model)
-    plan = plan_channels(model, graph, BNScale(), ratio=0.5)
+    plan = plan_channels(model, graph, BNScale(), ratio=0.5, round_to=1)
     compact = apply_plan(model, plan, build=Toy).eval()
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():

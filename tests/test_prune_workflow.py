@@ -96,7 +96,7 @@ def test_prune_with_data_reports_map(tmp_path, tiny_data):
 def test_iterative_steps_compound_to_the_ratio(tmp_path, weights):
     js, out = tmp_path / "r.json", tmp_path / "it.safetensors"
     assert main(["prune", "--weights", str(weights), "--method", "l1", "--ratio", "0.5", "--steps", "2",
-                 "--latency-runs", "0", "--out", str(out), "--json", str(js)]) == 0
+                 "--round-to", "1", "--latency-runs", "0", "--out", str(out), "--json", str(js)]) == 0
     report = json.loads(js.read_text())
     assert [s["step"] for s in report["steps"]] == [1, 2]
     assert report["steps"][0]["amount"] == "--ratio 0.2929"
@@ -134,4 +134,6 @@ def test_iterative_pruning_with_finetuning(tmp_path, tiny_data):
     actions = [e["action"] for e in read_info(out).history]
     assert actions == ["pruned", "fine-tuned", "pruned", "pruned"]
     runs = list(tmp_path.rglob("args.yaml"))  # the fine-tune between the steps distilled from the original
-    assert len(runs) == 1 and yaml.safe_load(runs[0].read_text())["config"]["teacher"] == str(weights)
+    args = yaml.safe_load(runs[0].read_text())
+    assert len(runs) == 1 and args["config"]["teacher"] == str(weights)
+    assert args["hyp"]["warmup_epochs"] == 0.0  # a pruned model's fine-tune starts without warm-up

@@ -57,7 +57,7 @@ def test_sensitivity_entries_are_the_group_pruned_alone_and_scored(tmp_path, wei
     model, _ = load_model(weights)
     model.eval()
     plan = plan_channels(model, ChannelGraph.trace(model), FilterNorm(1), ratio=0.6, include=["model.1.conv"],
-                         global_rank=False)
+                         global_rank=False, round_to=1)
     assert [len(k) for k in plan.keep.values()] == [32 - 19]
     cut = apply_plan(model, plan)
     calib = [preprocess(x, cut.spec) for x in calibration_images(str(tiny_data), 96, 8)]
@@ -105,10 +105,11 @@ def test_sensitivity_allocation_meets_the_flops_target_and_spares_the_sensitive_
     model, graph, path = v5n
     base = total_gflops(profile(model, 64))
     sens = prune_model(model, PruneOptions(method="l1", target_flops=0.6, allocation="sensitivity",
-                                           sensitivity=str(path)), graph=graph)
-    uniform = prune_model(model, PruneOptions(method="l1", target_flops=0.6, allocation="uniform"), graph=graph)
+                                           sensitivity=str(path), round_to=1), graph=graph)
+    uniform = prune_model(model, PruneOptions(method="l1", target_flops=0.6, allocation="uniform", round_to=1),
+                          graph=graph)
     assert total_gflops(profile(sens.model, 64)) / base == pytest.approx(0.6, rel=0.02)
-    assert 0.55 < total_gflops(profile(uniform.model, 64)) / base <= 0.6  # its ratio is shared: coarser steps
+    assert 0.55 < total_gflops(profile(uniform.model, 64)) / base <= 0.6 * 1.02  # its ratio is shared: coarser steps
     g = graph.group_of(SENSITIVE)
     assert g.id not in sens.plan.keep  # kept whole: cutting anything else is cheaper
     assert len(uniform.plan.keep[g.id]) < g.size

@@ -45,6 +45,14 @@ def test_hyp_defaults_are_scratch_low_and_augment_keys_route_to_augment_config(t
     assert h.to_dict()["mosaic"] == 0.0
 
 
+def test_a_pruned_models_fine_tune_has_no_warm_up_unless_a_file_says(tmp_path):
+    assert load_hyp().warmup_epochs == 3.0 and load_hyp(pruned=True).warmup_epochs == 0.0
+    f = tmp_path / "hyp.yaml"
+    f.write_text("warmup_epochs: 1.0\n")
+    assert load_hyp(f, pruned=True).warmup_epochs == 1.0
+    assert load_hyp(pruned=True, family="yolov8").box == 7.5  # the family's defaults stay
+
+
 def test_hyp_unknown_key_is_refused_with_suggestion(tmp_path):
     f = tmp_path / "hyp.yaml"
     f.write_text("lr0s: 0.02\n")

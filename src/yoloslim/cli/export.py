@@ -21,14 +21,14 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--conf", type=float, default=0.25, help="with --nms: score threshold (default 0.25)")
     p.add_argument("--iou", type=float, default=0.45, help="with --nms: IoU threshold (default 0.45)")
     p.add_argument("--max-det", type=int, default=300, help="with --nms: boxes per class+image (300)")
+    p.add_argument("--layout", default="yoloslim",
+                   help="output tensor: yoloslim (batch, N, 5+nc) rows, or ultralytics (batch, 4+nc, N) as their "
+                        "ONNX export writes it, RGB 0..1 input (default yoloslim)")
     p.add_argument("--half", action="store_true",
                    help="float16 weights and computation, float32 input and output (for GPUs, TensorRT, "
                         "Jetson); checked against the float32 model at float16 tolerance")
     p.add_argument("--device", default=None,
                    help=f"where the model is traced (default cpu; the file is the same): {DEVICE_HELP}")
-    p.add_argument("--layout", default="yoloslim",
-                   help="output tensor: yoloslim (batch, N, 5+nc) rows, or ultralytics (batch, 4+nc, N) as their "
-                        "ONNX export writes it, RGB 0..1 input (default yoloslim)")
     add_threads(p)
     p.add_argument("--out", help="the .onnx file (default: <weights name>.onnx next to the weights)")
     p.add_argument("--json", dest="json_file", help="also write the summary as JSON")

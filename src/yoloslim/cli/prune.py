@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 
 from yoloslim.cli.options import add_device, add_threads
-from yoloslim.prune.allocate import ALLOCATIONS
+from yoloslim.deploy.bench import BACKENDS
+from yoloslim.prune.allocate import ALLOCATIONS, ROUND_TO
+from yoloslim.prune.latency_target import LATENCY_BACKEND
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -22,6 +24,10 @@ def add(sub: argparse._SubParsersAction) -> None:
                         help="FLOPs of the result as a fraction of the original")
     amount.add_argument("--target-params", type=float,
                         help="parameters of the result as a fraction of the original")
+    amount.add_argument("--target-latency", metavar="MS|P%",
+                        help="prune until the batch-1 latency measured on this machine (at --imgsz, on --backend) "
+                             "is within 5 %% of MS milliseconds, or of P %% of the unpruned model's; refused, with "
+                             "what the smallest model measured, when it cannot be reached")
     amount.add_argument("--blocks", type=int, help="layer: number of residual blocks to remove")
     p.add_argument("--global", dest="global_rank", action="store_true",
                    help="l1/l2/group/taylor: one ranking over all channels instead of the same ratio per layer "
@@ -34,7 +40,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--include", nargs="+", metavar="NAME",
                    help="prune only under these module-name prefixes (a stage or a single conv) and what is "
                         "coupled to them")
-    p.add_argument("--round-to", type=int, default=1, help="keep pruned widths multiples of N (default 1)")
+    p.add_argument("--round-to", type=int, default=None,
+                   help=f"keep pruned widths multiples of N, the widths that run fast (default {ROUND_TO}; 1: exact "
+                        "counts)")
     p.add_argument("--min-channels", type=int, default=0,
                    help="keep the N strongest channels of a group a ratio would empty, instead of refusing")
     p.add_argument("--fold-bias", action="store_true",
@@ -48,6 +56,11 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=2, help="data-loader workers for --data (default 2)")
     p.add_argument("--latency-runs", type=int, default=20,
                    help="timed batch-1 runs per model, alternating before/after (0: skip; default 20)")
+    p.add_argument("--backend", choices=BACKENDS, default=None,
+                   help=f"how latency is timed: onnxruntime or torch (fused) (default: {LATENCY_BACKEND} with "
+                        "--target-latency, else torch)")
+    p.add_argument("--report", metavar="FILE.html",
+                   help="also write the pruning report: one self-contained HTML page (tables and pictures)")
     p.add_argument("--steps", type=int, default=1,
                    help="prune in K steps (fine-tuned between them with --finetune-epochs)")
     p.add_argument("--finetune-epochs", type=int, default=0,
@@ -75,5 +88,6 @@ def _run(a: argparse.Namespace) -> int:
           batch=a.batch, workers=a.workers, out=a.out, json_file=a.json_file, latency_runs=a.latency_runs,
           steps=a.steps, finetune_epochs=a.finetune_epochs, calib=a.calib, no_calib=a.no_calib,
           class_map=a.class_map, device=a.device, allocation=a.allocation, sensitivity=a.sensitivity,
+          target_latency=a.target_latency, backend=a.backend, threads=a.threads, report=a.report,
           **({"calib_images": a.calib_images} if a.calib_images is not None else {}))
     return 0

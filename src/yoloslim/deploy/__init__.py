@@ -9,6 +9,6 @@ Modules (imported on demand; nothing heavy happens at package import):
   ONNX Runtime with candidates timed alternately.
 - ``predict``: ``Predictor`` (letterbox, preprocess, model or ONNX file, decode, NMS, boxes back to
   original pixels); ``sources``: image, folder, video and camera readers; ``draw``: box drawing.
-- ``import_yolov5``, ``import_yolox``, ``darknet_io``, ``safe_unpickle``: reading other projects'
-  checkpoints without executing them.
+- ``import_yolov5``, ``import_ultralytics``, ``import_yolox``, ``darknet_io``, ``safe_unpickle``: reading
+  other projects' checkpoints without executing them.
 """

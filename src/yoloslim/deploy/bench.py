@@ -12,11 +12,14 @@ the benchmark's sessions do not spin, and each backend has its own loop. Timings
 
 from __future__ import annotations
 
+import os
+import platform
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +188,20 @@ def benchmark(models: dict[str, nn.Module], imgsz: int, backends: tuple[str, ...
                 result[label][b] = latency
             del runners  # an ONNX Runtime session's threads must not outlive its loop
     return result
+
+
+def machine_info(backend: str, threads: int | None = None) -> dict[str, Any]:
+    """Where a latency was measured: CPU model, cores, threads, backend and library versions."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads or torch.get_num_threads(), "backend": backend,
+            "torch": torch.__version__, "onnxruntime": version("onnxruntime"), "system": platform.platform()}
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""Import YOLOv8 and YOLO11 checkpoints saved by the ``ultralytics`` package (8.x) without their code.
+"""Import YOLOv8, YOLO11 and YOLOv5u checkpoints saved by the ``ultralytics`` package (8.x) without their code.
 
 Their ``best.pt`` / ``last.pt`` is a ``torch.save`` of a dict: ``model`` and, while training, ``ema``
 (a pickled ``ultralytics.nn.tasks.DetectionModel``, usually half precision), ``train_args``,
@@ -8,10 +8,9 @@ ultralytics and ``torch.nn`` class becomes an inert stand-in holding its ``_para
 global is refused before anything runs. From the stand-ins this module reads
 
 * the architecture: the model's ``yaml`` dict (its backbone/head rows, ``scale``, ``scales``, ``nc``)
-  and the class of every layer, both checked row by row against the YOLOv8 or YOLO11 table of
-  :mod:`yoloslim.models.yolov8`; anything else (segment / pose / OBB / classify heads, end-to-end
-  heads of YOLOv10 and YOLO26, RT-DETR, YOLOv5u, P2/P6 variants, custom yaml files) is refused with
-  one line;
+  and the class of every layer, both checked row by row against the YOLOv8, YOLO11 or YOLOv5u table
+  of :mod:`yoloslim.models.yolov8`; anything else (segment / pose / OBB / classify heads, end-to-end
+  heads of YOLOv10 and YOLO26, RT-DETR, P2/P6 variants, custom yaml files) is refused with one line;
 * the weights (``ema`` when it holds a model, as ultralytics loads, else ``model``), loaded strictly
   into the yoloslim preset of that version and scale; a batch-norm ``eps`` other than ours is folded
   into ``running_var`` (exact in eval mode);
@@ -34,9 +33,9 @@ from yoloslim.models import model_spec
 from yoloslim.models.io import ModelInfo, load_state_strict
 from yoloslim.models.yolov8 import LAYERS, PRESETS, YOLOv8
 
-SUPPORTED = ("yoloslim imports ultralytics' YOLOv8 and YOLO11 detectors (n/s/m/l/x, 3 output levels, "
-             "as their yolov8.yaml / yolo11.yaml build them)")
-NAMES = {"v8": "YOLOv8", "11": "YOLO11"}
+SUPPORTED = ("yoloslim imports ultralytics' YOLOv8, YOLO11 and YOLOv5u detectors (n/s/m/l/x, 3 output "
+             "levels, as their yolov8.yaml / yolo11.yaml / yolov5.yaml build them)")
+NAMES = {"v8": "YOLOv8", "11": "YOLO11", "5u": "YOLOv5u"}
 # model classes ultralytics pickles for tasks other than plain detection, and what they are
 OTHER_TASKS = {
     "SegmentationModel": "a segmentation model", "PoseModel": "a pose model", "OBBModel": "an oriented-box model",
@@ -48,7 +47,8 @@ OTHER_HEADS = {"Segment": "segmentation", "Pose": "pose", "OBB": "oriented-box",
                "YOLOEDetect": "YOLOE"}
 REG_MAX = 16
 # a yaml row's trailing arguments when left out (after the output width), as the modules default them
-ARG_DEFAULTS = {"Conv": [None, 1, 1], "C2f": [None, False], "C3k2": [None, False, 0.5], "SPPF": [None, 5]}
+ARG_DEFAULTS = {"Conv": [None, 1, 1, None], "C2f": [None, False], "C3k2": [None, False, 0.5], "SPPF": [None, 5],
+                "C3": [None, True]}
 
 
 def import_ultralytics(src: str | Path, *, cfg: str | Path | None = None, model: str | None = None,
@@ -194,13 +194,9 @@ def _args(kind: str, args: Any, cap: int | None) -> list:
 def _what(arch: dict, kinds: list[str]) -> str:
     """A short description of an architecture that is neither table, for the refusal."""
     file = str(arch.get("yaml_file", ""))
-    if "C3" in kinds and "C2f" not in kinds and "C3k2" not in kinds:
-        return (f"a YOLOv5u model{f' ({file})' if file else ''}: the anchor-free YOLOv5 of ultralytics 8.x, "
-                "whose C3 backbone yoloslim's YOLOv8 family does not build (import YOLOv5-repo checkpoints with "
-                "--from yolov5)")
     if kinds.count("Detect") and len(kinds) not in (len(t) for t in LAYERS.values()):
         return f"a model of {len(kinds)} layers{f' ({file})' if file else ''} (a P2/P6 or custom variant)"
-    return f"the layers{f' of {file}' if file else ''} differ from the YOLOv8 and YOLO11 tables"
+    return f"the layers{f' of {file}' if file else ''} differ from the YOLOv8, YOLO11 and YOLOv5u tables"
 
 
 def _preset(arch: dict, version: str, src: Path) -> str:

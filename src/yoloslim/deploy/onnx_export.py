@@ -20,8 +20,8 @@ The exported file
   cast at each end), so code written for a float32 file, NMS included, runs on it unchanged.
 * metadata (``metadata_props``): ``input_channels``, ``input_range``, ``input_layout``, ``names``
   (JSON list), ``stride`` (largest), ``strides`` (JSON), ``imgsz``, ``dynamic``, ``family``,
-  ``model``, ``nc``, ``layout``, ``output_layout``, ``nms`` (JSON thresholds or ``null``), ``precision``
-  (``float32`` or ``float16``), ``yoloslim_version``.
+  ``model``, ``nc``, ``layout``, ``output_layout``, ``nms`` (JSON thresholds or ``null``),
+  ``precision`` (``float32`` or ``float16``), ``yoloslim_version``.
 
 ``layout="ultralytics"`` instead writes what ultralytics' own export of a detect model writes, so that
 code written for their files runs on ours unchanged: input ``images`` RGB in 0..1 whatever the family
@@ -60,7 +60,7 @@ from yoloslim.errors import UserError
 from yoloslim.log import logger
 from yoloslim.models.decode import DecodedModel
 from yoloslim.models.io import ModelInfo, atomic_write
-from yoloslim.models.spec import ArchSpec
+from yoloslim.models.spec import ArchSpec, check_imgsz
 
 TOLERANCE = 1e-4
 # float16 keeps 11 significant bits (a relative step of 2^-11 = 4.9e-4) and every layer rounds again
@@ -125,9 +125,7 @@ def export_checked(model: nn.Module, info: ModelInfo, out: str | Path, imgsz: in
                    ) -> tuple[Path, ExportCheck | None]:
     """:func:`export_onnx` that also returns what the parity check measured (None without ``check``)."""
     spec: ArchSpec = model.spec
-    stride = max(spec.strides)
-    if imgsz <= 0 or imgsz % stride:
-        raise UserError(f"--imgsz must be a positive multiple of {stride}, got {imgsz}")
+    check_imgsz(imgsz, spec)
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise UserError(f"--opset must be between {MIN_OPSET} and {MAX_OPSET}, got {opset}")
     if nms and not (0 <= conf <= 1 and 0 <= iou <= 1 and max_det >= 1):

@@ -22,7 +22,7 @@ from yoloslim.deploy.onnx_export import OnnxModel
 from yoloslim.errors import UserError
 from yoloslim.models.decode import DecodedModel, preprocess
 from yoloslim.models.nms import non_max_suppression
-from yoloslim.models.spec import ArchSpec
+from yoloslim.models.spec import ArchSpec, check_imgsz
 
 
 @dataclass
@@ -119,9 +119,7 @@ class Predictor:
             self._onnx = OnnxModel(onnx, threads=threads)
             self.spec = spec_from_onnx_meta(self._onnx.meta, onnx)
             self._torch = None
-        stride = max(self.spec.strides)
-        if imgsz <= 0 or imgsz % stride:
-            raise UserError(f"--imgsz must be a positive multiple of {stride}, got {imgsz}")
+        check_imgsz(imgsz, self.spec)
 
     def __call__(self, img_bgr: np.ndarray) -> Detections:
         """Detect objects in one BGR ``(h, w, 3)`` uint8 image."""

@@ -85,6 +85,7 @@ from yoloslim.loss import make_loss
 from yoloslim.loss.distill import DistillLoss
 from yoloslim.models import build_model
 from yoloslim.models.io import ModelInfo, unwrap
+from yoloslim.models.spec import check_imgsz
 from yoloslim.prune.sparsity import BNSparsity, check_target
 from yoloslim.viz.run_plots import write_training_plots
 
@@ -213,12 +214,12 @@ def _train(cfg: TrainConfig, d: ddp.Dist, device: torch.device, started: list[Pa
         model, info = build_model(spec), ModelInfo(spec, names, cfg.imgsz, history)
     else:
         model, info = initial_model(cfg.model, cfg.weights, source.names, cfg.imgsz, cfg.class_map)
-    if cfg.imgsz % max(info.spec.strides):
-        raise UserError(f"--imgsz must be a multiple of {max(info.spec.strides)}, got {cfg.imgsz}")
+    check_imgsz(cfg.imgsz, info.spec)
     if teacher is not None:
         check_teacher(teacher.info.spec, info.spec, teacher.path)
     family = info.spec.family
-    hyp = hyp_from_dict(state["hyp"]) if state else load_hyp(cfg.hyp, family=family)
+    pruned = any(e.get("action") == "pruned" for e in info.history)
+    hyp = hyp_from_dict(state["hyp"]) if state else load_hyp(cfg.hyp, family=family, pruned=pruned)
     if cfg.no_aug_epochs is None:
         cfg = dataclasses.replace(cfg, no_aug_epochs=family_defaults(family).no_aug_epochs)
     cfg = dataclasses.replace(cfg, nominal_batch=nominal_batch_for(

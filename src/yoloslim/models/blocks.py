@@ -75,3 +75,19 @@ class Concat(nn.Module):
 
     def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat(xs, self.d)
+
+
+def run_layers(layers: nn.Sequential, save: list[int], x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+    """Run a layer table built the way the YOLOv5 yaml files describe it (YOLOv5, YOLOv8 / YOLO11).
+
+    Each layer has ``f``, where its input comes from (-1: the previous layer; an index, or a list of them
+    for a concat or the head), and ``i``, its index; the outputs of the layers in ``save`` are kept for the
+    layers that read them later.
+    """
+    outputs: list[torch.Tensor | None] = []
+    for m in layers:
+        if m.f != -1:
+            x = outputs[m.f] if isinstance(m.f, int) else [x if j == -1 else outputs[j] for j in m.f]
+        x = m(x)
+        outputs.append(x if m.i in save else None)
+    return x

@@ -178,3 +178,19 @@ def _bounded_int(value: Any, what: str, low: int, high: int) -> int:
 def make_divisible(x: float, divisor: int = 8) -> int:
     """Smallest multiple of ``divisor`` not below ``x`` (the YOLOv5 width rule)."""
     return int(-(-x // divisor) * divisor)
+
+
+def check_imgsz(imgsz: int, spec_or_stride: ArchSpec | int, flag: str = "--imgsz") -> None:
+    """Refuse an image size that is not a positive multiple of the model's largest stride.
+
+    Args:
+        imgsz: the size a user asked for.
+        spec_or_stride: the model's spec (its largest stride counts) or the stride itself.
+        flag: the option the size came from, named in the message.
+
+    Raises:
+        UserError: ``imgsz`` is not a positive multiple of the stride.
+    """
+    stride = max(spec_or_stride.strides) if isinstance(spec_or_stride, ArchSpec) else spec_or_stride
+    if imgsz <= 0 or imgsz % stride:
+        raise UserError(f"{flag} must be a positive multiple of {stride}, got {imgsz}")

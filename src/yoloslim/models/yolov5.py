@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from yoloslim.models.blocks import Bottleneck, Concat, Conv
+from yoloslim.models.blocks import Bottleneck, Concat, Conv, run_layers
 from yoloslim.models.family import Family
 from yoloslim.models.spec import ArchSpec, Widths, make_divisible
 
@@ -169,13 +169,7 @@ class YOLOv5(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Args: x (b, 3, h, w) RGB in 0..1. Returns raw maps [(b, na*(5+nc), h/s, w/s) for s in strides]."""
-        outputs: list[torch.Tensor | None] = []
-        for m in self.model:
-            if m.f != -1:
-                x = outputs[m.f] if isinstance(m.f, int) else [x if j == -1 else outputs[j] for j in m.f]
-            x = m(x)
-            outputs.append(x if m.i in self.save else None)
-        return x
+        return run_layers(self.model, self.save, x)
 
     @property
     def head_convs(self) -> list[nn.Conv2d]:

@@ -5,6 +5,8 @@ a preset scales them by depth, width and a channel cap (``max_channels``). YOLO1
 adds the C2PSA attention stage after SPPF and a depthwise class branch; its m / l / x scales use C3k
 blocks inside every C3k2. Module names are the reference's (``model.0.conv.weight`` ...,
 ``model.22.cv2.0.0.conv.weight``, ``model.22.dfl.conv.weight`` for v8, Detect at ``model.23`` for 11).
+YOLOv5u (``yolov5nu`` ... ``yolov5xu``, ultralytics' ``yolov5.yaml``) is the YOLOv5 v6 backbone and
+neck (6x6 stem, C3 blocks, SPPF) under the same anchor-free DFL head: the third table, ``"5u"``.
 
 The forward returns raw maps ``(b, 4·reg_max + nc, h/s, w/s)`` for strides 8, 16, 32: the DFL logits
 of the box sides (l, t, r, b; ``reg_max`` bins each) then the class logits. Decoding is
@@ -17,11 +19,11 @@ import torch
 from torch import nn
 
 from yoloslim.errors import UserError
-from yoloslim.models.blocks import Concat, Conv
+from yoloslim.models.blocks import Concat, Conv, run_layers
 from yoloslim.models.blocks_v8 import C2PSA, REG_MAX, Attention, C2f, DetectDFL
 from yoloslim.models.family import Family
 from yoloslim.models.spec import ArchSpec, Widths, make_divisible
-from yoloslim.models.yolov5 import SPPF
+from yoloslim.models.yolov5 import C3, SPPF
 
 Layer = tuple[int | list[int], int, str, list]
 
@@ -79,7 +81,35 @@ LAYERS_11: list[Layer] = [
     ([16, 19, 22], 1, "Detect", []),
 ]
 
-LAYERS = {"v8": LAYERS_V8, "11": LAYERS_11}
+LAYERS_5U: list[Layer] = [
+    (-1, 1, "Conv", [64, 6, 2, 2]),  # 0-P1/2
+    (-1, 1, "Conv", [128, 3, 2]),  # 1-P2/4
+    (-1, 3, "C3", [128]),
+    (-1, 1, "Conv", [256, 3, 2]),  # 3-P3/8
+    (-1, 6, "C3", [256]),
+    (-1, 1, "Conv", [512, 3, 2]),  # 5-P4/16
+    (-1, 9, "C3", [512]),
+    (-1, 1, "Conv", [1024, 3, 2]),  # 7-P5/32
+    (-1, 3, "C3", [1024]),
+    (-1, 1, "SPPF", [1024, 5]),  # 9
+    (-1, 1, "Conv", [512, 1, 1]),
+    (-1, 1, "Upsample", []),
+    ([-1, 6], 1, "Concat", []),  # cat backbone P4
+    (-1, 3, "C3", [512, False]),  # 13
+    (-1, 1, "Conv", [256, 1, 1]),
+    (-1, 1, "Upsample", []),
+    ([-1, 4], 1, "Concat", []),  # cat backbone P3
+    (-1, 3, "C3", [256, False]),  # 17 (P3/8-small)
+    (-1, 1, "Conv", [256, 3, 2]),
+    ([-1, 14], 1, "Concat", []),  # cat head P4
+    (-1, 3, "C3", [512, False]),  # 20 (P4/16-medium)
+    (-1, 1, "Conv", [512, 3, 2]),
+    ([-1, 10], 1, "Concat", []),  # cat head P5
+    (-1, 3, "C3", [1024, False]),  # 23 (P5/32-large)
+    ([17, 20, 23], 1, "Detect", []),
+]
+
+LAYERS = {"v8": LAYERS_V8, "11": LAYERS_11, "5u": LAYERS_5U}
 
 # name: (version, depth multiple, width multiple, max channels), the scales of the reference yaml files.
 # YOLO11's m / l / x scales use C3k blocks in every C3k2 (the yaml's per-layer switch applies to n / s).
@@ -94,6 +124,11 @@ PRESETS: dict[str, tuple[str, float, float, int]] = {
     "yolo11m": ("11", 0.50, 1.00, 512),
     "yolo11l": ("11", 1.00, 1.00, 512),
     "yolo11x": ("11", 1.00, 1.50, 512),
+    "yolov5nu": ("5u", 0.33, 0.25, 1024),
+    "yolov5su": ("5u", 0.33, 0.50, 1024),
+    "yolov5mu": ("5u", 0.67, 0.75, 1024),
+    "yolov5lu": ("5u", 1.00, 1.00, 1024),
+    "yolov5xu": ("5u", 1.33, 1.25, 1024),
 }
 C3K_SCALES = ("m", "l", "x")
 MAX_REG_MAX = 64  # a file's spec may say anything; the published heads use 16
@@ -113,7 +148,7 @@ class YOLOv8(nn.Module):
         opts = spec.options
         version = str(opts.get("version", "v8"))
         if version not in LAYERS:
-            raise UserError(f"spec of {spec.name!r}: unknown yolov8 version {version!r} (v8 or 11)")
+            raise UserError(f"spec of {spec.name!r}: unknown yolov8 version {version!r} ({', '.join(LAYERS)})")
         table = LAYERS[version]
         gd, gw = float(opts.get("depth_multiple", 1.0)), float(opts.get("width_multiple", 1.0))
         cap = int(opts.get("max_channels", 1024))
@@ -132,8 +167,11 @@ class YOLOv8(nn.Module):
             c_in = ch[f] if isinstance(f, int) else None
             c_def = make_divisible(min(args[0], cap) * gw) if args else 0
             if kind == "Conv":
-                m = Conv(c_in, w.ch(f"{name}.conv", c_def), args[1], args[2])
+                m = Conv(c_in, w.ch(f"{name}.conv", c_def), args[1], args[2], *args[3:4])
                 c2 = m.conv.out_channels
+            elif kind == "C3":  # YOLOv5u
+                m = C3(w, name, c_in, c_def, n_default, shortcut=args[1] if len(args) > 1 else True)
+                c2 = m.cv3.conv.out_channels
             elif kind == "C2f":
                 m = C2f(w, name, c_in, c_def, n_default, shortcut=args[1], e=0.5, kind="c2f")
                 c2 = m.cv2.conv.out_channels
@@ -174,20 +212,13 @@ class YOLOv8(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Args: x (b, 3, h, w) RGB in 0..1. Returns raw maps [(b, 4·reg_max + nc, h/s, w/s) for s in strides]."""
-        outputs: list[torch.Tensor | None] = []
-        for m in self.model:
-            if m.f != -1:
-                x = outputs[m.f] if isinstance(m.f, int) else [x if j == -1 else outputs[j] for j in m.f]
-            x = m(x)
-            outputs.append(x if m.i in self.save else None)
-        return x
+        return run_layers(self.model, self.save, x)
 
     @property
     def head_convs(self) -> list[nn.Conv2d]:
         """The prediction convs whose outputs are fixed by the head's layout, and the fixed DFL conv."""
         d = self.detect
         return [*(s[-1] for s in d.cv2), *(s[-1] for s in d.cv3), d.dfl.conv]
-
 
     @property
     def fixed_channels(self) -> dict[str, str]:

@@ -20,12 +20,17 @@ from torch import nn
 from yoloslim.errors import UserError
 from yoloslim.log import logger
 from yoloslim.models.io import unwrap
-from yoloslim.models.profile import count_params
+from yoloslim.models.profile import count_params, probe
 from yoloslim.prune.graph import ChannelGraph, Group
 from yoloslim.prune.importance import Importance
 from yoloslim.prune.surgery import ChannelPlan
 
 TARGET_TOLERANCE = 0.02  # relative distance to a FLOPs / params target
+# --round-to's default: kept widths are multiples of 8 (or the group's whole width). The vectorised CPU
+# kernels work in blocks of 8-16 channels: a YOLOv5n cut to 30 % of its FLOPs ran 1.29x faster with widths
+# like 33, 65, 129 (round-to 1) and 1.69x with multiples of 8; round-to 16 ran no faster than 8 for 36 %
+# more FLOPs (docs/BENCHMARKS.md, "Which pruned shapes run fastest").
+ROUND_TO = 8
 # --allocation: the same ratio in every group, one global ranking (--global), or the measured sensitivity
 # curves (yoloslim.prune.sensitivity)
 ALLOCATIONS = ("uniform", "global", "sensitivity")
@@ -47,12 +52,13 @@ class Allocator:
         groups: the groups to prune (prunable, scorable, selected by ``--include``).
         scores: group id -> ``(size,)`` scores, higher = keep.
         global_rank: one ranking over all channels (True) or the same ratio per group (False).
-        round_to: kept widths are multiples of this (and at least this, unless the group is smaller).
+        round_to: kept widths are multiples of this (and at least this, unless the group is smaller);
+            1 keeps exact counts.
         min_channels: floor on kept channels per group; 0 = refuse ratios that empty a group.
     """
 
     def __init__(self, groups: list[Group], scores: dict[int, torch.Tensor], global_rank: bool,
-                 round_to: int = 1, min_channels: int = 0) -> None:
+                 round_to: int = ROUND_TO, min_channels: int = 0) -> None:
         if round_to < 1:
             raise UserError(f"--round-to must be at least 1, got {round_to}")
         if min_channels < 0:
@@ -106,10 +112,38 @@ class Allocator:
             if k < floor:
                 k = floor
                 held.append(g.id)
-            if self.round_to > 1:
-                k = min(g.size, max(self.round_to, -(-k // self.round_to) * self.round_to))
             keep[g.id] = k
+        if self.round_to > 1:
+            keep = self._rounded(keep) if not self.global_rank else {
+                g.id: _round_up(keep[g.id], g.size, self.round_to) for g in self.groups}
         return Counts(keep, emptied, held)
+
+    def _rounded(self, exact: dict[int, int]) -> dict[int, int]:
+        """Per-layer counts rounded to multiples of ``round_to`` so that their sum follows the exact counts'.
+
+        Rounding every group up at once makes the kept total jump wherever many groups of one width cross
+        the same multiple together (all of YOLOv5n's 16-channel groups go 16 -> 8 at one ratio), and a
+        FLOPs target then lands far from where it was asked. So every group is rounded down, and the
+        channels that lost are given back a multiple at a time, largest remainder first (ties: the group
+        whose next channel scores highest, relative to its group's best), until the total is the exact
+        one's, to the nearest multiple.
+        """
+        r = self.round_to
+        keep = {g.id: max(min(r, g.size), exact[g.id] // r * r) for g in self.groups}
+        owed = sum(exact.values()) - sum(keep.values())
+        order = sorted((g for g in self.groups if keep[g.id] < g.size),
+                       key=lambda g: (-(exact[g.id] - keep[g.id]), -self._next_score(g, keep[g.id]), g.id))
+        for g in order:
+            if owed * 2 < r:
+                break
+            keep[g.id] = min(g.size, keep[g.id] + r)
+            owed -= r
+        return keep
+
+    def _next_score(self, g: Group, k: int) -> float:
+        """The score of the strongest channel a group of ``k`` kept channels leaves out, over its best."""
+        s = torch.sort(self.scores[g.id].float(), descending=True).values
+        return float(s[k] / s[0].clamp(min=1e-12)) if k < g.size else 0.0
 
     def plan(self, graph: ChannelGraph, ratio: float) -> ChannelPlan:
         """The channel plan for ``ratio``; refuses (UserError) a ratio that would empty a group."""
@@ -148,17 +182,7 @@ class CostModel:
         self.graph = graph
         self.modules = {n: model.get_submodule(n) for n in graph.calls}
         self.area: dict[str, int] = {}
-        hooks = [m.register_forward_hook(self._hook(n)) for n, m in self.modules.items()]
-        was_training = model.training
-        model.eval()
-        try:
-            p = next(model.parameters())
-            with torch.no_grad():
-                model(torch.zeros(1, 3, imgsz, imgsz, dtype=p.dtype, device=p.device))
-        finally:
-            for h in hooks:
-                h.remove()
-            model.train(was_training)
+        probe(model, imgsz, {n: self._hook(n) for n in self.modules})
         self.other_params = count_params(model) - sum(count_params(m) for m in self.modules.values())
         self.base_params, self.base_flops = self.cost({})
 
@@ -200,6 +224,11 @@ class CostModel:
         """``what`` (``flops`` or ``params``) of the pruned model as a fraction of the original."""
         params, flops = self.cost(keep, skip)
         return flops / self.base_flops if what == "flops" else params / self.base_params
+
+
+def _round_up(k: int, size: int, multiple: int) -> int:
+    """``k`` rounded up to a multiple (at least one multiple, at most ``size``)."""
+    return min(size, max(multiple, -(-k // multiple) * multiple))
 
 
 def _width(layout: list[tuple[int, int]] | None, keep: dict[int, int], default: int) -> int:
@@ -252,13 +281,20 @@ def find_ratio(alloc: Allocator, cost: CostModel, what: str, target: float) -> f
         got = cost.fraction(alloc.counts(best).keep, what)
         logger.warning(f"--target-{what} {target}: the nearest plan reaches {got:.3f} "
                        "(channel counts are discrete; try a smaller --round-to)")
-    return round(best, 6)
+    return best  # not rounded: a rounded ratio may cross a step of the discrete counts
+
+
+def largest_ratio(model: nn.Module, graph: ChannelGraph, importance: Importance, *, global_rank: bool,
+                  include: list[str] | None = None, round_to: int = ROUND_TO, min_channels: int = 0) -> float:
+    """The largest ratio a plan of these options takes (the largest safe one; 0.999 with ``min_channels``)."""
+    groups = graph.select(include)
+    return Allocator(groups, score_groups(model, groups, importance), global_rank, round_to, min_channels).max_ratio()
 
 
 def plan_channels(model: nn.Module, graph: ChannelGraph, importance: Importance, *,
                   ratio: float | None = None, target_flops: float | None = None,
                   target_params: float | None = None, global_rank: bool = True,
-                  include: list[str] | None = None, round_to: int = 1, min_channels: int = 0,
+                  include: list[str] | None = None, round_to: int = ROUND_TO, min_channels: int = 0,
                   cost: CostModel | None = None) -> ChannelPlan:
     """Score, allocate and select: the channel plan for a ratio or a FLOPs / params target.
 

@@ -72,7 +72,7 @@ def prune_in_steps(model: nn.Module, info: ModelInfo, opts: PruneOptions, steps:
         ``removed_blocks`` relative to the original), its metadata, and one record per step.
     """
     opts.check()
-    opts = opts.resolve(bool(batches))
+    opts = opts.resolve()
     if steps < 2:
         raise UserError(f"iterative pruning needs at least 2 steps, got {steps}")
     measure = _measure(opts)

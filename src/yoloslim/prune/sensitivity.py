@@ -22,7 +22,7 @@ import torch
 
 from yoloslim.errors import UserError
 from yoloslim.log import logger
-from yoloslim.prune.allocate import TARGET_TOLERANCE, CostModel
+from yoloslim.prune.allocate import ROUND_TO, TARGET_TOLERANCE, CostModel
 from yoloslim.prune.graph import ChannelGraph, Group
 from yoloslim.prune.surgery import ChannelPlan
 
@@ -112,7 +112,7 @@ def _next_keep(keep: int, size: int, round_to: int, max_removed: int) -> int | N
 
 
 def allocate(curves: SensitivityCurves, cost: CostModel, groups: list[Group], *, what: str, target: float,
-             round_to: int = 1) -> dict[int, int]:
+             round_to: int = ROUND_TO) -> dict[int, int]:
     """Kept channels per group: the least predicted loss that meets ``target``, cut greedily.
 
     Args:
@@ -191,7 +191,7 @@ def allocate(curves: SensitivityCurves, cost: CostModel, groups: list[Group], *,
 def plan_by_sensitivity(model: torch.nn.Module, graph: ChannelGraph, scores: dict[int, torch.Tensor],
                         curves: SensitivityCurves, groups: list[Group], *, ratio: float | None = None,
                         target_flops: float | None = None, target_params: float | None = None,
-                        round_to: int = 1, cost: CostModel | None = None) -> ChannelPlan:
+                        round_to: int = ROUND_TO, cost: CostModel | None = None) -> ChannelPlan:
     """The channel plan of the sensitivity allocation: counts from :func:`allocate`, channels by ``scores``.
 
     Args:

@@ -19,6 +19,7 @@ from torch import nn
 
 from yoloslim.models import build_model
 from yoloslim.models.io import load_state_strict, unwrap
+from yoloslim.models.profile import probe
 from yoloslim.models.spec import ArchSpec
 from yoloslim.prune.graph import ChannelGraph, ModuleCall
 
@@ -191,13 +192,7 @@ def fold_bias(model: nn.Module, compact: nn.Module, plan: ChannelPlan, imgsz: in
             seen[name] = x[0, :, x.shape[2] // 2, x.shape[3] // 2].detach().clone()
         return fn
 
-    hooks = [src.get_submodule(n).register_forward_pre_hook(hook(n)) for n in removed_cols]
-    try:
-        p = next(src.parameters())
-        src(torch.zeros(1, 3, imgsz, imgsz, dtype=p.dtype, device=p.device))
-    finally:
-        for h in hooks:
-            h.remove()
+    probe(src, imgsz, pre_hooks={n: hook(n) for n in removed_cols})
     skipped = []
     for name, drop in removed_cols.items():
         w = model.get_submodule(name).weight.detach()  # (out, in, kh, kw)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from yoloslim.errors import UserError
+from yoloslim.models.profile import run_hooked
 
 BACKGROUND = 255  # white lines between tiles
 
@@ -70,7 +71,6 @@ def resolve_layers(model: nn.Module, names: list[str]) -> dict[str, str]:
     return found
 
 
-@torch.no_grad()
 def capture(model: nn.Module, x: torch.Tensor, module_names: list[str]) -> dict[str, list[torch.Tensor]]:
     """Run ``model(x)`` once and return each named module's output tensors (a list; most have one).
 
@@ -79,22 +79,15 @@ def capture(model: nn.Module, x: torch.Tensor, module_names: list[str]) -> dict[
         x: the model's input, (b, 3, h, w).
         module_names: names in ``model.named_modules()``.
     """
-    modules = dict(model.named_modules())
     outputs: dict[str, list[torch.Tensor]] = {}
-    hooks = []
-    for name in module_names:
-        def hook(_m: nn.Module, _inp: tuple, out: object, name: str = name) -> None:
+
+    def hook(name: str):
+        def fn(_m: nn.Module, _inp: tuple, out: object) -> None:
             outs = out if isinstance(out, (list, tuple)) else [out]
             outputs[name] = [t.detach() for t in outs if isinstance(t, torch.Tensor) and t.dim() == 4]
-        hooks.append(modules[name].register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
-        model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+        return fn
+
+    run_hooked(model, x, {name: hook(name) for name in module_names})
     return outputs
 
 

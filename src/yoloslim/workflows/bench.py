@@ -13,6 +13,7 @@ from yoloslim.device import resolve_device
 from yoloslim.errors import UserError
 from yoloslim.models.io import check_writable, load_model
 from yoloslim.models.profile import count_params, profile, total_gflops
+from yoloslim.models.spec import check_imgsz
 from yoloslim.workflows.report import table, write_json
 
 RATIO_KEYS = ("params", "gflops", "torch_ms", "torch_unfused_ms", "onnxruntime_ms")
@@ -58,9 +59,7 @@ def bench(weights: str, vs: str | None = None, imgsz: int | None = None, backend
         models["vs"], _ = load_model(vs, device=dev)
     imgsz = int(imgsz or info.imgsz)
     for m in models.values():
-        stride = max(m.spec.strides)
-        if imgsz <= 0 or imgsz % stride:
-            raise UserError(f"--imgsz must be a positive multiple of {stride}, got {imgsz}")
+        check_imgsz(imgsz, m.spec)
     kinds = (*backends, "torch_unfused") if unfused else backends
     lat = benchmark(models, imgsz, kinds, threads, runs, warmup, max_seconds)
     summary = {"weights": str(weights), "imgsz": imgsz, "batch": 1, "threads": threads, "device": str(dev),

@@ -1,16 +1,15 @@
 """``yoloslim demo``: the main job on the built-in data set, one step after the other.
 
-Steps: (1) generate the synthetic data set in VOC format, (2) convert it to YOLO txt, (3) check it
-and print its statistics, (4) train YOLOv5n on it, (5) validate the trained model, (6) prune it with
-the default criterion (``--method auto``: first-order Taylor ranked globally, from the train split's
-gradients) and BN recalibration on the train split (``prune --data``'s default) into a compact model
-file and its JSON report, (7) fine-tune the pruned model with distillation from the trained one
-(``train --teacher``), (8) validate it, (9) predict on a few val images with it; then a summary table
-and the Metric / Before / After table of the trained model against the pruned and fine-tuned one
-(mAP@.5, mAP@.5:.95, params, GFLOPs and batch-1 CPU latency, both models timed alternately). Every step
-is a call to its workflow. This is the recipe bench/compress.py measures (docs/BENCHMARKS.md): no
-sparsity training (on short budgets it moved every γ alike and cost accuracy), recalibration after the
-cut, distillation while fine-tuning.
+Steps: (1) generate the synthetic data set in VOC format, (2) convert it to YOLO txt, (3) check it and print
+its statistics, (4) train YOLOv5n on it, (5) validate the trained model, (6) prune it with the default
+criterion (``--method auto``: DepGraph's group norm, per layer) and BN recalibration on the train split
+(``prune --data``'s default) into a compact model file and its JSON report, (7) fine-tune the pruned model
+with distillation from the trained one (``train --teacher``), (8) validate it, (9) predict on a few val images
+with it; then a summary table and the Metric / Before / After table of the trained model against the pruned
+and fine-tuned one (mAP@.5, mAP@.5:.95, params, GFLOPs and batch-1 CPU latency, both models timed
+alternately). Every step is a call to its workflow. This is the recipe bench/compress.py measures
+(docs/BENCHMARKS.md): no sparsity training (on short budgets it moved every γ alike and cost accuracy),
+recalibration after the cut, distillation while fine-tuning.
 
 A second run in the same folder reuses what the first finished (data set, trained, pruned and
 fine-tuned models) and resumes an interrupted training.
@@ -96,8 +95,8 @@ class DemoPrune:
 # of the full model costs ~20 CPU-s (one thread, loading included), one of a pruned model at 40 % of
 # the FLOPs ~11 CPU-s, plus the teacher's forward pass in eval mode (about a third of a training step
 # of the full model: ~7 CPU-s). The former demo spent 4 sparsity epochs (~80 CPU-s) and 8 plain
-# fine-tune epochs (~88 CPU-s); 8 distilled epochs cost ~145 CPU-s and the Taylor scores and the
-# recalibration (one pass over a few batches and over the 400 train images) ~20 CPU-s more: the same
+# fine-tune epochs (~88 CPU-s); 8 distilled epochs cost ~145 CPU-s and the recalibration (one pass over
+# the 400 train images) ~20 CPU-s more: the same
 # ~170 CPU-s, so the run stays at the 14 min measured for the former demo (docs/BENCHMARKS.md).
 # quick: a few epochs, and no data-loader processes (two of them beside two torch threads made each
 # 3-batch epoch 10x slower here).
@@ -259,8 +258,8 @@ def step_prune(trained: str, folder: Path, ss: DemoPrune, data_yaml: Path, ts: D
                input_reused: bool) -> dict[str, Any]:
     """Prune the trained model into ``folder/pruned.safetensors`` and ``folder/prune.json`` (``yoloslim prune``).
 
-    With ``--data``, the pruner scores channels by first-order Taylor importance (``--method auto``),
-    recalibrates the pruned model's batch norms on the train split (kept unless it lowers the val
+    The pruner scores channels by the default criterion (``--method auto``: the group norm), and, with
+    ``--data``, recalibrates the pruned model's batch norms on the train split (kept unless it lowers the val
     mAP), and its report (printed) compares the trained model with the pruned one before fine-tuning,
     mAP with and without recalibration included. A cut that would empty a channel group is pruned again
     with ``--min-channels``. The files of a previous run are reused when the trained model was and the

@@ -8,6 +8,8 @@ from yoloslim.errors import UserError
 from yoloslim.models import build_model, model_spec
 from yoloslim.models.io import check_writable, load_model
 from yoloslim.models.profile import conv_gflops, count_params, profile, total_gflops
+from yoloslim.models.spec import check_imgsz
+from yoloslim.prune.latency_target import describe_fit
 from yoloslim.workflows.report import table, write_json
 
 
@@ -16,8 +18,6 @@ def info(weights: str | None = None, model: str | None = None, nc: int = 80, img
     """Print a model's summary (and per-layer table) and return it as a dict."""
     if (weights is None) == (model is None):
         raise UserError("give exactly one of --weights or --model")
-    if imgsz % 32:
-        raise UserError(f"--imgsz must be a multiple of 32, got {imgsz}")
     check_writable(json_file, "--json")
     if weights:
         net, meta = load_model(weights)
@@ -25,6 +25,7 @@ def info(weights: str | None = None, model: str | None = None, nc: int = 80, img
     else:
         spec = model_spec(model, nc)
         net, history = build_model(spec), []
+    check_imgsz(imgsz, spec)
     rows = profile(net, imgsz)
     params = count_params(net)
     bn_params = {r.name.removesuffix(".bn"): r.params for r in rows if r.kind == "BatchNorm2d"}
@@ -46,7 +47,8 @@ def info(weights: str | None = None, model: str | None = None, nc: int = 80, img
           f"{params:,} parameters, {gflops:.1f} GFLOPs at {imgsz}x{imgsz} "
           f"({summary['conv_gflops']:.2f} in convolutions)")
     for event in history:
-        details = ", ".join(f"{k}={v}" for k, v in event.items() if k not in ("action", "time"))
+        details = ", ".join(f"{k}={describe_fit(v) if k == 'latency' and isinstance(v, dict) else v}"
+                            for k, v in event.items() if k not in ("action", "time"))
         print(f"  {event.get('time', '')} {event['action']}" + (f": {details}" if details else ""))
     if json_file:
         write_json(json_file, summary)

@@ -15,30 +15,37 @@ from yoloslim.data.calibration import calibration_images
 from yoloslim.data.class_map import match_classes
 from yoloslim.data.dataset import DetectionDataset, create_loader, load_data
 from yoloslim.data.source import DataSource
+from yoloslim.deploy.bench import BACKENDS, compare_latency
+from yoloslim.deploy.layer_latency import per_layer_latency
 from yoloslim.device import resolve_device
 from yoloslim.engine.evaluate import evaluate
 from yoloslim.errors import UserError
 from yoloslim.log import logger
 from yoloslim.models.decode import preprocess
 from yoloslim.models.head_classes import select_classes
-from yoloslim.models.io import ModelInfo, check_writable, load_model, save_model
+from yoloslim.models.io import ModelInfo, check_writable, load_model, read_info, save_model
 from yoloslim.models.profile import count_params, profile, total_gflops
+from yoloslim.models.spec import check_imgsz
 from yoloslim.prune.gradients import train_batches
 from yoloslim.prune.iterative import Recalibrate, prune_in_steps
+from yoloslim.prune.latency_target import LATENCY_BACKEND, LatencyTarget
 from yoloslim.prune.pipeline import NEEDS_GRADIENTS, PruneOptions, PruneResult, prune_model
 from yoloslim.prune.recalibrate import CALIB_IMAGES, recalibrate_bn
+from yoloslim.prune.sensitivity import SensitivityCurves
+from yoloslim.viz.report import ReportParts, write_report
 from yoloslim.workflows.report import table, write_json
 
 
 def prune(weights: str, method: str = "auto", ratio: float | None = None, target_flops: float | None = None,
           target_params: float | None = None, blocks: int | None = None, global_rank: bool = False,
-          include: list[str] | None = None, round_to: int = 1, min_channels: int = 0, fold_bias: bool = False,
+          include: list[str] | None = None, round_to: int | None = None, min_channels: int = 0, fold_bias: bool = False,
           data: str | None = None, imgsz: int | None = None, batch: int = 16, workers: int = 2,
           out: str | None = None, json_file: str | None = None, latency_runs: int = 20,
           steps: int = 1, finetune_epochs: int = 0, calib: str | None = None, calib_images: int = CALIB_IMAGES,
           no_calib: bool = False, class_map: str | None = None,
           device: str | None = None, allocation: str | None = None,
-          sensitivity: str | None = None) -> dict[str, Any]:
+          sensitivity: str | None = None, target_latency: float | str | None = None, backend: str | None = None,
+          threads: int | None = None, report: str | None = None) -> dict[str, Any]:
     """Prune ``weights``, write the compact model and print the Metric / Before / After table.
 
     Args:
@@ -50,7 +57,7 @@ def prune(weights: str, method: str = "auto", ratio: float | None = None, target
         blocks: for ``layer``, how many blocks to remove.
         global_rank: one ranking over all channels instead of the same ratio per layer.
         include: module-name prefixes: prune only there (plus what is coupled to them).
-        round_to: pruned widths are multiples of this.
+        round_to: pruned widths are multiples of this (None: :data:`yoloslim.prune.allocate.ROUND_TO`).
         min_channels: keep this many channels of a group a ratio would empty, instead of refusing.
         fold_bias: fold removed channels' constant act(β) into the following convs' biases.
         data: a data set (data.yaml or VOC root): also report mAP@.5 and mAP@.5:.95 on its val split.
@@ -72,6 +79,13 @@ def prune(weights: str, method: str = "auto", ratio: float | None = None, target
             cpu); the pruning and the recalibration run on the CPU.
         allocation: one of :data:`yoloslim.prune.allocate.ALLOCATIONS` (None: the method's default).
         sensitivity: for ``allocation="sensitivity"``, the curves ``yoloslim sensitivity --json`` wrote.
+        target_latency: instead of an amount, the batch-1 latency to reach on this machine, at ``imgsz``: ms,
+            or ``"50%"`` of the unpruned model's (:mod:`yoloslim.prune.latency_target`; ``latency_runs`` runs
+            per candidate).
+        backend: how latency is timed, for ``target_latency`` and the report: ``onnxruntime`` or ``torch``
+            (None: :data:`LATENCY_BACKEND` with ``target_latency``, else torch).
+        threads: intra-op threads of the timings (None: PyTorch's current setting).
+        report: also write the self-contained HTML pruning report there (:mod:`yoloslim.viz.report`).
 
     Returns:
         The summary written to ``json_file``.
@@ -80,8 +94,15 @@ def prune(weights: str, method: str = "auto", ratio: float | None = None, target
                         blocks=blocks, global_rank=global_rank or None, include=list(include or []),
                         round_to=round_to, min_channels=min_channels, fold_bias=fold_bias,
                         allocation=allocation, sensitivity=sensitivity)
+    if target_latency is not None:
+        opts.target_latency = LatencyTarget.parse(target_latency, backend=backend or LATENCY_BACKEND, imgsz=imgsz or 0,
+                                                  runs=latency_runs, threads=threads or torch.get_num_threads())
+        if steps > 1:
+            raise UserError("--target-latency measures one cut: use --steps 1")
+    if backend is not None and backend not in BACKENDS:
+        raise UserError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     opts.check()
-    opts = opts.resolve(bool(data))
+    opts = opts.resolve()
     if allocation == "sensitivity" and steps > 1:
         raise UserError("--allocation sensitivity follows curves measured on the unpruned model: use --steps 1")
     if steps < 1:
@@ -100,14 +121,16 @@ def prune(weights: str, method: str = "auto", ratio: float | None = None, target
     out_path = Path(out) if out else Path(weights).with_name(f"{Path(weights).stem}-{opts.method}.safetensors")
     check_writable(out_path, "--out")
     check_writable(json_file, "--json")
+    check_writable(report, "--report")
     dev = resolve_device(device)  # a missing GPU is refused before any work
     model, info = load_model(weights)
     names_before = list(info.names)
     model.eval()
     imgsz = int(imgsz or info.imgsz)
-    stride = max(model.spec.strides)
-    if imgsz <= 0 or imgsz % stride:
-        raise UserError(f"--imgsz must be a positive multiple of {stride}, got {imgsz}")
+    check_imgsz(imgsz, model.spec)
+    if opts.target_latency is not None:
+        opts.target_latency.imgsz = imgsz
+        opts.target_latency.check()
     source = _measuring_data(data, names_before, model.spec.nc, class_map) if data else None
     calib_source = None if no_calib else (calib or data)
     recal = (_recalibrator(calib_source, imgsz, calib_images, batch, source if calib_source == data else None)
@@ -135,8 +158,10 @@ def prune(weights: str, method: str = "auto", ratio: float | None = None, target
     event = {"method": method, "ratio": round(result.ratio, 6), "source": str(weights)}
     if steps > 1:
         event.update(steps=steps, finetune_epochs=finetune_epochs)
+    if result.latency is not None:  # where and how fast: the measured latency and the machine
+        event["latency"] = result.latency.to_dict()
     for key, value in (("target_flops", target_flops), ("target_params", target_params), ("blocks", blocks),
-                       ("include", include), ("round_to", round_to if round_to != 1 else None),
+                       ("include", include), ("round_to", opts.rounding if method != "layer" else None),
                        ("min_channels", min_channels or None), ("held", result.held or None),
                        ("removed_blocks", result.removed_blocks or None), ("fold_bias", fold_bias or None),
                        ("global", opts.global_rank or None),
@@ -153,17 +178,22 @@ def prune(weights: str, method: str = "auto", ratio: float | None = None, target
     before, after = _figures(model, imgsz), _figures(pruned, imgsz)
     model, pruned = model.to(dev), pruned.to(dev)
     uncalibrated = uncalibrated.to(dev) if uncalibrated is not None else None
-    if latency_runs > 0:
-        from yoloslim.deploy.bench import compare_latency
-
-        lat = compare_latency({"before": model, "after": pruned}, imgsz, runs=latency_runs, warmup=3)
+    timing = backend or "torch"
+    if result.latency is not None:  # measured by the search, alternating with the unpruned model
+        timing = result.latency.machine["backend"]
+        before["latency_ms"], after["latency_ms"] = round(result.latency.base_ms, 4), round(result.latency.ms, 4)
+    elif latency_runs > 0:
+        lat = compare_latency({"before": model, "after": pruned}, imgsz, runs=latency_runs, warmup=3,
+                              backend=timing, threads=threads)
         before["latency_ms"], after["latency_ms"] = lat["before"]["median_ms"], lat["after"]["median_ms"]
     uncalibrated_maps, recalibrated_maps, kept = None, None, True
+    pr_curves: dict[str, Any] | None = {} if report else None
     if source is not None:
         models = {"before": (model, names_before), "after": (pruned, new_info.names)}
         if uncalibrated:
             models["pruned"] = (uncalibrated, new_info.names)
-        maps = _evaluate(models, source, imgsz, batch, workers, dev, class_map)
+        maps = _evaluate(models, source, imgsz, batch, workers, dev, class_map,
+                         **({"curves": pr_curves} if pr_curves is not None else {}))
         before.update(maps["before"])
         after.update(maps["after"])
         uncalibrated_maps = maps.get("pruned")
@@ -175,6 +205,8 @@ def prune(weights: str, method: str = "auto", ratio: float | None = None, target
             else:  # the --data default: keep the statistics the model was trained with
                 logger.warning(f"{lowered}: kept the trained statistics (--calib {data} forces recalibration)")
                 recalibrated_maps, kept = dict(after), False
+                if pr_curves and "pruned" in pr_curves:  # the report draws the model written
+                    pr_curves["after"] = pr_curves["pruned"]
                 pruned = uncalibrated
                 after.update(uncalibrated_maps)
                 save_model(out_path, pruned, pruned_info.with_event("pruned", **event, calib_kept=False))
@@ -183,10 +215,22 @@ def prune(weights: str, method: str = "auto", ratio: float | None = None, target
                "imgsz": imgsz, "device": str(dev), "seconds": round(seconds, 3), "held": result.held,
                "removed_blocks": result.removed_blocks, "steps": step_log, "before": before, "after": after,
                "calib": {"source": calib_source, "images": calibrated, "kept": kept} if calibrated else None,
-               "uncalibrated": uncalibrated_maps, "recalibrated": recalibrated_maps, "layers": layers}
+               "uncalibrated": uncalibrated_maps, "recalibrated": recalibrated_maps, "layers": layers,
+               "latency_backend": timing if before["latency_ms"] is not None else None,
+               "target_latency": result.latency.to_dict() if result.latency is not None else None}
     _print_report(summary)
     if json_file:
         write_json(json_file, summary)
+    if report:
+        layer_latency = None
+        if before["latency_ms"] is not None:
+            layer_latency = {label: per_layer_latency(m, imgsz, (timing,), latency_runs or 3, threads=threads)[timing]
+                             for label, m in (("before", model), ("after", pruned))}
+        write_report(report, ReportParts(
+            summary, model, pruned, read_info(out_path).history,
+            sensitivity=SensitivityCurves.load(sensitivity) if sensitivity else None, layer_latency=layer_latency,
+            pr_curves={k: v for k, v in pr_curves.items() if k in ("before", "after")} if pr_curves else None))
+        logger.info(f"pruning report -> {report}")
     return summary
 
 
@@ -233,8 +277,10 @@ def _measuring_data(data: str, names: list[str], nc: int, class_map: str | None)
 
 
 def _evaluate(models: dict[str, tuple[nn.Module, list[str]]], source: DataSource, imgsz: int, batch: int,
-              workers: int, device: torch.device, class_map: str | None = None) -> dict[str, dict]:
-    """mAP@.5 and mAP@.5:.95 of each ``(model, class names)`` on the data set's val split, on its classes."""
+              workers: int, device: torch.device, class_map: str | None = None,
+              curves: dict[str, Any] | None = None) -> dict[str, dict]:
+    """mAP@.5 and mAP@.5:.95 of each ``(model, class names)`` on the data set's val split, on its classes
+    (``curves``: also collect each model's PR curves there, by label)."""
     samples = source.splits.get("val") or source.splits.get("test")
     loader = create_loader(DetectionDataset(samples, imgsz), batch_size=batch, shuffle=False, workers=workers)
     out = {}
@@ -243,7 +289,10 @@ def _evaluate(models: dict[str, tuple[nn.Module, list[str]]], source: DataSource
         if not match.identity:
             logger.info(f"{label}: scoring {match.describe()}")
             model = select_classes(model, match.ids)
-        m = evaluate(model, loader, source.names, device=device).metrics
+        result = evaluate(model, loader, source.names, device=device)
+        m = result.metrics
+        if curves is not None and result.detections is not None:
+            curves[label] = result.detections.curves()
         out[label] = {"map50": round(float(m.map50), 5), "map": round(float(m.map), 5)}
     return out
 
@@ -290,6 +339,15 @@ def _print_report(s: dict[str, Any]) -> None:
     if s.get("calib"):
         kept = "" if s["calib"]["kept"] else " (not kept: it lowered mAP@.5:.95; the file has the Pruned model)"
         print(f"batch norms recalibrated on {s['calib']['images']} images of {s['calib']['source']}{kept}")
+    if a.get("latency_ms") and b.get("latency_ms"):  # what speed the cut bought, beside what FLOPs it removed
+        print(f"the cut bought {b['latency_ms'] / a['latency_ms']:.2f}x speed ({s['latency_backend']}, batch 1, "
+              f"{s['imgsz']} px) for {b['gflops'] / a['gflops']:.2f}x fewer FLOPs")
+    fit = s.get("target_latency")
+    if fit:
+        m = fit["machine"]
+        reached = "reached" if fit["within"] else "not reached within 5 %; the nearest faster shape"
+        print(f"--target-latency {fit['target_ms']:.4g} ms {reached}: {fit['ms']:.2f} ms at ratio {fit['ratio']:.3f} "
+              f"({len(fit['probes'])} candidates; {m['backend']}, threads {m['threads']}, {m['cpu']})")
     print(f"{s['method']} at ratio {s['ratio']:.4g} in {s['seconds']:.2f}s -> {s['out']}{extra}{blocks}")
 
 

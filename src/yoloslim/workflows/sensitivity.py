@@ -32,6 +32,7 @@ from yoloslim.log import logger
 from yoloslim.models.decode import preprocess
 from yoloslim.models.head_classes import select_classes
 from yoloslim.models.io import check_writable, load_model
+from yoloslim.models.spec import check_imgsz
 from yoloslim.prune.allocate import Allocator, score_groups
 from yoloslim.prune.gradients import accumulate_gradients, train_batches
 from yoloslim.prune.graph import ChannelGraph, Group
@@ -99,8 +100,9 @@ class Scorer:
 def prune_group_alone(model: nn.Module, graph: ChannelGraph, group: Group, scores: torch.Tensor,
                       ratio: float) -> nn.Module | None:
     """``model`` with ``ratio`` of ``group``'s channels removed (its weakest by ``scores``, at least one kept);
-    None when that removes no channel."""
-    plan = Allocator([group], {group.id: scores}, global_rank=False, min_channels=1).plan(graph, ratio)
+    None when that removes no channel. The curves are measured at the exact ratios (``round_to=1``); the
+    allocation rounds the widths it picks."""
+    plan = Allocator([group], {group.id: scores}, global_rank=False, round_to=1, min_channels=1).plan(graph, ratio)
     return apply_plan(model, plan) if plan.keep else None
 
 
@@ -147,11 +149,9 @@ def sensitivity(weights: str, data: str, method: str = "auto", ratios: list[floa
     model, info = load_model(weights)
     model.eval()
     imgsz = int(imgsz or info.imgsz)
-    stride = max(model.spec.strides)
-    if imgsz <= 0 or imgsz % stride:
-        raise UserError(f"--imgsz must be a positive multiple of {stride}, got {imgsz}")
+    check_imgsz(imgsz, model.spec)
     if method == "auto":
-        method = auto_method(True)[0]
+        method = auto_method()[0]
     calib = [] if no_calib else [preprocess(x, model.spec) for x in calibration_images(data, imgsz, calib_images,
                                                                                           batch)]
     reference = copy.deepcopy(model)  # recalibrated like every cut model, so that a loss is the cut's alone

@@ -13,6 +13,7 @@ from yoloslim.errors import UserError
 from yoloslim.log import logger
 from yoloslim.models.head_classes import select_classes
 from yoloslim.models.io import check_writable, load_model
+from yoloslim.models.spec import check_imgsz
 from yoloslim.viz.run_plots import write_val_plots
 from yoloslim.workflows.report import table, write_json
 
@@ -67,9 +68,7 @@ def val(weights: str, data: str, imgsz: int | None = None, batch: int = 16, spli
     if not any(len(s.classes) for s in samples):
         raise UserError(f"{data}: the {split} split has no labelled objects; there is nothing to score")
     imgsz = int(imgsz or info.imgsz)
-    stride = max(model.spec.strides)
-    if imgsz % stride:
-        raise UserError(f"--imgsz must be a multiple of {stride}, got {imgsz}")
+    check_imgsz(imgsz, model.spec)
     match = match_classes(info.names, source.names, class_map, nc=model.spec.nc)
     if not match.identity:
         logger.info(f"scoring {match.describe()}")

@@ -14,6 +14,7 @@ from yoloslim.data.letterbox import letterbox
 from yoloslim.errors import UserError
 from yoloslim.models.decode import preprocess
 from yoloslim.models.io import check_writable, load_model
+from yoloslim.models.spec import check_imgsz
 from yoloslim.viz.feature_figure import channel_plan, feature_figure, letterboxed_rgb, parse_mark, pruned_channels
 from yoloslim.viz.feature_maps import capture, feature_grid, resolve_layers
 from yoloslim.workflows.report import table, write_json
@@ -38,10 +39,8 @@ def visualize(weights: str | Path, source: str | Path, layers: list[str], out: s
     check_writable(out, "--out", folder=True)
     check_writable(json_file, "--json")
     model, info = load_model(weights)
-    stride = max(info.spec.strides)
     imgsz = int(imgsz or info.imgsz)
-    if imgsz < stride or imgsz % stride:
-        raise UserError(f"--imgsz must be a multiple of {stride}, got {imgsz}")
+    check_imgsz(imgsz, info.spec)
     if not layers:
         raise UserError("give at least one --layer (a name `yoloslim info --weights CKPT --layers` prints)")
     found = resolve_layers(model, layers)
