@@ -5,8 +5,9 @@ Usage:
                                          [--steps 10] [--warmup 2] [--threads N] [--json FILE]
 
 Synthetic tensors (random images, a few random boxes per image), no data loading: the figure is
-the model's forward + the YOLOv5 loss + backward + the optimiser step, the same code path
-``yoloslim train`` runs. Reported: the median seconds per step over ``--steps`` timed steps after
+the model's forward + the family's loss (with the family's hyp defaults, ``load_hyp(family=...)``:
+YOLOv8 / YOLO11 gains for those) + backward + the optimiser step, the same code path ``yoloslim
+train`` runs. Reported: the median seconds per step over ``--steps`` timed steps after
 ``--warmup`` untimed ones, and ``batch / median`` images per second. The DESIGN.md reference on the
 project machine: the ultralytics YOLOv5 step, yolov5n 22 img/s, yolov5s 8.2 img/s (batch 8, 320 px).
 """
@@ -18,6 +19,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -25,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import command_line, environment, md_table  # noqa: E402
 
 from yoloslim.engine.optim import build_optimizer  # noqa: E402
-from yoloslim.hyp import Hyp  # noqa: E402
+from yoloslim.hyp import Hyp, load_hyp  # noqa: E402
 from yoloslim.loss import make_loss  # noqa: E402
 from yoloslim.models import create_model  # noqa: E402
 from yoloslim.workflows.report import write_json  # noqa: E402
@@ -46,13 +48,19 @@ def synthetic_batch(batch: int, imgsz: int, nc: int, boxes_per_image: int = 4,
     return imgs, torch.cat((img_idx[:, None], cls[:, None], xy, wh), 1)
 
 
-def time_steps(name: str, imgsz: int, batch: int, steps: int, warmup: int, nc: int = 80) -> dict:
-    """Median seconds per training step of model ``name``."""
+def build_step(name: str, imgsz: int, nc: int = 80) -> tuple[torch.nn.Module, Hyp, Any, torch.optim.Optimizer]:
+    """Model ``name`` (seeded, train mode), the hyp its family trains with, its loss and optimiser."""
     torch.manual_seed(0)
     model = create_model(name, nc=nc).train()
-    hyp = Hyp()
+    hyp = load_hyp(family=model.spec.family)  # the gains train uses for this family (YOLOv8: box 7.5 ...)
     loss_fn = make_loss(model, hyp, imgsz)
     opt = build_optimizer(model, hyp.lr0, hyp.momentum, hyp.weight_decay)
+    return model, hyp, loss_fn, opt
+
+
+def time_steps(name: str, imgsz: int, batch: int, steps: int, warmup: int, nc: int = 80) -> dict:
+    """Median seconds per training step of model ``name``."""
+    model, _hyp, loss_fn, opt = build_step(name, imgsz, nc)
     imgs, targets = synthetic_batch(batch, imgsz, nc)
     times = []
     for i in range(warmup + steps):

@@ -1,5 +1,7 @@
 """``--optimizer``: each name builds its torch optimiser with the three groups; ``auto`` chooses by run length."""
 
+import csv
+
 import pytest
 import torch
 import yaml
@@ -11,8 +13,10 @@ from yoloslim.engine.optim import (
     nominal_batch_for,
     optimizer_steps,
     warmup,
+    warmup_iterations,
 )
 from yoloslim.errors import UserError
+from yoloslim.hyp import family_defaults
 from yoloslim.models import create_model
 
 
@@ -102,3 +106,23 @@ def test_a_short_auto_run_steps_on_every_batch(tiny_data, tmp_path):
                             plots=False, device="cpu", out=str(tmp_path / "run")))
     args = yaml.safe_load((res.run_dir / "args.yaml").read_text())
     assert args["config"]["nominal_batch"] == 4
+
+
+def test_warmup_iterations_floor_is_the_family_s():
+    assert warmup_iterations(3.0, 20) == 100  # YOLOv5: at least 100 iterations
+    assert warmup_iterations(3.0, 20, family_defaults("yolov5").min_warmup_iters) == 100
+    assert warmup_iterations(3.0, 20, family_defaults("yolov8").min_warmup_iters) == 60  # ultralytics 8.4: 3 epochs
+    assert warmup_iterations(3.0, 50, 100) == 150
+    assert warmup_iterations(0.0, 20, 100) == 0 == warmup_iterations(0.0, 20, 0)
+
+
+@pytest.mark.parametrize(("model", "n_warmup"), [("yolov8n", 12), ("yolov5n", 100)])
+def test_a_run_warms_up_over_its_family_s_length(tiny_data, tmp_path, model, n_warmup):
+    """16 images, batch 4: 4 batches an epoch; the weights' lr after batch 4 (iteration 3) is 3/n_warmup of lr0."""
+    from yoloslim.engine.train import TrainConfig, train
+
+    res = train(TrainConfig(data=str(tiny_data), model=model, epochs=1, batch=4, imgsz=64, workers=0, plots=False,
+                            device="cpu", out=str(tmp_path / "run")))
+    row = next(csv.DictReader((res.run_dir / "results.csv").read_text().splitlines()))
+    lr0 = round(0.002 * 5 / (4 + 8), 6)  # auto: AdamW
+    assert float(row["lr/weight"]) == pytest.approx(lr0 * 3 / n_warmup, rel=1e-6)

@@ -39,16 +39,21 @@ class FamilyDefaults:
         hyp: :class:`Hyp` (or augmentation) keys and their values for the family.
         no_aug_epochs: the last this many epochs train without mosaic, mixup and affine warps
             (:attr:`yoloslim.engine.train.TrainConfig.no_aug_epochs`).
+        min_warmup_iters: the warm-up lasts at least this many iterations (YOLOv5's floor of 100;
+            ultralytics 8.x warms up for exactly ``warmup_epochs`` epochs), see
+            :func:`yoloslim.engine.optim.warmup_iterations`.
     """
 
     hyp: Mapping[str, Any] = field(default_factory=dict)
     no_aug_epochs: int = 0
+    min_warmup_iters: int = 100
 
 
 # family name (ArchSpec.family) -> its defaults; a family not listed trains with YOLOv5's.
 FAMILY_DEFAULTS: dict[str, FamilyDefaults] = {
-    # ultralytics' YOLOv8 / YOLO11 recipe: loss gains box 7.5, cls 0.5, dfl 1.5; close_mosaic 10
-    "yolov8": FamilyDefaults(hyp={"box": 7.5, "cls": 0.5, "dfl": 1.5}, no_aug_epochs=10),
+    # ultralytics' YOLOv8 / YOLO11 recipe: loss gains box 7.5, cls 0.5, dfl 1.5; close_mosaic 10; warm-up of
+    # warmup_epochs without YOLOv5's 100-iteration floor (8.4.190: 60 iterations for 3 epochs of 20 batches)
+    "yolov8": FamilyDefaults(hyp={"box": 7.5, "cls": 0.5, "dfl": 1.5}, no_aug_epochs=10, min_warmup_iters=0),
 }
 
 
@@ -73,7 +78,8 @@ class Hyp:
         lrf: final learning rate as a fraction of ``lr0``.
         momentum: SGD momentum (Nesterov).
         weight_decay: L2 on conv and linear weights (not on BN weights or biases).
-        warmup_epochs: warm-up length in epochs (at least 100 iterations; 0 disables warm-up).
+        warmup_epochs: warm-up length in epochs (at least 100 iterations for the families with YOLOv5's
+            floor, :attr:`FamilyDefaults.min_warmup_iters`; 0 disables warm-up).
         warmup_momentum: momentum at the start of warm-up.
         warmup_bias_lr: bias learning rate at the start of warm-up.
         box: box loss gain.

@@ -155,6 +155,12 @@ def set_epoch_lr(opt: torch.optim.Optimizer, factor: float) -> None:
         g["lr"] = g["initial_lr"] * factor
 
 
+def warmup_iterations(warmup_epochs: float, batches: int, min_iters: int = 100) -> int:
+    """Warm-up length in iterations (batches): ``warmup_epochs`` epochs of ``batches``, at least ``min_iters``
+    (YOLOv5's floor of 100; 0 for ultralytics 8.x's recipe), none when ``warmup_epochs`` is 0."""
+    return max(round(warmup_epochs * batches), min_iters) if warmup_epochs > 0 else 0
+
+
 def warmup(opt: torch.optim.Optimizer, it: int, n_warmup: int, factor: float, momentum: float,
            warmup_momentum: float, warmup_bias_lr: float) -> None:
     """Interpolate learning rates and momentum over the first ``n_warmup`` iterations.

@@ -13,7 +13,8 @@ Plain functions in a visible order, no callbacks::
 
 SGD (Nesterov), Adam or AdamW (``auto``: AdamW for short runs, SGD for long ones) with three
 parameter groups, linear warm-up of learning rates and momentum over
-``max(warmup_epochs · batches, 100)`` iterations (none when ``warmup_epochs`` is 0), a
+``max(warmup_epochs · batches, 100)`` iterations (no floor for YOLOv8 / YOLO11; none when
+``warmup_epochs`` is 0), a
 linear or cosine schedule, EMA of the weights, gradient accumulation to a nominal batch (64, or
 every batch on a short ``auto`` run), AMP on CUDA. An epoch never leaves gradients pending (a last
 partial accumulation is applied at its end), so ``--resume`` from the end of an epoch gives the
@@ -50,6 +51,7 @@ from yoloslim.engine.optim import (
     nominal_batch_for,
     optimizer_name,
     optimizer_steps,
+    warmup_iterations,
 )
 from yoloslim.engine.run_files import (
     ResultsCSV,
@@ -270,7 +272,7 @@ def _train(cfg: TrainConfig, d: ddp.Dist, device: torch.device, started: list[Pa
                            f"with the teacher: mAP against its detections (score >= {PSEUDO_CONF}) on "
                            f"{n_val} held-out image{'s' if n_val != 1 else ''}, not accuracy" if label_free else ""))
     nb = len(train_loader)
-    n_warmup = max(round(hyp.warmup_epochs * nb), 100) if hyp.warmup_epochs > 0 else 0
+    n_warmup = warmup_iterations(hyp.warmup_epochs, nb, family_defaults(family).min_warmup_iters)
     metrics: dict[str, Any] = {}
     for epoch in range(progress.start_epoch, cfg.epochs):
         train_ds.set_epoch(epoch)
