@@ -24,6 +24,7 @@ from yoloslim.models.blocks_v8 import C2PSA, REG_MAX, Attention, C2f, DetectDFL
 from yoloslim.models.family import Family
 from yoloslim.models.spec import ArchSpec, Widths, make_divisible
 from yoloslim.models.yolov5 import C3, SPPF
+from yoloslim.models.yolov5 import LAYERS as YOLOV5_LAYERS
 
 Layer = tuple[int | list[int], int, str, list]
 
@@ -81,33 +82,9 @@ LAYERS_11: list[Layer] = [
     ([16, 19, 22], 1, "Detect", []),
 ]
 
-LAYERS_5U: list[Layer] = [
-    (-1, 1, "Conv", [64, 6, 2, 2]),  # 0-P1/2
-    (-1, 1, "Conv", [128, 3, 2]),  # 1-P2/4
-    (-1, 3, "C3", [128]),
-    (-1, 1, "Conv", [256, 3, 2]),  # 3-P3/8
-    (-1, 6, "C3", [256]),
-    (-1, 1, "Conv", [512, 3, 2]),  # 5-P4/16
-    (-1, 9, "C3", [512]),
-    (-1, 1, "Conv", [1024, 3, 2]),  # 7-P5/32
-    (-1, 3, "C3", [1024]),
-    (-1, 1, "SPPF", [1024, 5]),  # 9
-    (-1, 1, "Conv", [512, 1, 1]),
-    (-1, 1, "Upsample", []),
-    ([-1, 6], 1, "Concat", []),  # cat backbone P4
-    (-1, 3, "C3", [512, False]),  # 13
-    (-1, 1, "Conv", [256, 1, 1]),
-    (-1, 1, "Upsample", []),
-    ([-1, 4], 1, "Concat", []),  # cat backbone P3
-    (-1, 3, "C3", [256, False]),  # 17 (P3/8-small)
-    (-1, 1, "Conv", [256, 3, 2]),
-    ([-1, 14], 1, "Concat", []),  # cat head P4
-    (-1, 3, "C3", [512, False]),  # 20 (P4/16-medium)
-    (-1, 1, "Conv", [512, 3, 2]),
-    ([-1, 10], 1, "Concat", []),  # cat head P5
-    (-1, 3, "C3", [1024, False]),  # 23 (P5/32-large)
-    ([17, 20, 23], 1, "Detect", []),
-]
+# YOLOv5u: YOLOv5's backbone and neck, layer for layer (its table, one source); "Detect" here is the
+# anchor-free DFL head
+LAYERS_5U: list[Layer] = YOLOV5_LAYERS
 
 LAYERS = {"v8": LAYERS_V8, "11": LAYERS_11, "5u": LAYERS_5U}
 
