@@ -202,7 +202,8 @@ def measure(model_file: Path, photo_files: list[Path], ratios: list[float], imgs
 
     rows = [row("original", 0.0, ref, model)]
     for r in ratios:
-        pruned = prune_model(model, PruneOptions(method="l1", ratio=r)).model.eval()
+        # exact widths (round_to=1), as measured in docs/BENCHMARKS.md; the default rounds them to 8
+        pruned = prune_model(model, PruneOptions(method="l1", ratio=r, round_to=1)).model.eval()
         rows.append(row(f"l1 {r}", r, [run(pruned, e, imgsz) for e in evals], pruned))
         outs, used = [], 0
         for k, e in enumerate(evals):
