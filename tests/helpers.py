@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import sys
+import types
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -64,3 +67,31 @@ def train_interrupted_in_second_epoch(monkeypatch, cfg) -> None:
         m.setattr(engine_train, "train_one_epoch", killed_in_second_epoch)
         with pytest.raises(KeyboardInterrupt):
             engine_train.train(cfg)
+
+
+@contextlib.contextmanager
+def fake_modules(classes: Mapping[str, Iterable[type]]) -> Iterator:
+    """Register throw-away modules (module name -> its classes) in ``sys.modules``, as a checkpoint's
+    pickle names them; parent packages are chained as attributes. Yields a function that removes them
+    (so a test can load a file without them), and removes them on exit in any case."""
+    mods = {name: types.ModuleType(name) for name in classes}
+    for name, members in classes.items():
+        for cls in members:
+            setattr(mods[name], cls.__name__, cls)
+        parent, _, child = name.rpartition(".")
+        if parent in mods:
+            setattr(mods[parent], child, mods[name])
+    saved = {k: sys.modules.get(k) for k in mods}
+    sys.modules.update(mods)
+
+    def remove() -> None:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+
+    try:
+        yield remove
+    finally:
+        remove()

@@ -12,7 +12,6 @@ yoloslim's blocks. They are registered under ``ultralytics.*`` in ``sys.modules`
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
 import sys
@@ -22,6 +21,7 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import fake_modules
 from yoloslim.cli import main
 from yoloslim.deploy.import_ultralytics import import_ultralytics
 from yoloslim.deploy.import_yolov5 import import_yolov5
@@ -313,28 +313,9 @@ def _ultralytics_model(name="yolov8n", nc=3):
     return theirs.eval()
 
 
-@contextlib.contextmanager
 def registered():
     """Register the classes above under their ultralytics module names; calling what it yields removes them."""
-    names = ["ultralytics", "ultralytics.nn", "ultralytics.nn.modules", *ALL]
-    mods = {n: types.ModuleType(n) for n in names}
-    for module, classes in ALL.items():
-        for cls in classes:
-            setattr(mods[module], cls.__name__, cls)
-    saved = {k: sys.modules.get(k) for k in mods}
-    sys.modules.update(mods)
-
-    def remove():
-        for k, v in saved.items():
-            if v is None:
-                sys.modules.pop(k, None)
-            else:
-                sys.modules[k] = v
-
-    try:
-        yield remove
-    finally:
-        remove()
+    return fake_modules({"ultralytics": (), "ultralytics.nn": (), "ultralytics.nn.modules": (), **ALL})
 
 
 @pytest.fixture

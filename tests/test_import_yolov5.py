@@ -10,11 +10,9 @@ them, then removed, so yoloslim reads the file without them.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
 import sys
-import types
 
 import numpy as np
 import pytest
@@ -22,6 +20,7 @@ import torch
 import yaml
 from torch import nn
 
+from helpers import fake_modules
 from yoloslim.cli import main
 from yoloslim.deploy.import_yolov5 import import_yolov5
 from yoloslim.errors import UserError
@@ -218,30 +217,11 @@ def _ultralytics_model(nc=3, p6=False, focus=False):
     return theirs.eval()
 
 
-@contextlib.contextmanager
 def registered():
     """Register the classes above as ``models``, ``models.common`` and ``models.yolo``; calling what it
     yields removes them."""
-    mods = {name: types.ModuleType(name) for name in ("models", "models.common", "models.yolo", "utils")}
-    for cls in (Conv, Focus, Bottleneck, C3, SPPF, Concat):
-        setattr(mods["models.common"], cls.__name__, cls)
-    for cls in (Detect, DetectionModel):
-        setattr(mods["models.yolo"], cls.__name__, cls)
-    mods["models"].common, mods["models"].yolo = mods["models.common"], mods["models.yolo"]
-    saved = {k: sys.modules.get(k) for k in mods}
-    sys.modules.update(mods)
-
-    def remove():
-        for k, v in saved.items():
-            if v is None:
-                sys.modules.pop(k, None)
-            else:
-                sys.modules[k] = v
-
-    try:
-        yield remove
-    finally:
-        remove()
+    return fake_modules({"models": (), "models.common": (Conv, Focus, Bottleneck, C3, SPPF, Concat),
+                         "models.yolo": (Detect, DetectionModel), "utils": ()})
 
 
 @pytest.fixture
