@@ -69,6 +69,7 @@ class Allocator:
         self.round_to = round_to
         self.min_channels = min_channels
         self.total = sum(g.size for g in self.groups)
+        self._relative: dict[int, list[float]] = {}  # group id -> its scores, sorted, over its best
         if self.global_rank and self.groups:
             flat = torch.cat([scores[g.id].float() for g in self.groups])
             owner = torch.cat([torch.full((g.size,), i) for i, g in enumerate(self.groups)])
@@ -142,8 +143,10 @@ class Allocator:
 
     def _next_score(self, g: Group, k: int) -> float:
         """The score of the strongest channel a group of ``k`` kept channels leaves out, over its best."""
-        s = torch.sort(self.scores[g.id].float(), descending=True).values
-        return float(s[k] / s[0].clamp(min=1e-12)) if k < g.size else 0.0
+        if g.id not in self._relative:  # sorted once per group: a target's bisection asks again and again
+            s = torch.sort(self.scores[g.id].float(), descending=True).values
+            self._relative[g.id] = (s / s[0].clamp(min=1e-12)).tolist()
+        return self._relative[g.id][k] if k < g.size else 0.0
 
     def plan(self, graph: ChannelGraph, ratio: float) -> ChannelPlan:
         """The channel plan for ``ratio``; refuses (UserError) a ratio that would empty a group."""
