@@ -11,10 +11,10 @@ import torch
 
 from yoloslim.cli import main
 from yoloslim.deploy import onnx_export
-from yoloslim.deploy.onnx_export import OnnxModel, check_input, export_onnx, read_metadata, relative_diff
+from yoloslim.deploy.onnx_export import OnnxModel, export_onnx, read_metadata, relative_diff
 from yoloslim.errors import UserError
 from yoloslim.models import build_model, model_spec
-from yoloslim.models.decode import DecodedModel
+from yoloslim.models.decode import DecodedModel, check_input
 from yoloslim.models.io import ModelInfo, load_model, save_model
 from yoloslim.models.nms import non_max_suppression
 from yoloslim.models.profile import count_params

@@ -23,10 +23,10 @@ from torch import nn
 
 from helpers import max_diff, randomize_bn
 from yoloslim.deploy.fuse import count_batchnorms, fuse_model
-from yoloslim.deploy.onnx_export import OnnxModel, check_input, export_onnx, read_metadata, relative_diff
+from yoloslim.deploy.onnx_export import OnnxModel, export_onnx, read_metadata, relative_diff
 from yoloslim.errors import UserError
 from yoloslim.models import FAMILIES, MODELS, build_model, family_of
-from yoloslim.models.decode import DecodedModel, decode_style
+from yoloslim.models.decode import DecodedModel, check_input, decode_style
 from yoloslim.models.family import DECODE_STYLES
 from yoloslim.models.io import ModelInfo, load_model, save_model
 from yoloslim.models.profile import count_params

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,3 +54,11 @@ def test_walker_sees_engine_imports() -> None:
             "from ..engine import evaluate\n")
     found = imported_modules(text, "yoloslim.prune")
     assert {"yoloslim.engine.train", "yoloslim.engine.ddp", "yoloslim.engine.evaluate"} <= found
+
+
+def test_prune_command_does_not_load_onnx() -> None:
+    """onnx takes about a second to import: `yoloslim prune` loads it only when it times ONNX Runtime."""
+    code = ("import sys, yoloslim.cli, yoloslim.cli.prune, yoloslim.workflows.prune, yoloslim.prune.latency_target\n"
+            "print('onnx' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -29,8 +29,8 @@ from torch import nn
 from tqdm import tqdm
 
 from yoloslim.deploy.fuse import fuse_model
-from yoloslim.deploy.onnx_export import INPUT, OUTPUT, OnnxModel, check_input, export_onnx
 from yoloslim.errors import UserError
+from yoloslim.models.decode import check_input
 from yoloslim.models.io import ModelInfo
 
 BACKENDS = ("torch", "onnxruntime")  # what a user chooses; PyTorch is fused
@@ -80,6 +80,9 @@ def torch_runner(model: nn.Module, imgsz: int, fuse: bool = True) -> Callable[[]
 def onnx_runner(model: nn.Module, imgsz: int, workdir: str | Path, threads: int | None = None,
                 names: list[str] | None = None) -> Callable[[], Any]:
     """One batch-1 ONNX Runtime run of ``model``, exported (fused, checked) into ``workdir``."""
+    # here, not at the top: importing onnx takes about a second, which every `prune` would pay
+    from yoloslim.deploy.onnx_export import INPUT, OUTPUT, OnnxModel, export_onnx
+
     spec = model.spec
     info = ModelInfo(spec, names or [str(i) for i in range(spec.nc)], imgsz)
     path = export_onnx(model, info, Path(workdir) / f"bench_{id(model)}.onnx", imgsz)

@@ -27,8 +27,8 @@ from torch import nn
 
 from yoloslim.deploy.bench import _eval_copy, torch_threads
 from yoloslim.deploy.fuse import fuse_model
-from yoloslim.deploy.onnx_export import INPUT, OUTPUT, OnnxModel, check_input, export_onnx
 from yoloslim.errors import UserError
+from yoloslim.models.decode import check_input
 from yoloslim.models.io import ModelInfo
 
 OTHER = "(other)"
@@ -148,6 +148,8 @@ def onnx_layer_latency(model: nn.Module, imgsz: int, runs: int = 20, warmup: int
     The session's profiler records the kernel time of every node; a layer's time is the sum over the
     nodes its modules became, averaged over the ``runs`` runs that follow ``warmup`` untimed ones.
     """
+    from yoloslim.deploy.onnx_export import INPUT, OUTPUT, OnnxModel, export_onnx  # lazy, as in deploy.bench
+
     known = {n for n, _ in model.named_modules() if n}
     with tempfile.TemporaryDirectory(prefix="yoloslim-layers-") as tmp:
         work = Path(workdir or tmp)

@@ -58,7 +58,7 @@ from yoloslim import __version__
 from yoloslim.deploy.fuse import fuse_model
 from yoloslim.errors import UserError
 from yoloslim.log import logger
-from yoloslim.models.decode import DecodedModel
+from yoloslim.models.decode import DecodedModel, check_input
 from yoloslim.models.io import ModelInfo, atomic_write
 from yoloslim.models.spec import ArchSpec, check_imgsz
 
@@ -263,14 +263,6 @@ def check_onnx(path: str | Path, reference: nn.Module, imgsz: int, dynamic: bool
         raise UserError(f"ONNX Runtime output differs from PyTorch by {diffs[worst]:.3g} (> {tolerance:g}) "
                         f"at input {worst}; the file was not written")
     return ExportCheck(diffs)
-
-
-def check_input(spec: ArchSpec, b: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
-    """A fixed pseudo-random uint8 image batch, preprocessed in the family's convention."""
-    from yoloslim.models.decode import preprocess
-
-    g = torch.Generator().manual_seed(seed)
-    return preprocess(torch.randint(0, 256, (b, 3, h, w), generator=g, dtype=torch.uint8), spec)
 
 
 def relative_diff(a: np.ndarray, b: np.ndarray) -> float:

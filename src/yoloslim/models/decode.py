@@ -111,3 +111,10 @@ def preprocess(imgs: torch.Tensor, spec: ArchSpec) -> torch.Tensor:
         x = x.flip(1)
     scale = spec.input_scale
     return x * scale if scale != 1.0 else x
+
+
+def check_input(spec: ArchSpec, b: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
+    """A fixed pseudo-random uint8 image batch, preprocessed in the family's convention (the input of
+    the export's parity check and of the latency benchmarks)."""
+    g = torch.Generator().manual_seed(seed)
+    return preprocess(torch.randint(0, 256, (b, 3, h, w), generator=g, dtype=torch.uint8), spec)
