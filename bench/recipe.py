@@ -35,6 +35,12 @@ run) and scored by the same scorer as our runs (``yoloslim val`` at ``--imgsz``)
 their trainer's validation wrote for its last epoch. ``--data`` trains and scores on an existing data
 set (a data.yaml) instead of the synthetic one.
 
+``--timing R`` measures what a recipe costs instead: each recipe trains ``--timing-epochs`` epochs
+(validation included, as in a real run) R times, the recipes taking turns round after round, so that
+load on the shared machine hits them alike; the table gives the median seconds per epoch and the ratio
+to the first recipe (issue 12: the new recipe at no more than 1.5x the old one's time per epoch). Run
+it alone on the machine.
+
 A run already finished in ``<work>/<recipe>`` is read back instead of trained again. Results go to
 ``<work>/recipe.json`` and a Markdown table for docs/BENCHMARKS.md is printed with the command line.
 Each run is about 30 epochs of YOLOv5n at 160 px: 8-30 minutes on one thread of the shared machine.
@@ -45,11 +51,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
+import statistics
 from pathlib import Path
 from typing import Any
 
 import yaml
-from _common import command_line, environment, md_table
+from _common import Stopwatch, command_line, environment, md_table
 
 from yoloslim.data.synth import synthesize
 from yoloslim.device import set_threads
@@ -85,9 +93,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: OMP_NUM_THREADS)")
     ap.add_argument("--data", help="an existing data.yaml to train and score on (default: the synthetic set)")
+    ap.add_argument("--timing", type=int, default=0, metavar="R",
+                    help="instead of scoring: R alternating rounds timing each recipe's epochs")
+    ap.add_argument("--timing-epochs", type=int, default=3, help="epochs per timed run")
     ap.add_argument("--score-ultralytics", metavar="RUN",
                     help="an ultralytics run folder (weights/last.pt, results.csv): import and score its last.pt")
     return ap.parse_args(argv)
+
+
+def recipe_config(name: str, data: Path, args: argparse.Namespace, out: Path, epochs: int) -> TrainConfig:
+    """The training ``name`` stands for (see the module's docstring), written to ``out``."""
+    recipe = RECIPES[name]
+    no_aug = None if recipe.get("family_defaults") else (args.close if recipe.get("close") else 0)
+    nominal = recipe.get("nominal_batch", args.batch if recipe.get("step_every_batch") else TrainConfig.nominal_batch)
+    return TrainConfig(data=str(data), model=args.model, epochs=epochs, batch=args.batch, imgsz=args.imgsz,
+                       workers=args.workers, device="cpu", out=str(out), optimizer=recipe["optimizer"],
+                       no_aug_epochs=no_aug, nominal_batch=nominal)
 
 
 def run_recipe(name: str, data: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -96,22 +117,33 @@ def run_recipe(name: str, data: Path, args: argparse.Namespace) -> dict[str, Any
     summary = out / "summary.json"
     if summary.is_file():
         return json.loads(summary.read_text())
-    recipe = RECIPES[name]
-    no_aug = None if recipe.get("family_defaults") else (args.close if recipe.get("close") else 0)
-    nominal = recipe.get("nominal_batch", args.batch if recipe.get("step_every_batch") else TrainConfig.nominal_batch)
-    cfg = TrainConfig(data=str(data), model=args.model, epochs=args.epochs, batch=args.batch, imgsz=args.imgsz,
-                      workers=args.workers, device="cpu", out=str(out), optimizer=recipe["optimizer"],
-                      no_aug_epochs=no_aug,
-                      nominal_batch=nominal)
-    result = train(cfg)
+    result = train(recipe_config(name, data, args, out, args.epochs))
     m = result.metrics
     resolved = yaml.safe_load((result.run_dir / "args.yaml").read_text())["config"]  # the family's defaults applied
-    row = {"recipe": name, "model": args.model, "optimizer": recipe["optimizer"], "epochs": args.epochs,
+    row = {"recipe": name, "model": args.model, "optimizer": RECIPES[name]["optimizer"], "epochs": args.epochs,
            "no_aug_epochs": resolved["no_aug_epochs"], "nominal_batch": resolved["nominal_batch"],
            "map50": round(m["map50"], 4), "map": round(m["map"], 4),
            "best_epoch": m.get("best_epoch"), "weights": str(result.last)}
     write_json(summary, row)
     return row
+
+
+def time_recipes(names: list[str], data: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Wall seconds per epoch of each recipe: ``--timing`` rounds, the recipes in turn (the order rotating
+    from round to round), each a fresh ``--timing-epochs`` run; medians, and ratios to the first recipe."""
+    per_epoch: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(args.timing):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            out = Path(args.work) / "timing" / name
+            shutil.rmtree(out, ignore_errors=True)
+            with Stopwatch() as sw:
+                train(recipe_config(name, data, args, out, args.timing_epochs))
+            per_epoch[name].append(sw.wall / args.timing_epochs)
+    first = statistics.median(per_epoch[names[0]])
+    return [{"recipe": n, "seconds_per_epoch": round(statistics.median(v), 3),
+             "ratio": round(statistics.median(v) / first, 3), "runs": [round(t, 3) for t in v]}
+            for n, v in per_epoch.items()]
 
 
 def score_ultralytics(run: Path, data: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -152,6 +184,15 @@ def main(argv: list[str] | None = None) -> None:
     data = Path(args.data) if args.data else work / "data" / "data.yaml"
     if not data.is_file():
         data = synthesize(work / "data", fmt="yolo", images=args.images, imgsz=args.imgsz, seed=0, progress=False)
+    if args.timing:
+        timing = time_recipes(names, data, args)
+        write_json(work / "timing.json", {"command": command_line(__file__, argv), "environment": environment(),
+                                          "epochs": args.timing_epochs, "rows": timing})
+        print(command_line(__file__, argv))
+        print(md_table(["recipe", "s / epoch (median)", f"× {names[0]}", "runs"],
+                       [[t["recipe"], f"{t['seconds_per_epoch']:.2f}", f"{t['ratio']:.2f}×",
+                         ", ".join(f"{x:.2f}" for x in t["runs"])] for t in timing]))
+        return
     rows = [run_recipe(n, data, args) for n in names]
     if args.score_ultralytics:
         rows.append(score_ultralytics(Path(args.score_ultralytics), data, args))

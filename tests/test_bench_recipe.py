@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from test_import_ultralytics import write_checkpoint
 from yoloslim.data.synth import synthesize
@@ -66,3 +67,23 @@ def test_defaults_recipe_and_an_ultralytics_run_scored_by_us(tmp_path: Path) -> 
     assert 0.0 <= theirs["map"] <= theirs["map50"] <= 1.0
     assert (work / "ultralytics" / "last.safetensors").is_file()
     assert json.loads((work / "ultralytics" / "val.json").read_text())["map"] == pytest.approx(theirs["map"], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_timing_alternates_the_recipes_and_gives_ratios(tmp_path: Path) -> None:
+    recipe = _bench("recipe")
+    data = synthesize(tmp_path / "data", fmt="yolo", images=8, imgsz=64, seed=0, progress=False)
+    work = tmp_path / "work"
+    recipe.main(["--work", str(work), "--recipes", "old,defaults", "--data", str(data), "--batch", "4",
+                 "--imgsz", "64", "--workers", "0", "--threads", "1", "--timing", "2", "--timing-epochs", "1"])
+    saved = json.loads((work / "timing.json").read_text())
+    old, new = saved["rows"]
+    assert (old["recipe"], new["recipe"], saved["epochs"]) == ("old", "defaults", 1)
+    assert len(old["runs"]) == len(new["runs"]) == 2 and min(old["runs"] + new["runs"]) > 0
+    assert old["ratio"] == 1.0
+    assert new["ratio"] == pytest.approx(new["seconds_per_epoch"] / old["seconds_per_epoch"], rel=1e-2)
+    # each timed run is a real training of the recipe: one epoch, the optimizer it names
+    for name, optimizer in (("old", "SGD"), ("defaults", "auto")):
+        args = yaml.safe_load((work / "timing" / name / "args.yaml").read_text())["config"]
+        assert (args["epochs"], args["optimizer"]) == (1, optimizer)
+    assert not (work / "recipe.json").exists()  # timing scores nothing
