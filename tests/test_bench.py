@@ -111,6 +111,24 @@ def test_benchmark_sessions_do_not_spin(tmp_path, monkeypatch):
     assert options[-1].get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
+def test_an_export_that_fails_parity_is_timed_with_a_warning(monkeypatch, tmp_path):
+    """Latency does not depend on the values: a file outside the 1e-4 parity is timed, and the user is told
+    that `export` would refuse it."""
+    from loguru import logger
+
+    from yoloslim.deploy import bench, onnx_export
+
+    monkeypatch.setattr(onnx_export, "TOLERANCE", -1.0)  # every file fails the check
+    warnings: list[str] = []
+    sink = logger.add(lambda m: warnings.append(str(m)), level="WARNING")
+    try:
+        out = bench.onnx_runner(build_model(_small_spec()), 64, tmp_path, threads=1)()
+    finally:
+        logger.remove(sink)
+    assert out[0].shape[0] == 1
+    assert len(warnings) == 1 and "differs from PyTorch" in warnings[0] and "`yoloslim export` refuses" in warnings[0]
+
+
 def test_each_backend_has_its_own_loop(monkeypatch):
     """ONNX Runtime's spinning threads must not sit in the loop that times PyTorch."""
     from yoloslim.deploy import bench

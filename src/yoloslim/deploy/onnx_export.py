@@ -227,6 +227,10 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     return {p.key: p.value for p in proto.metadata_props}
 
 
+class ParityError(UserError):
+    """The exported file runs, but its outputs differ from PyTorch's by more than the tolerance."""
+
+
 def check_onnx(path: str | Path, reference: nn.Module, imgsz: int, dynamic: bool,
                tolerance: float = TOLERANCE) -> ExportCheck:
     """``onnx.checker`` plus ONNX Runtime against ``reference`` (a decoded PyTorch model).
@@ -260,7 +264,7 @@ def check_onnx(path: str | Path, reference: nn.Module, imgsz: int, dynamic: bool
         diffs[f"{b}x3x{h}x{w}"] = relative_diff(got, expected)
     worst = max(diffs, key=diffs.get)
     if not diffs[worst] <= tolerance:
-        raise UserError(f"ONNX Runtime output differs from PyTorch by {diffs[worst]:.3g} (> {tolerance:g}) "
+        raise ParityError(f"ONNX Runtime output differs from PyTorch by {diffs[worst]:.3g} (> {tolerance:g}) "
                         f"at input {worst}; the file was not written")
     return ExportCheck(diffs)
 
