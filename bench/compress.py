@@ -11,10 +11,13 @@ to ``<work>/data`` at the training size and reused when present), for one model 
 1. ``baseline``: train from scratch until converged: in chunks of ``--chunk`` epochs (each a resumable
    run from the previous chunk's weights, validated every epoch) until the best val mAP@.5:.95 of the
    last ``--window`` epochs is less than ``--min-gain`` points above the best before them, or
-   ``--max-epochs`` is spent; whether it converged, its epochs and its mAP curve are recorded
-   (``bench/_baseline.py``);
-2. ``control``: the baseline trained ``--finetune-epochs`` F more epochs, as every pruned model is:
-   Δ mAP is taken against it, so a baseline still learning cannot make pruning look like a gain;
+   ``--max-epochs`` is spent; then settling runs of ``--finetune-epochs`` F epochs (the control's
+   recipe), at most ``--settle-runs``, until one gains less than ``--min-gain`` over the model it
+   started from: that model is the baseline (``bench/_baseline.py`` says why the chunks alone stop
+   too early); whether it converged, its epochs and its mAP curve are recorded;
+2. ``control``: the baseline trained F more epochs, as every pruned model is (the last settling run;
+   with ``--settle-runs 0``, a run of its own): Δ mAP is taken against it, so a baseline still learning
+   cannot make pruning look like a gain;
 3. ``prune``: prune the baseline with ``--method`` (default ``auto``: the tool's default criterion) at
    every ``--target-flops`` value (the pruned model's FLOPs as a fraction of the baseline's; or at every
    ``--ratios`` value instead), with BN recalibration on the train split as ``yoloslim prune --data``
@@ -104,6 +107,7 @@ class Settings:
     distill_weight: float
     hyp: str | None
     min_map: float
+    settle_runs: int
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -121,6 +125,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--min-map", type=float, default=0.05,
                     help="a plateau below this val mAP@.5:.95 is a model that has not started learning, not "
                          "a converged one")
+    ap.add_argument("--settle-runs", type=int, default=3,
+                    help="after the chunks, at most this many runs of --finetune-epochs until one gains under "
+                         "--min-gain; the last is the control (0: the control is trained on its own)")
     ap.add_argument("--hyp", default=None, help="hyperparameter YAML for every training (default: the recipe's)")
     ap.add_argument("--finetune-epochs", type=int, default=20, help="fine-tune (and control) epochs F")
     ap.add_argument("--method", default="auto", choices=METHODS, help="pruning method (default auto)")
@@ -206,10 +213,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     f = args.finetune_epochs
     common = {"data": str(data), "batch": args.batch, "imgsz": args.imgsz, "workers": args.workers,
               "seed": args.seed, "nominal_batch": args.nominal_batch, "hyp": args.hyp}
-    if "baseline" in args.stages and not base.is_file():
-        timed("baseline", baseline_stage, base, work, args, common)
+    if "baseline" in args.stages and not (base.is_file() and (control.is_file() or not args.settle_runs)):
+        timed("baseline", baseline_stage, base, control, work, args, common)  # with settling runs: the control too
     if "control" in args.stages and not control.is_file():
         _need(base, "baseline")
+        if args.settle_runs:
+            _need(control, "baseline")  # the last settling run is the control
         timed("control", train_stage, control, work / "runs" / "control", weights=str(base), epochs=f, **common)
     names = {label(args.method, k, v): (k, v) for k, v in args.targets}
     for name, (kind, value) in names.items():
@@ -245,7 +254,7 @@ def check_settings(work: Path, args: argparse.Namespace) -> Settings:
     settings = Settings(args.model, args.images, args.val_ratio, args.imgsz, args.max_epochs, args.chunk,
                         args.window, args.min_gain, args.finetune_epochs, args.batch, args.nominal_batch,
                         args.seed, args.round_to, args.min_channels, args.fold_bias, args.calib_images,
-                        args.distill_weight, args.hyp, args.min_map)
+                        args.distill_weight, args.hyp, args.min_map, args.settle_runs)
     path = work / "settings.json"
     if path.is_file():
         old = json.loads(path.read_text())
@@ -272,24 +281,31 @@ def data_set(folder: Path, args: argparse.Namespace) -> Path:
                       val_ratio=args.val_ratio)
 
 
-def baseline_stage(out: Path, work: Path, args: argparse.Namespace, common: dict[str, Any]) -> BaselineRecord:
-    """Train the baseline until converged (chunks in ``runs/baseline``); its record goes to ``baseline.json``."""
-    conv = Convergence(args.max_epochs, args.chunk, args.window, args.min_gain / 100, args.min_map)
+def baseline_stage(out: Path, control: Path, work: Path, args: argparse.Namespace,
+                   common: dict[str, Any]) -> BaselineRecord:
+    """Train the baseline until converged (chunks, then settling runs, in ``runs/baseline``); its record
+    goes to ``baseline.json``, and the last settling run's model to ``control``."""
+    conv = Convergence(args.max_epochs, args.chunk, args.window, args.min_gain / 100, args.min_map,
+                       settle_epochs=args.finetune_epochs, max_settle=args.settle_runs)
     hyp = read_yaml_mapping(args.hyp, "hyp") if args.hyp else {}
     restart = work / "hyp-restart.yaml"  # the chunks after the first: the same recipe, no second warm-up
     restart.write_text(yaml.safe_dump({**hyp, "warmup_epochs": 0.0}))
 
-    def chunk(run: Path, **cfg: Any) -> Path:
+    def chunk(run: Path, settle: bool, **cfg: Any) -> Path:
         last = run / "weights" / "last.safetensors"
         state = run / "weights" / "last_state.pt"
         if state.is_file() and last.is_file() and int(load_state(state)["epoch"]) >= cfg["epochs"]:
             return last  # a finished chunk
+        if settle:  # the control's recipe
+            return train_stage(None, run, **cfg, **common)
         hyp_file = {"hyp": str(restart)} if "weights" in cfg else {}
         return train_stage(None, run, val_every_epoch=True, **cfg, **{**common, **hyp_file})
 
-    last, record = train_until_converged(work / "runs" / "baseline", conv, chunk, args.model)
+    last, settled, record = train_until_converged(work / "runs" / "baseline", conv, chunk, args.model)
     write_json(out.with_suffix(".json"), record.to_dict())
     atomic_write(out, lambda tmp: shutil.copyfile(last, tmp))
+    if settled is not None:
+        atomic_write(control, lambda tmp: shutil.copyfile(settled, tmp))
     return record
 
 

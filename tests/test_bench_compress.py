@@ -44,6 +44,11 @@ def test_compress_toy_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert record["converged"] and record["epochs"] == 2 and record["chunks"] == ["chunk-01", "chunk-02"]
     assert len(record["maps"]) == 2 and record["gain"] == pytest.approx(record["maps"][1] - record["maps"][0])
     assert read_info(models / "baseline.safetensors").history[-1]["action"] == "fine-tuned"  # chunk 2
+    # then one settling run of F epochs (a 100-point threshold: it converges), whose result is the control
+    assert [r["run"] for r in record["settle"]] == ["settle-01"] and record["chunks_converged"]
+    settled = work / "runs" / "baseline" / "settle-01" / "weights" / "last.safetensors"
+    assert (models / "control.safetensors").read_bytes() == settled.read_bytes()
+    assert not (work / "runs" / "control").exists()
 
     # every stage left its model; the JSON holds every row
     for name in ("baseline", "control", "auto-f50", "auto-f50-kd", "auto-f50-ft"):
@@ -91,7 +96,8 @@ def test_compress_toy_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 
     # the Markdown tables
     assert "Command: `python bench/compress.py --model yolov5n" in out
-    assert "Baseline: 2 epochs in 2 chunk(s), converged" in out
+    assert "Baseline: 2 epochs in 2 chunk(s) and 0 settling run(s) before the control, converged" in out
+    assert "settling run 1: " in out and "the last settling run is the control" in out
     assert "| model | epochs | mAP50 | mAP50-95 | Δ mAP50-95 vs control |" in out
     assert "| pruned model | mAP50 | mAP50 + recal | mAP50-95 | mAP50-95 + recal |" in out
     assert "| pruned model | mAP50-95 no distillation | mAP50-95 distilled | gain (pt) |" in out
@@ -107,13 +113,15 @@ def test_compress_toy_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert [r["map"] for r in again["models"]] == [r["map"] for r in saved["models"]]
     assert again["models"][0]["torch_ms"] is None
 
-    # a lost baseline is rebuilt from its finished chunks, without training
+    # a lost baseline and control are rebuilt from their finished runs, without training
     chunk_last = work / "runs" / "baseline" / "chunk-02" / "weights" / "last.safetensors"
-    stamp = chunk_last.stat().st_mtime_ns
+    stamps = chunk_last.stat().st_mtime_ns, settled.stat().st_mtime_ns
     (models / "baseline.safetensors").unlink()
+    (models / "control.safetensors").unlink()
     compress.main([*TOY, "--work", str(work), "--stages", "baseline"])
-    assert chunk_last.stat().st_mtime_ns == stamp
+    assert (chunk_last.stat().st_mtime_ns, settled.stat().st_mtime_ns) == stamps
     assert (models / "baseline.safetensors").read_bytes() == chunk_last.read_bytes()
+    assert (models / "control.safetensors").read_bytes() == settled.read_bytes()
 
     # another method and --ratios share the baseline and control of the folder
     l1 = compress.main([*TOY, "--work", str(work), "--method", "l1", "--ratios", "0.5", "--stages",
@@ -136,14 +144,18 @@ def test_baseline_trains_in_chunks_until_converged(tmp_path: Path) -> None:
     assert gain_over_window([0.1, 0.30, 0.29, 0.302], 2) == pytest.approx(0.002)
     assert gain_over_window([0.1, 0.2, 0.25, 0.3], 2) == pytest.approx(0.1)
 
-    def fake(curve: list[float]):
+    def fake(curve: list[float], settle_maps: list[float] | None = None):
         calls = []
 
-        def chunk(run: Path, epochs: int, **source: str) -> Path:
-            calls.append(source)
+        def chunk(run: Path, epochs: int, settle: bool, **source: str) -> Path:
+            calls.append({"settle": settle, **source})
+            run.mkdir(parents=True)
+            if settle:  # a settling run validates its last epoch only
+                k = sum(c["settle"] for c in calls)
+                (run / "results.csv").write_text(f"epoch,metrics/mAP50-95\n{epochs},{settle_maps[k - 1]}\n")
+                return run / "last.safetensors"
             done = 3 * (len(calls) - 1)
             maps = curve[done:done + epochs]
-            run.mkdir(parents=True)
             (run / "results.csv").write_text("epoch,metrics/mAP50-95\n" + "".join(
                 f"{done + i + 1},{m}\n" for i, m in enumerate(maps)))
             return run / "last.safetensors"
@@ -151,16 +163,56 @@ def test_baseline_trains_in_chunks_until_converged(tmp_path: Path) -> None:
 
     rising = [0.1, 0.2, 0.3, 0.35, 0.38, 0.40, 0.401, 0.402, 0.403, 0.40, 0.404, 0.40]
     chunk, calls = fake(rising)
-    last, rec = train_until_converged(tmp_path / "a", Convergence(12, chunk=3, window=3), chunk, "yolov5n")
+    last, control, rec = train_until_converged(tmp_path / "a", Convergence(12, chunk=3, window=3), chunk,
+                                               "yolov5n")
     assert rec.converged and rec.epochs == 9 and rec.chunks == ["chunk-01", "chunk-02", "chunk-03"]
     assert rec.gain == pytest.approx(0.003) and rec.maps == rising[:9]
     first = tmp_path / "a" / "chunk-01" / "last.safetensors"
-    assert calls[0] == {"model": "yolov5n"} and calls[1] == {"weights": str(first)}
-    assert last == tmp_path / "a" / "chunk-03" / "last.safetensors"
+    assert calls[0] == {"settle": False, "model": "yolov5n"} and calls[1] == {"settle": False, "weights": str(first)}
+    assert last == tmp_path / "a" / "chunk-03" / "last.safetensors" and control is None  # no settling runs
 
     chunk, _ = fake([0.001] * 12)  # flat, but near zero: not started, never converged
-    _, rec = train_until_converged(tmp_path / "b", Convergence(12, chunk=3, window=3), chunk, "yolov5n")
+    _, _, rec = train_until_converged(tmp_path / "b", Convergence(12, chunk=3, window=3), chunk, "yolov5n")
     assert not rec.converged and rec.epochs == 12 and rec.gain == 0
+
+
+def test_settling_runs_follow_the_chunks_until_one_stops_gaining(tmp_path: Path) -> None:
+    """The chunks' test passes at 0.403 (epoch 9), but a 5-epoch run gains 6 points: not converged yet.
+    The next run starts from that run's result and gains 1.5, the third 0.2 (under half a point): its
+    start is the baseline, its result the control."""
+    _compress()
+    from _baseline import Convergence, train_until_converged
+
+    calls = []
+
+    def run(run: Path, epochs: int, settle: bool, **source: str) -> Path:
+        calls.append((run.name, epochs, settle, source))
+        run.mkdir(parents=True)
+        maps = {"chunk-01": [0.1, 0.2, 0.3], "chunk-02": [0.35, 0.38, 0.40], "chunk-03": [0.401, 0.402, 0.403],
+                "settle-01": [0.463], "settle-02": [0.478], "settle-03": [0.480]}[run.name]
+        (run / "results.csv").write_text("epoch,metrics/mAP50-95\n" + "".join(f"{i},{m}\n" for i, m in
+                                                                             enumerate(maps, 1)))
+        return run / "last.safetensors"
+
+    conv = Convergence(12, chunk=3, window=3, settle_epochs=5, max_settle=4)
+    base, control, rec = train_until_converged(tmp_path, conv, run, "yolov5n")
+    assert [c[0] for c in calls] == ["chunk-01", "chunk-02", "chunk-03", "settle-01", "settle-02", "settle-03"]
+    assert [c[1:3] for c in calls[3:]] == [(5, True)] * 3
+    assert calls[3][3] == {"weights": str(tmp_path / "chunk-03" / "last.safetensors")}
+    assert calls[5][3] == {"weights": str(tmp_path / "settle-02" / "last.safetensors")}
+    assert base == tmp_path / "settle-02" / "last.safetensors"
+    assert control == tmp_path / "settle-03" / "last.safetensors"
+    assert rec.chunks_converged and rec.converged
+    assert [round(r["gain"], 4) for r in rec.settle] == [0.06, 0.015, 0.002]
+    assert rec.epochs == 9 + 2 * 5  # the two settling runs before the baseline are part of its training
+
+    # out of settling runs: the last run's start and result, reported as not converged
+    calls.clear()
+    base, control, rec = train_until_converged(tmp_path / "short", Convergence(12, chunk=3, window=3,
+                                                                               settle_epochs=5, max_settle=2),
+                                               run, "yolov5n")
+    assert not rec.converged and len(rec.settle) == 2 and rec.epochs == 9 + 5
+    assert (base.parent.name, control.parent.name) == ("settle-01", "settle-02")
 
 
 def test_prune_stage_holds_groups_a_ratio_would_empty(tmp_path: Path) -> None:
