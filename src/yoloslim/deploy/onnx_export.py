@@ -265,7 +265,7 @@ def check_onnx(path: str | Path, reference: nn.Module, imgsz: int, dynamic: bool
     worst = max(diffs, key=diffs.get)
     if not diffs[worst] <= tolerance:
         raise ParityError(f"ONNX Runtime output differs from PyTorch by {diffs[worst]:.3g} (> {tolerance:g}) "
-                        f"at input {worst}; the file was not written")
+                          f"at input {worst}; the file was not written")
     return ExportCheck(diffs)
 
 
