@@ -140,7 +140,7 @@ def _settle(runs: Path, conv: Convergence, train_run: Callable[..., Path], weigh
         logger.info(f"baseline: settling run {k} ({conv.settle_epochs} epochs), val mAP@.5:.95 {start:.4f} -> "
                     f"{end:.4f} ({gain * 100:+.2f} points)" + (": converged" if rec.converged else ""))
         if rec.converged or k == conv.max_settle:
-            return weights, control
+            break
         rec.epochs += conv.settle_epochs  # this run's result is the next run's start: part of the baseline
         weights, start = control, end
-    raise AssertionError("unreachable")
+    return weights, control

@@ -216,9 +216,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if "baseline" in args.stages and not (base.is_file() and (control.is_file() or not args.settle_runs)):
         timed("baseline", baseline_stage, base, control, work, args, common)  # with settling runs: the control too
     if "control" in args.stages and not control.is_file():
-        _need(base, "baseline")
-        if args.settle_runs:
-            _need(control, "baseline")  # the last settling run is the control
+        _need(control if args.settle_runs else base, "baseline")  # with settling runs, the last one is the control
         timed("control", train_stage, control, work / "runs" / "control", weights=str(base), epochs=f, **common)
     names = {label(args.method, k, v): (k, v) for k, v in args.targets}
     for name, (kind, value) in names.items():

@@ -91,7 +91,7 @@ def onnx_runner(model: nn.Module, imgsz: int, workdir: str | Path, threads: int 
     try:
         path = export_onnx(model, info, out, imgsz)
     except ParityError as err:  # the time does not depend on the values: time it, and say what export will do
-        logger.warning(f"{str(err).split(';')[0]}: timed all the same (latency does not depend on it), but "
+        logger.warning(f"{err.what()}: timed all the same (latency does not depend on it), but "
                        "`yoloslim export` refuses this model as it is")
         path = export_onnx(model, info, out, imgsz, check=False)
     session = OnnxModel(path, threads=threads, spinning=False).session

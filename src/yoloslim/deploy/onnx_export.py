@@ -228,7 +228,20 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
 
 class ParityError(UserError):
-    """The exported file runs, but its outputs differ from PyTorch's by more than the tolerance."""
+    """The exported file runs, but its outputs differ from PyTorch's by more than the tolerance.
+
+    Args:
+        diff: the largest relative difference (:func:`relative_diff`).
+        tolerance: what was allowed.
+        at: the input shape it was measured at, ``"BxCxHxW"``.
+    """
+
+    def __init__(self, diff: float, tolerance: float, at: str) -> None:
+        self.diff, self.tolerance, self.at = diff, tolerance, at
+        super().__init__(f"{self.what()}; the file was not written")
+
+    def what(self) -> str:
+        return f"ONNX Runtime output differs from PyTorch by {self.diff:.3g} (> {self.tolerance:g}) at input {self.at}"
 
 
 def check_onnx(path: str | Path, reference: nn.Module, imgsz: int, dynamic: bool,
@@ -264,8 +277,7 @@ def check_onnx(path: str | Path, reference: nn.Module, imgsz: int, dynamic: bool
         diffs[f"{b}x3x{h}x{w}"] = relative_diff(got, expected)
     worst = max(diffs, key=diffs.get)
     if not diffs[worst] <= tolerance:
-        raise ParityError(f"ONNX Runtime output differs from PyTorch by {diffs[worst]:.3g} (> {tolerance:g}) "
-                          f"at input {worst}; the file was not written")
+        raise ParityError(diffs[worst], tolerance, worst)
     return ExportCheck(diffs)
 
 
