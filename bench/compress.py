@@ -169,6 +169,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         raise UserError(f"unknown stage {unknown[0]!r}; stages: {', '.join(STAGES)} or all")
     args.stages = stages
+    if args.settle_runs < 0:
+        raise UserError(f"--settle-runs must be 0 or more, got {args.settle_runs}")
     args.nominal_batch = args.nominal_batch or args.batch
     for key in ("images", "imgsz", "max_epochs", "chunk", "window", "finetune_epochs", "batch", "calib_images"):
         if getattr(args, key) < 1:

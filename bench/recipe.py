@@ -178,6 +178,9 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [n for n in names if n not in RECIPES]
     if unknown:
         raise SystemExit(f"unknown recipe(s) {unknown}; known: {', '.join(RECIPES)}")
+    if args.timing < 0 or args.timing_epochs < 1:
+        raise SystemExit(f"--timing must be 0 or more and --timing-epochs at least 1, got {args.timing} and "
+                         f"{args.timing_epochs}")
     if args.threads:
         set_threads(args.threads)
     work = Path(args.work)

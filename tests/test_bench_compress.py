@@ -238,6 +238,7 @@ def test_bad_arguments_are_refused() -> None:
     compress = _compress()
     for argv, msg in ((["--model", "yolov9"], "unknown --model"), (["--ratios", "0.5,1.2"], "--ratios"),
                       (["--stages", "train"], "unknown stage"), (["--max-epochs", "0"], "--max-epochs"),
-                      (["--target-flops", "0.3,x"], "--target-flops"), (["--chunk", "0"], "--chunk")):
+                      (["--target-flops", "0.3,x"], "--target-flops"), (["--chunk", "0"], "--chunk"),
+                      (["--settle-runs", "-1"], "--settle-runs")):
         with pytest.raises(UserError, match=msg):
             compress.parse_args(argv)

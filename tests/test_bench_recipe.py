@@ -87,3 +87,11 @@ def test_timing_alternates_the_recipes_and_gives_ratios(tmp_path: Path) -> None:
         args = yaml.safe_load((work / "timing" / name / "args.yaml").read_text())["config"]
         assert (args["epochs"], args["optimizer"]) == (1, optimizer)
     assert not (work / "recipe.json").exists()  # timing scores nothing
+
+
+@pytest.mark.parametrize("argv", [["--timing", "-1"], ["--timing", "2", "--timing-epochs", "0"]])
+def test_bad_timing_arguments_are_refused(tmp_path: Path, argv: list[str]) -> None:
+    recipe = _bench("recipe")
+    with pytest.raises(SystemExit, match="--timing"):
+        recipe.main(["--work", str(tmp_path), *argv])
+    assert not (tmp_path / "data").exists()  # refused before anything is written
