@@ -28,14 +28,16 @@ def print_report(s: dict[str, Any]) -> None:
     if b:
         gain = "—" if b.get("gain") is None else f"{b['gain'] * 100:+.2f}"
         settle = b.get("settle") or []
+        ctl = s.get("settled_control", True)  # the last settling run is the control (JSON before session 6: it was)
         runs = "".join(f"; settling run {i}: {r['start_map']:.3f} → {r['end_map']:.3f} ({r['gain'] * 100:+.1f})"
                        for i, r in enumerate(settle, 1))
         print(f"Baseline: {b['epochs']} epochs in {len(b['chunks'])} chunk(s)"
-              + (f" and {len(settle) - 1} settling run(s) before the control" if settle else "") + ", "
+              + (f" and {len(settle) - 1} settling run(s)" + (" before the control" if ctl else "") if settle else "")
+              + ", "
               f"{'converged' if b['converged'] else '**not converged**'} (chunks: best val mAP@.5:.95 of the "
               f"last {s['settings']['window']} epochs {gain} points over the best before them{runs}; "
               f"converged below {s['settings']['min_gain']:g}"
-              + ("; the last settling run is the control" if settle else "") + ").\n")
+              + ("; the last settling run is the control" if settle and ctl else "") + ").\n")
     print(md_table(
         ["model", "epochs", "mAP50", "mAP50-95", "Δ mAP50-95 vs control", "params", "params removed",
          f"GFLOPs@{s['latency_imgsz']}", "FLOPs removed", "torch ms", "ORT ms", "torch speed-up",

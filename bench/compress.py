@@ -11,13 +11,14 @@ to ``<work>/data`` at the training size and reused when present), for one model 
 1. ``baseline``: train from scratch until converged: in chunks of ``--chunk`` epochs (each a resumable
    run from the previous chunk's weights, validated every epoch) until the best val mAP@.5:.95 of the
    last ``--window`` epochs is less than ``--min-gain`` points above the best before them, or
-   ``--max-epochs`` is spent; then settling runs of ``--finetune-epochs`` F epochs (the control's
-   recipe), at most ``--settle-runs``, until one gains less than ``--min-gain`` over the model it
-   started from: that model is the baseline (``bench/_baseline.py`` says why the chunks alone stop
-   too early); whether it converged, its epochs and its mAP curve are recorded;
-2. ``control``: the baseline trained F more epochs, as every pruned model is (the last settling run;
-   with ``--settle-runs 0``, a run of its own): Δ mAP is taken against it, so a baseline still learning
-   cannot make pruning look like a gain;
+   ``--max-epochs`` is spent; then settling runs of ``--settle-epochs`` epochs (a fresh schedule of the
+   same recipe), at most ``--settle-runs``, until one gains less than ``--min-gain`` over the model it
+   started from: that model is the baseline (``bench/_baseline.py`` says why the chunks alone stop too
+   early); whether it converged, its epochs and its mAP curve are recorded;
+2. ``control``: the baseline trained F (``--finetune-epochs``) more epochs with the fine-tunes' recipe
+   (``--finetune-optimizer``, ``--finetune-hyp``), as every pruned model is: Δ mAP is taken against it,
+   so a baseline still learning cannot make pruning look like a gain. When the settling runs are F
+   epochs of that recipe, the last one is the control and is not trained twice;
 3. ``prune``: prune the baseline with ``--method`` (default ``auto``: the tool's default criterion) at
    every ``--target-flops`` value (the pruned model's FLOPs as a fraction of the baseline's; or at every
    ``--ratios`` value instead), with BN recalibration on the train split as ``yoloslim prune --data``
@@ -25,32 +26,34 @@ to ``<work>/data`` at the training size and reused when present), for one model 
    would empty a channel group is refused by the pruner, and is then retried keeping the 8 strongest
    channels of such groups (``--min-channels 8``; the JSON and the table say so);
 4. ``finetune``: train each pruned model F epochs with distillation from the baseline (``train
-   --teacher``, ``-kd`` rows) and, as the comparison row, the same F epochs without it (``-ft`` rows);
+   --teacher``, ``-kd`` rows) and, as the comparison row, the same F epochs without it (``-ft`` rows),
+   with the control's recipe;
 5. ``measure``: mAP@.5 and mAP@.5:.95 on the val split (at the training size), params, GFLOPs at
    ``--latency-imgsz`` (640), and batch-1 CPU latency at that size in PyTorch (Conv+BN fused) and ONNX
    Runtime, all candidates timed alternately in one loop (``yoloslim.deploy.bench.benchmark``), so the
    speed-ups are ratios taken side by side. Baseline and control share one architecture and are timed
    once; each pruned architecture is timed once, with its distilled weights.
 
-Every training uses ``TrainConfig``'s defaults but for batch, size and seed (so the project's
-training recipe, whatever it is, is what is measured). Every model is the EMA weights of its run's last
-epoch (``last``, never ``best``: the val split that reports mAP does not also pick checkpoints). Each
-stage writes its model into ``<work>/models`` and is skipped when that file exists; a training stage
-interrupted mid-way resumes from its last finished epoch. ``--stages`` runs only some stages (the others'
-saved outputs are used), e.g. ``--stages measure`` re-measures saved models. The results go to
-``--json`` (default ``<work>/compress.json``) and the Markdown for docs/BENCHMARKS.md is printed with
-the command line above it.
+Every training uses ``TrainConfig``'s defaults but for batch, size, seed and the fine-tune recipe when
+one is given (so the project's training recipe, whatever it is, is what is measured). Every model is the
+EMA weights of its run's last epoch (``last``, never ``best``: the val split that reports mAP does not
+also pick checkpoints). Each stage writes its model into ``<work>/models`` and is skipped when that file
+exists; a training stage interrupted mid-way resumes from its last finished epoch. ``--stages`` runs
+only some stages (the others' saved outputs are used), e.g. ``--stages measure`` re-measures saved
+models. The results go to ``--json`` (default ``<work>/compress.json``) and the Markdown for
+docs/BENCHMARKS.md is printed with the command line above it.
 
 Sizing (docs/BENCHMARKS.md, "Compression benchmark", has the commands and the estimates per model):
 400 images (300 train + 100 val) at 192 px, batch 8 without accumulation (38 optimizer steps per
-epoch), baseline at most 150 epochs in chunks of 10, F = 20, FLOPs targets 0.25 and 0.15 (session 2's
+epoch), baseline at most 150 epochs in chunks of 10 and settling runs of 20, F = 100 (session 6: 20
+recovered too little; docs/BENCHMARKS.md, "Session 6"), FLOPs targets 0.25 and 0.15 (session 2's
 speed-ups at 640 put 2.5x ONNX Runtime near 25-28 % of the FLOPs and 3.5x near 15-18 %: the measure
 stage reports what they give, and ``--stages baseline,control,prune,measure`` shows it before any
-fine-tune is paid for). Session 2 measured 24 s per 300-image YOLOv5s epoch at 192 px on one thread
-(the other core busy); with the per-epoch validation ~27 s, so YOLOv5s's worst case is 150 + 20
-full-model epochs (~77 min) plus 2 targets x 20 epochs without (~8 s each) and with distillation (~16
-s: the teacher's forward pass) and the pruning: about 1 h 35 min on one core, less when the baseline
-converges early.
+fine-tune is paid for; session 6 chose 0.33 and 0.20 for YOLOv5s). Session 5 measured about 8.5 s per
+300-image YOLOv5s epoch at 192 px on one thread (the other core busy) and 13 s with distillation (the
+teacher's forward pass), so YOLOv5s's worst case is 150 + 3 x 20 baseline epochs (~30 min), the
+100-epoch control (~14 min) and 2 targets x 100 epochs with (~22 min) and without distillation
+(~13 min): about 2 h 15 min on one core, less when the baseline converges early.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ from _compress_report import FINETUNES, TARGETS, print_report
 
 from yoloslim.config import read_yaml_mapping
 from yoloslim.data.synth import synthesize
+from yoloslim.engine.optim import OPTIMIZERS
 from yoloslim.engine.train import TrainConfig, train
 from yoloslim.engine.train_state import load_state
 from yoloslim.errors import UserError
@@ -108,6 +112,19 @@ class Settings:
     hyp: str | None
     min_map: float
     settle_runs: int
+    settle_epochs: int
+    finetune_optimizer: str
+    finetune_hyp: str | None
+
+    def settle_is_control(self) -> bool:
+        """The last settling run is the control when it is one: F epochs with the control's recipe."""
+        return bool(self.settle_runs) and self.settle_epochs == self.finetune_epochs and \
+            self.finetune_optimizer == TrainConfig.optimizer and self.finetune_hyp is None
+
+
+# settings that a work folder written before they existed holds implicitly: name -> value from the old file
+IMPLIED = {"settle_epochs": lambda old: old.get("finetune_epochs"),
+           "finetune_optimizer": lambda old: TrainConfig.optimizer, "finetune_hyp": lambda old: None}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -126,10 +143,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="a plateau below this val mAP@.5:.95 is a model that has not started learning, not "
                          "a converged one")
     ap.add_argument("--settle-runs", type=int, default=3,
-                    help="after the chunks, at most this many runs of --finetune-epochs until one gains under "
-                         "--min-gain; the last is the control (0: the control is trained on its own)")
-    ap.add_argument("--hyp", default=None, help="hyperparameter YAML for every training (default: the recipe's)")
-    ap.add_argument("--finetune-epochs", type=int, default=20, help="fine-tune (and control) epochs F")
+                    help="after the chunks, at most this many runs of --settle-epochs until one gains under "
+                         "--min-gain (0: none)")
+    ap.add_argument("--settle-epochs", type=int, default=20,
+                    help="epochs of each settling run (default 20; the last run is also the control when "
+                         "this equals --finetune-epochs and the fine-tunes use the default recipe)")
+    ap.add_argument("--hyp", default=None, help="hyperparameter YAML of the baseline (default: the recipe's)")
+    ap.add_argument("--finetune-epochs", type=int, default=100, help="fine-tune (and control) epochs F")
+    ap.add_argument("--finetune-optimizer", default=TrainConfig.optimizer, choices=OPTIMIZERS,
+                    help=f"optimizer of the control and the fine-tunes (default {TrainConfig.optimizer})")
+    ap.add_argument("--finetune-hyp", default=None,
+                    help="hyperparameter YAML of the control and the fine-tunes (default: the recipe's, "
+                         "which gives a pruned model's fine-tune no warm-up)")
     ap.add_argument("--method", default="auto", choices=METHODS, help="pruning method (default auto)")
     ap.add_argument("--target-flops", default="0.25,0.15",
                     help="pruned FLOPs as fractions of the baseline's, comma-separated (default 0.25,0.15)")
@@ -172,13 +197,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.settle_runs < 0:
         raise UserError(f"--settle-runs must be 0 or more, got {args.settle_runs}")
     args.nominal_batch = args.nominal_batch or args.batch
-    for key in ("images", "imgsz", "max_epochs", "chunk", "window", "finetune_epochs", "batch", "calib_images"):
+    for key in ("images", "imgsz", "max_epochs", "chunk", "window", "finetune_epochs", "settle_epochs", "batch",
+                "calib_images"):
         if getattr(args, key) < 1:
             raise UserError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(args, key)}")
     if args.min_gain < 0 or args.distill_weight < 0 or args.min_map < 0:
         raise UserError("--min-gain, --min-map and --distill-weight must be at least 0")
-    if args.hyp and not Path(args.hyp).is_file():
-        raise UserError(f"--hyp {args.hyp}: no such file")
+    for flag in ("hyp", "finetune_hyp"):
+        if getattr(args, flag) and not Path(getattr(args, flag)).is_file():
+            raise UserError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: no such file")
     return args
 
 
@@ -215,11 +242,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     f = args.finetune_epochs
     common = {"data": str(data), "batch": args.batch, "imgsz": args.imgsz, "workers": args.workers,
               "seed": args.seed, "nominal_batch": args.nominal_batch, "hyp": args.hyp}
-    if "baseline" in args.stages and not (base.is_file() and (control.is_file() or not args.settle_runs)):
-        timed("baseline", baseline_stage, base, control, work, args, common)  # with settling runs: the control too
+    tune = {**common, "hyp": args.finetune_hyp, "optimizer": args.finetune_optimizer}  # control and fine-tunes
+    settled_control = settings.settle_is_control()
+    if "baseline" in args.stages and not (base.is_file() and (control.is_file() or not settled_control)):
+        timed("baseline", baseline_stage, base, control if settled_control else None, work, args, common)
     if "control" in args.stages and not control.is_file():
-        _need(control if args.settle_runs else base, "baseline")  # with settling runs, the last one is the control
-        timed("control", train_stage, control, work / "runs" / "control", weights=str(base), epochs=f, **common)
+        _need(control if settled_control else base, "baseline")  # the last settling run, when it is the control
+        timed("control", train_stage, control, work / "runs" / "control", weights=str(base), epochs=f, **tune)
     names = {label(args.method, k, v): (k, v) for k, v in args.targets}
     for name, (kind, value) in names.items():
         pruned = models / f"{name}.safetensors"
@@ -234,11 +263,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 _need(pruned, "prune")
                 teacher = {"teacher": str(base), "distill_weight": args.distill_weight} if kind == "kd" else {}
                 timed(f"finetune {name}-{kind}", train_stage, tuned, work / "runs" / f"{name}-{kind}",
-                      weights=str(pruned), epochs=f, **teacher, **common)
+                      weights=str(pruned), epochs=f, **teacher, **tune)
     if "measure" not in args.stages:
         return {"timings": timings}
     summary = timed("measure", measure, work, data, args)
-    summary = {"command": command, "settings": asdict(settings), "environment": environment(),
+    summary = {"command": command, "settings": asdict(settings), "settled_control": settled_control,
+               "environment": environment(),
                "data": {"path": str(data), "images": args.images, "imgsz": args.imgsz},
                "baseline": _load_json(models / "baseline.json"), **summary,
                "timings": timings, "total_wall_s": round(sum(t["wall_s"] for t in timings.values()), 1)}
@@ -254,10 +284,12 @@ def check_settings(work: Path, args: argparse.Namespace) -> Settings:
     settings = Settings(args.model, args.images, args.val_ratio, args.imgsz, args.max_epochs, args.chunk,
                         args.window, args.min_gain, args.finetune_epochs, args.batch, args.nominal_batch,
                         args.seed, args.round_to, args.min_channels, args.fold_bias, args.calib_images,
-                        args.distill_weight, args.hyp, args.min_map, args.settle_runs)
+                        args.distill_weight, args.hyp, args.min_map, args.settle_runs, args.settle_epochs,
+                        args.finetune_optimizer, args.finetune_hyp)
     path = work / "settings.json"
     if path.is_file():
         old = json.loads(path.read_text())
+        old.update({k: implied(old) for k, implied in IMPLIED.items() if k not in old})
         diff = [f"{k} {old.get(k)!r} there, {v!r} here" for k, v in asdict(settings).items()
                 if old.get(k) != v]
         if diff:
@@ -281,12 +313,12 @@ def data_set(folder: Path, args: argparse.Namespace) -> Path:
                       val_ratio=args.val_ratio)
 
 
-def baseline_stage(out: Path, control: Path, work: Path, args: argparse.Namespace,
+def baseline_stage(out: Path, control: Path | None, work: Path, args: argparse.Namespace,
                    common: dict[str, Any]) -> BaselineRecord:
     """Train the baseline until converged (chunks, then settling runs, in ``runs/baseline``); its record
-    goes to ``baseline.json``, and the last settling run's model to ``control``."""
+    goes to ``baseline.json``, and the last settling run's model to ``control`` when that run is the control."""
     conv = Convergence(args.max_epochs, args.chunk, args.window, args.min_gain / 100, args.min_map,
-                       settle_epochs=args.finetune_epochs, max_settle=args.settle_runs)
+                       settle_epochs=args.settle_epochs, max_settle=args.settle_runs)
     hyp = read_yaml_mapping(args.hyp, "hyp") if args.hyp else {}
     restart = work / "hyp-restart.yaml"  # the chunks after the first: the same recipe, no second warm-up
     restart.write_text(yaml.safe_dump({**hyp, "warmup_epochs": 0.0}))
@@ -296,7 +328,7 @@ def baseline_stage(out: Path, control: Path, work: Path, args: argparse.Namespac
         state = run / "weights" / "last_state.pt"
         if state.is_file() and last.is_file() and int(load_state(state)["epoch"]) >= cfg["epochs"]:
             return last  # a finished chunk
-        if settle:  # the control's recipe
+        if settle:  # a fresh schedule of the baseline's recipe, warm-up included
             return train_stage(None, run, **cfg, **common)
         hyp_file = {"hyp": str(restart)} if "weights" in cfg else {}
         return train_stage(None, run, val_every_epoch=True, **cfg, **{**common, **hyp_file})
@@ -304,7 +336,7 @@ def baseline_stage(out: Path, control: Path, work: Path, args: argparse.Namespac
     last, settled, record = train_until_converged(work / "runs" / "baseline", conv, chunk, args.model)
     write_json(out.with_suffix(".json"), record.to_dict())
     atomic_write(out, lambda tmp: shutil.copyfile(last, tmp))
-    if settled is not None:
+    if settled is not None and control is not None:
         atomic_write(control, lambda tmp: shutil.copyfile(settled, tmp))
     return record
 

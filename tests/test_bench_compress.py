@@ -24,7 +24,8 @@ def _compress():
 
 
 TOY = ["--model", "yolov5n", "--images", "12", "--imgsz", "64", "--max-epochs", "2", "--chunk", "1", "--window", "1",
-       "--min-gain", "100", "--finetune-epochs", "1", "--target-flops", "0.5", "--batch", "4", "--workers", "0",
+       "--min-gain", "100", "--finetune-epochs", "1", "--settle-epochs", "1", "--target-flops", "0.5", "--batch", "4",
+       "--workers", "0",
        "--threads", "1", "--round-to", "1", "--min-map", "0"]
 
 
@@ -215,6 +216,49 @@ def test_settling_runs_follow_the_chunks_until_one_stops_gaining(tmp_path: Path)
     assert (base.parent.name, control.parent.name) == ("settle-01", "settle-02")
 
 
+@pytest.mark.slow
+def test_control_is_trained_apart_with_the_finetune_recipe(tmp_path: Path) -> None:
+    """With a fine-tune recipe of its own (here AdamW), the last settling run is not the control: the control
+    is F epochs from the baseline with that recipe, in ``runs/control``, and so are the fine-tunes."""
+    compress = _compress()
+    work = tmp_path / "work"
+    argv = [*TOY, "--finetune-epochs", "2", "--finetune-optimizer", "AdamW", "--work", str(work),
+            "--stages", "baseline,control,prune,finetune"]
+    compress.main(argv)
+    settings = compress.Settings(**json.loads((work / "settings.json").read_text()))
+    assert not settings.settle_is_control() and settings.finetune_optimizer == "AdamW"
+    models, runs = work / "models", work / "runs"
+    assert (runs / "baseline" / "settle-01").is_dir()  # a settling run of --settle-epochs 1 was trained ...
+    control = runs / "control" / "weights"
+    assert (models / "control.safetensors").read_bytes() == (control / "last.safetensors").read_bytes()  # ... apart
+    from yoloslim.engine.train_state import load_state
+
+    for run in ("control", "auto-f50-kd", "auto-f50-ft"):
+        cfg = load_state(runs / run / "weights" / "last_state.pt")["config"]
+        assert (cfg["optimizer"], cfg["epochs"]) == ("AdamW", 2), run
+    assert load_state(runs / "baseline" / "settle-01" / "weights" / "last_state.pt")["config"]["optimizer"] == "auto"
+    record = json.loads((models / "baseline.json").read_text())
+    assert read_info(models / "control.safetensors").history[-1]["epochs"] == 2
+    assert record["epochs"] == 2  # the settling run's start is the baseline: its epoch is not counted
+
+
+def test_a_folder_from_before_the_fine_tune_recipe_settings_is_accepted(tmp_path: Path) -> None:
+    """settings.json written before --settle-epochs and the fine-tune recipe existed implies their values
+    (settling runs of F epochs, the default recipe): the same run is accepted, another F is refused."""
+    compress = _compress()
+    work = tmp_path / "work"
+    work.mkdir()
+    args = compress.parse_args([*TOY, "--work", str(work)])
+    old = {k: v for k, v in compress.asdict(compress.check_settings(tmp_path / "fresh", args)).items()
+           if k not in compress.IMPLIED}
+    (work / "settings.json").write_text(json.dumps(old))
+    assert compress.check_settings(work, args).settle_is_control()
+    with pytest.raises(UserError, match="finetune_epochs 1 there, 2 here"):
+        compress.check_settings(work, compress.parse_args([*TOY, "--finetune-epochs", "2", "--work", str(work)]))
+    with pytest.raises(UserError, match="finetune_optimizer 'auto' there, 'AdamW' here"):
+        compress.check_settings(work, compress.parse_args([*TOY, "--finetune-optimizer", "AdamW"]))
+
+
 def test_prune_stage_holds_groups_a_ratio_would_empty(tmp_path: Path) -> None:
     """Slimming at 0.95 empties groups: retried with the fallback floor, which the model file records."""
     from yoloslim.models import create_model
@@ -239,6 +283,7 @@ def test_bad_arguments_are_refused() -> None:
     for argv, msg in ((["--model", "yolov9"], "unknown --model"), (["--ratios", "0.5,1.2"], "--ratios"),
                       (["--stages", "train"], "unknown stage"), (["--max-epochs", "0"], "--max-epochs"),
                       (["--target-flops", "0.3,x"], "--target-flops"), (["--chunk", "0"], "--chunk"),
-                      (["--settle-runs", "-1"], "--settle-runs")):
+                      (["--settle-runs", "-1"], "--settle-runs"), (["--settle-epochs", "0"], "--settle-epochs"),
+                      (["--finetune-hyp", "/no/such.yaml"], "--finetune-hyp")):
         with pytest.raises(UserError, match=msg):
             compress.parse_args(argv)
