@@ -11,14 +11,14 @@ to ``<work>/data`` at the training size and reused when present), for one model 
 1. ``baseline``: train from scratch until converged: in chunks of ``--chunk`` epochs (each a resumable
    run from the previous chunk's weights, validated every epoch) until the best val mAP@.5:.95 of the
    last ``--window`` epochs is less than ``--min-gain`` points above the best before them, or
-   ``--max-epochs`` is spent; then settling runs of ``--settle-epochs`` epochs (a fresh schedule of the
-   same recipe), at most ``--settle-runs``, until one gains less than ``--min-gain`` over the model it
+   ``--max-epochs`` is spent; then settling runs of ``--settle-epochs`` epochs (default F) with the
+   control's recipe, at most ``--settle-runs``, until one gains less than ``--min-gain`` over the model it
    started from: that model is the baseline (``bench/_baseline.py`` says why the chunks alone stop too
    early); whether it converged, its epochs and its mAP curve are recorded;
 2. ``control``: the baseline trained F (``--finetune-epochs``) more epochs with the fine-tunes' recipe
    (``--finetune-optimizer``, ``--finetune-hyp``), as every pruned model is: Δ mAP is taken against it,
    so a baseline still learning cannot make pruning look like a gain. When the settling runs are F
-   epochs of that recipe, the last one is the control and is not trained twice;
+   epochs (the default), the last one is the control and is not trained twice;
 3. ``prune``: prune the baseline with ``--method`` (default ``auto``: the tool's default criterion) at
    every ``--target-flops`` value (the pruned model's FLOPs as a fraction of the baseline's; or at every
    ``--ratios`` value instead), with BN recalibration on the train split as ``yoloslim prune --data``
@@ -45,15 +45,17 @@ docs/BENCHMARKS.md is printed with the command line above it.
 
 Sizing (docs/BENCHMARKS.md, "Compression benchmark", has the commands and the estimates per model):
 400 images (300 train + 100 val) at 192 px, batch 8 without accumulation (38 optimizer steps per
-epoch), baseline at most 150 epochs in chunks of 10 and settling runs of 20, F = 100 (session 6: 20
-recovered too little; docs/BENCHMARKS.md, "Session 6"), FLOPs targets 0.25 and 0.15 (session 2's
+epoch), baseline at most 150 epochs in chunks of 10, then settling runs, F = 100 (session 6: 20
+recovered too little, and 20-epoch settling runs called baselines converged that were not; docs/BENCHMARKS.md,
+"Session 6"), FLOPs targets 0.25 and 0.15 (session 2's
 speed-ups at 640 put 2.5x ONNX Runtime near 25-28 % of the FLOPs and 3.5x near 15-18 %: the measure
 stage reports what they give, and ``--stages baseline,control,prune,measure`` shows it before any
-fine-tune is paid for; session 6 chose 0.33 and 0.20 for YOLOv5s). Session 5 measured about 8.5 s per
-300-image YOLOv5s epoch at 192 px on one thread (the other core busy) and 13 s with distillation (the
-teacher's forward pass), so YOLOv5s's worst case is 150 + 3 x 20 baseline epochs (~30 min), the
-100-epoch control (~14 min) and 2 targets x 100 epochs with (~22 min) and without distillation
-(~13 min): about 2 h 15 min on one core, less when the baseline converges early.
+fine-tune is paid for; session 6 chose 0.25 and 0.19 for YOLOv5s: 3.2x and about 3.7x). A YOLOv5s
+epoch of these 300 images takes about 19 s on one thread (the other core busy), 13 s for a 25 % cut
+distilled (the teacher's forward pass included), 9 s without distillation (session 6), so YOLOv5s's
+worst case is 150 chunk epochs (~50 min), up to 3 settling runs of 100 (~100 min, the last being the
+control) and 2 targets x 100 epochs with and without distillation (~75 min): about 3 h 45 min on one
+core, less when it converges early.
 """
 
 from __future__ import annotations
@@ -117,9 +119,8 @@ class Settings:
     finetune_hyp: str | None
 
     def settle_is_control(self) -> bool:
-        """The last settling run is the control when it is one: F epochs with the control's recipe."""
-        return bool(self.settle_runs) and self.settle_epochs == self.finetune_epochs and \
-            self.finetune_optimizer == TrainConfig.optimizer and self.finetune_hyp is None
+        """The last settling run is the control when it is one: F epochs (they have the control's recipe)."""
+        return bool(self.settle_runs) and self.settle_epochs == self.finetune_epochs
 
 
 # settings that a work folder written before they existed holds implicitly: name -> value from the old file
@@ -145,16 +146,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--settle-runs", type=int, default=3,
                     help="after the chunks, at most this many runs of --settle-epochs until one gains under "
                          "--min-gain (0: none)")
-    ap.add_argument("--settle-epochs", type=int, default=20,
-                    help="epochs of each settling run (default 20; the last run is also the control when "
-                         "this equals --finetune-epochs and the fine-tunes use the default recipe)")
+    ap.add_argument("--settle-epochs", type=int, default=None,
+                    help="epochs of each settling run, with the control's recipe (default F: the last run is "
+                         "then the control; fewer make a cheaper but weaker convergence test)")
     ap.add_argument("--hyp", default=None, help="hyperparameter YAML of the baseline (default: the recipe's)")
     ap.add_argument("--finetune-epochs", type=int, default=100, help="fine-tune (and control) epochs F")
     ap.add_argument("--finetune-optimizer", default=TrainConfig.optimizer, choices=OPTIMIZERS,
-                    help=f"optimizer of the control and the fine-tunes (default {TrainConfig.optimizer})")
+                    help=f"optimizer of the settling runs, the control and the fine-tunes (default "
+                         f"{TrainConfig.optimizer})")
     ap.add_argument("--finetune-hyp", default=None,
-                    help="hyperparameter YAML of the control and the fine-tunes (default: the recipe's, "
-                         "which gives a pruned model's fine-tune no warm-up)")
+                    help="hyperparameter YAML of the settling runs, the control and the fine-tunes (default: the "
+                         "recipe's, which gives a pruned model's fine-tune no warm-up)")
     ap.add_argument("--method", default="auto", choices=METHODS, help="pruning method (default auto)")
     ap.add_argument("--target-flops", default="0.25,0.15",
                     help="pruned FLOPs as fractions of the baseline's, comma-separated (default 0.25,0.15)")
@@ -197,6 +199,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.settle_runs < 0:
         raise UserError(f"--settle-runs must be 0 or more, got {args.settle_runs}")
     args.nominal_batch = args.nominal_batch or args.batch
+    args.settle_epochs = args.settle_epochs if args.settle_epochs is not None else args.finetune_epochs
     for key in ("images", "imgsz", "max_epochs", "chunk", "window", "finetune_epochs", "settle_epochs", "batch",
                 "calib_images"):
         if getattr(args, key) < 1:
@@ -245,7 +248,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     tune = {**common, "hyp": args.finetune_hyp, "optimizer": args.finetune_optimizer}  # control and fine-tunes
     settled_control = settings.settle_is_control()
     if "baseline" in args.stages and not (base.is_file() and (control.is_file() or not settled_control)):
-        timed("baseline", baseline_stage, base, control if settled_control else None, work, args, common)
+        timed("baseline", baseline_stage, base, control if settled_control else None, work, args, common, tune)
     if "control" in args.stages and not control.is_file():
         _need(control if settled_control else base, "baseline")  # the last settling run, when it is the control
         timed("control", train_stage, control, work / "runs" / "control", weights=str(base), epochs=f, **tune)
@@ -314,9 +317,11 @@ def data_set(folder: Path, args: argparse.Namespace) -> Path:
 
 
 def baseline_stage(out: Path, control: Path | None, work: Path, args: argparse.Namespace,
-                   common: dict[str, Any]) -> BaselineRecord:
+                   common: dict[str, Any], tune: dict[str, Any]) -> BaselineRecord:
     """Train the baseline until converged (chunks, then settling runs, in ``runs/baseline``); its record
-    goes to ``baseline.json``, and the last settling run's model to ``control`` when that run is the control."""
+    goes to ``baseline.json``, and the last settling run's model to ``control`` when that run is the control.
+    The chunks train with ``common``'s recipe, the settling runs with the control's (``tune``): the baseline
+    is converged for the recipe its control and fine-tunes use."""
     conv = Convergence(args.max_epochs, args.chunk, args.window, args.min_gain / 100, args.min_map,
                        settle_epochs=args.settle_epochs, max_settle=args.settle_runs)
     hyp = read_yaml_mapping(args.hyp, "hyp") if args.hyp else {}
@@ -328,8 +333,8 @@ def baseline_stage(out: Path, control: Path | None, work: Path, args: argparse.N
         state = run / "weights" / "last_state.pt"
         if state.is_file() and last.is_file() and int(load_state(state)["epoch"]) >= cfg["epochs"]:
             return last  # a finished chunk
-        if settle:  # a fresh schedule of the baseline's recipe, warm-up included
-            return train_stage(None, run, **cfg, **common)
+        if settle:
+            return train_stage(None, run, **cfg, **tune)
         hyp_file = {"hyp": str(restart)} if "weights" in cfg else {}
         return train_stage(None, run, val_every_epoch=True, **cfg, **{**common, **hyp_file})
 
