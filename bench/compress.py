@@ -50,7 +50,7 @@ recovered too little, and 20-epoch settling runs called baselines converged that
 "Session 6"), FLOPs targets 0.25 and 0.15 (session 2's
 speed-ups at 640 put 2.5x ONNX Runtime near 25-28 % of the FLOPs and 3.5x near 15-18 %: the measure
 stage reports what they give, and ``--stages baseline,control,prune,measure`` shows it before any
-fine-tune is paid for; session 6 chose 0.25 and 0.19 for YOLOv5s: 3.2x and about 3.7x). A YOLOv5s
+fine-tune is paid for; in session 6, YOLOv5s at 0.19 gave only 3.2x, no faster than 0.25). A YOLOv5s
 epoch of these 300 images takes about 19 s on one thread (the other core busy), 13 s for a 25 % cut
 distilled (the teacher's forward pass included), 9 s without distillation (session 6), so YOLOv5s's
 worst case is 150 chunk epochs (~50 min), up to 3 settling runs of 100 (~100 min, the last being the
