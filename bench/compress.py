@@ -52,7 +52,7 @@ speed-ups at 640 put 2.5x ONNX Runtime near 25-28 % of the FLOPs and 3.5x near 1
 stage reports what they give, and ``--stages baseline,control,prune,measure`` shows it before any
 fine-tune is paid for; in session 6, YOLOv5s at 0.19 gave only 3.2x, no faster than 0.25). A YOLOv5s
 epoch of these 300 images takes about 19 s on one thread (the other core busy), 13 s for a 25 % cut
-distilled (the teacher's forward pass included), 9 s without distillation (session 6), so YOLOv5s's
+distilled (the teacher's forward pass included), 7 s without distillation (session 6), so YOLOv5s's
 worst case is 150 chunk epochs (~50 min), up to 3 settling runs of 100 (~100 min, the last being the
 control) and 2 targets x 100 epochs with and without distillation (~75 min): about 3 h 45 min on one
 core, less when it converges early.
@@ -124,8 +124,9 @@ class Settings:
 
 
 # settings that a work folder written before they existed holds implicitly: name -> value from the old file
+# (its settling runs and control were F epochs of the one recipe, --hyp included)
 IMPLIED = {"settle_epochs": lambda old: old.get("finetune_epochs"),
-           "finetune_optimizer": lambda old: TrainConfig.optimizer, "finetune_hyp": lambda old: None}
+           "finetune_optimizer": lambda old: TrainConfig.optimizer, "finetune_hyp": lambda old: old.get("hyp")}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -245,7 +246,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     f = args.finetune_epochs
     common = {"data": str(data), "batch": args.batch, "imgsz": args.imgsz, "workers": args.workers,
               "seed": args.seed, "nominal_batch": args.nominal_batch, "hyp": args.hyp}
-    tune = {**common, "hyp": args.finetune_hyp, "optimizer": args.finetune_optimizer}  # control and fine-tunes
+    tune = {**common, "hyp": args.finetune_hyp, "optimizer": args.finetune_optimizer}  # settling, control, fine-tunes
     settled_control = settings.settle_is_control()
     if "baseline" in args.stages and not (base.is_file() and (control.is_file() or not settled_control)):
         timed("baseline", baseline_stage, base, control if settled_control else None, work, args, common, tune)

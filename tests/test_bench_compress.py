@@ -257,6 +257,14 @@ def test_a_folder_from_before_the_fine_tune_recipe_settings_is_accepted(tmp_path
         compress.check_settings(work, compress.parse_args([*TOY, "--finetune-epochs", "2", "--work", str(work)]))
     with pytest.raises(UserError, match="finetune_optimizer 'auto' there, 'AdamW' here"):
         compress.check_settings(work, compress.parse_args([*TOY, "--finetune-optimizer", "AdamW"]))
+    # a folder made with --hyp: its settling runs and control had that recipe, so it is the fine-tune recipe
+    hyp = tmp_path / "hyp.yaml"
+    hyp.write_text("lr0: 0.002\n")
+    old["hyp"] = str(hyp)
+    (work / "settings.json").write_text(json.dumps(old))
+    assert compress.check_settings(work, compress.parse_args([*TOY, "--hyp", str(hyp), "--finetune-hyp", str(hyp)]))
+    with pytest.raises(UserError, match="finetune_hyp .* there, None here"):
+        compress.check_settings(work, compress.parse_args([*TOY, "--hyp", str(hyp)]))
 
 
 def test_prune_stage_holds_groups_a_ratio_would_empty(tmp_path: Path) -> None:
