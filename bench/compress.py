@@ -27,12 +27,12 @@ to ``<work>/data`` at the training size and reused when present), for one model 
    channels of such groups (``--min-channels 8``; the JSON and the table say so);
 4. ``finetune``: train each pruned model F epochs with distillation from the baseline (``train
    --teacher``, ``-kd`` rows) and, as the comparison row, the same F epochs without it (``-ft`` rows),
-   with the control's recipe;
+   with the control's recipe (``--finetunes`` trains only one of the two);
 5. ``measure``: mAP@.5 and mAP@.5:.95 on the val split (at the training size), params, GFLOPs at
    ``--latency-imgsz`` (640), and batch-1 CPU latency at that size in PyTorch (Conv+BN fused) and ONNX
    Runtime, all candidates timed alternately in one loop (``yoloslim.deploy.bench.benchmark``), so the
    speed-ups are ratios taken side by side. Baseline and control share one architecture and are timed
-   once; each pruned architecture is timed once, with its distilled weights.
+   once; each pruned architecture is timed once, with its distilled weights when there are some.
 
 Every training uses ``TrainConfig``'s defaults but for batch, size, seed and the fine-tune recipe when
 one is given (so the project's training recipe, whatever it is, is what is measured). Every model is the
@@ -175,6 +175,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="distillation loss weight of the -kd fine-tunes")
     ap.add_argument("--work", default="runs/bench-compress", help="work folder (data, runs, models)")
     ap.add_argument("--stages", default="all", help=f"some of {','.join(STAGES)} (default all)")
+    ap.add_argument("--finetunes", default=",".join(FINETUNES),
+                    help=f"which fine-tunes the finetune stage trains: some of {','.join(FINETUNES)} (kd: "
+                         f"distilled, ft: plain; default both)")
     ap.add_argument("--skip-latency", action="store_true", help="no latency measurement")
     ap.add_argument("--latency-imgsz", type=int, default=640, help="size of GFLOPs and latency")
     ap.add_argument("--latency-runs", type=int, default=30, help="timed rounds (every candidate once each)")
@@ -197,6 +200,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         raise UserError(f"unknown stage {unknown[0]!r}; stages: {', '.join(STAGES)} or all")
     args.stages = stages
+    kinds = tuple(k.strip() for k in args.finetunes.split(",") if k.strip())
+    if not kinds or any(k not in FINETUNES for k in kinds):
+        raise UserError(f"--finetunes must be some of {','.join(FINETUNES)}, got {args.finetunes!r}")
+    args.finetunes = kinds
     if args.settle_runs < 0:
         raise UserError(f"--settle-runs must be 0 or more, got {args.settle_runs}")
     args.nominal_batch = args.nominal_batch or args.batch
@@ -261,7 +268,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             timed(f"prune {name}", prune_stage, base, pruned, {kind: value}, data, args)
     for name in names:
         pruned = models / f"{name}.safetensors"
-        for kind in FINETUNES:
+        for kind in args.finetunes:
             tuned = models / f"{name}-{kind}.safetensors"
             if "finetune" in args.stages and not tuned.is_file():
                 _need(pruned, "prune")

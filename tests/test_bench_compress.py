@@ -103,14 +103,18 @@ def test_compress_toy_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert "| pruned model | mAP50-95 no distillation | mAP50-95 distilled | gain (pt) |" in out
     assert out.count("| auto FLOPs 0.5") == 7  # 3 models, recalibration, distillation, 2 target rows
 
-    # a second run reuses every stage; a lost stage output is restored from its finished run
+    # a second run reuses every stage; a lost stage output is restored from its finished run, for the
+    # fine-tunes --finetunes names only
     (models / "auto-f50-kd.safetensors").unlink()
-    run_last = work / "runs" / "auto-f50-kd" / "weights" / "last.safetensors"
+    (models / "auto-f50-ft.safetensors").unlink()
+    run_last = work / "runs" / "auto-f50-ft" / "weights" / "last.safetensors"
     stamp = run_last.stat().st_mtime_ns
-    again = compress.main([*TOY, "--work", str(work), "--skip-latency"])
+    again = compress.main([*TOY, "--work", str(work), "--skip-latency", "--finetunes", "ft"])
     assert run_last.stat().st_mtime_ns == stamp  # copied from the finished run, not trained again
-    assert (models / "auto-f50-kd.safetensors").read_bytes() == run_last.read_bytes()
-    assert [r["map"] for r in again["models"]] == [r["map"] for r in saved["models"]]
+    assert (models / "auto-f50-ft.safetensors").read_bytes() == run_last.read_bytes()
+    assert not (models / "auto-f50-kd.safetensors").exists()
+    maps = {r["name"]: r["map"] for r in saved["models"]}
+    assert {r["name"]: r["map"] for r in again["models"]} == {k: v for k, v in maps.items() if k != "auto-f50-kd"}
     assert again["models"][0]["torch_ms"] is None
 
     # a lost baseline and control are rebuilt from their finished runs, without training
@@ -292,6 +296,7 @@ def test_bad_arguments_are_refused() -> None:
                       (["--stages", "train"], "unknown stage"), (["--max-epochs", "0"], "--max-epochs"),
                       (["--target-flops", "0.3,x"], "--target-flops"), (["--chunk", "0"], "--chunk"),
                       (["--settle-runs", "-1"], "--settle-runs"), (["--settle-epochs", "0"], "--settle-epochs"),
-                      (["--finetune-hyp", "/no/such.yaml"], "--finetune-hyp")):
+                      (["--finetune-hyp", "/no/such.yaml"], "--finetune-hyp"),
+                      (["--finetunes", "kd,fast"], "--finetunes"), (["--finetunes", ","], "--finetunes")):
         with pytest.raises(UserError, match=msg):
             compress.parse_args(argv)
