@@ -117,6 +117,7 @@ class Settings:
     settle_epochs: int
     finetune_optimizer: str
     finetune_hyp: str | None
+    distill_epochs: int
 
     def settle_is_control(self) -> bool:
         """The last settling run is the control when it is one: F epochs (they have the control's recipe)."""
@@ -126,7 +127,8 @@ class Settings:
 # settings that a work folder written before they existed holds implicitly: name -> value from the old file
 # (its settling runs and control were F epochs of the one recipe, --hyp included)
 IMPLIED = {"settle_epochs": lambda old: old.get("finetune_epochs"),
-           "finetune_optimizer": lambda old: TrainConfig.optimizer, "finetune_hyp": lambda old: old.get("hyp")}
+           "finetune_optimizer": lambda old: TrainConfig.optimizer, "finetune_hyp": lambda old: old.get("hyp"),
+           "distill_epochs": lambda old: 0}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -173,6 +175,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--calib-images", type=int, default=CALIB_IMAGES, help="BN recalibration images")
     ap.add_argument("--distill-weight", type=float, default=TrainConfig.distill_weight,
                     help="distillation loss weight of the -kd fine-tunes")
+    ap.add_argument("--distill-epochs", type=int, default=TrainConfig.distill_epochs,
+                    help="the -kd fine-tunes distil during their first this many epochs only (train "
+                         "--distill-epochs; default 0: every epoch)")
     ap.add_argument("--work", default="runs/bench-compress", help="work folder (data, runs, models)")
     ap.add_argument("--stages", default="all", help=f"some of {','.join(STAGES)} (default all)")
     ap.add_argument("--finetunes", default=",".join(FINETUNES),
@@ -212,8 +217,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 "calib_images"):
         if getattr(args, key) < 1:
             raise UserError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(args, key)}")
-    if args.min_gain < 0 or args.distill_weight < 0 or args.min_map < 0:
-        raise UserError("--min-gain, --min-map and --distill-weight must be at least 0")
+    if args.min_gain < 0 or args.distill_weight < 0 or args.min_map < 0 or args.distill_epochs < 0:
+        raise UserError("--min-gain, --min-map, --distill-weight and --distill-epochs must be at least 0")
     for flag in ("hyp", "finetune_hyp"):
         if getattr(args, flag) and not Path(getattr(args, flag)).is_file():
             raise UserError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: no such file")
@@ -272,7 +277,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             tuned = models / f"{name}-{kind}.safetensors"
             if "finetune" in args.stages and not tuned.is_file():
                 _need(pruned, "prune")
-                teacher = {"teacher": str(base), "distill_weight": args.distill_weight} if kind == "kd" else {}
+                teacher = ({"teacher": str(base), "distill_weight": args.distill_weight,
+                            "distill_epochs": args.distill_epochs} if kind == "kd" else {})
                 timed(f"finetune {name}-{kind}", train_stage, tuned, work / "runs" / f"{name}-{kind}",
                       weights=str(pruned), epochs=f, **teacher, **tune)
     if "measure" not in args.stages:
@@ -296,7 +302,7 @@ def check_settings(work: Path, args: argparse.Namespace) -> Settings:
                         args.window, args.min_gain, args.finetune_epochs, args.batch, args.nominal_batch,
                         args.seed, args.round_to, args.min_channels, args.fold_bias, args.calib_images,
                         args.distill_weight, args.hyp, args.min_map, args.settle_runs, args.settle_epochs,
-                        args.finetune_optimizer, args.finetune_hyp)
+                        args.finetune_optimizer, args.finetune_hyp, args.distill_epochs)
     path = work / "settings.json"
     if path.is_file():
         old = json.loads(path.read_text())

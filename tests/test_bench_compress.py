@@ -222,11 +222,11 @@ def test_settling_runs_follow_the_chunks_until_one_stops_gaining(tmp_path: Path)
 @pytest.mark.slow
 def test_control_is_trained_apart_when_settling_runs_are_shorter(tmp_path: Path) -> None:
     """Settling runs shorter than F are not the control: the control is F epochs from the baseline, in
-    ``runs/control``; the settling runs, the control and the fine-tunes share the fine-tune recipe (AdamW)."""
+    ``runs/control``; the settling runs, the control and the fine-tunes share the fine-tune recipe (AdamW); the -kd fine-tunes get --distill-epochs."""
     compress = _compress()
     work = tmp_path / "work"
     argv = [*TOY, "--finetune-epochs", "2", "--settle-epochs", "1", "--finetune-optimizer", "AdamW",
-            "--work", str(work), "--stages", "baseline,control,prune,finetune"]
+            "--distill-epochs", "1", "--work", str(work), "--stages", "baseline,control,prune,finetune"]
     compress.main(argv)
     settings = compress.Settings(**json.loads((work / "settings.json").read_text()))
     assert not settings.settle_is_control() and settings.finetune_optimizer == "AdamW"
@@ -243,6 +243,7 @@ def test_control_is_trained_apart_when_settling_runs_are_shorter(tmp_path: Path)
     assert recipe(runs / "baseline" / "chunk-02")[0] == "auto"  # the chunks keep the baseline's
     for run in ("control", "auto-f50-kd", "auto-f50-ft"):
         assert recipe(runs / run) == ("AdamW", 2), run
+    assert load_state(runs / "auto-f50-kd" / "weights" / "last_state.pt")["config"]["distill_epochs"] == 1
     assert json.loads((models / "baseline.json").read_text())["epochs"] == 2  # the settling run's start
 
 
@@ -261,6 +262,8 @@ def test_a_folder_from_before_the_fine_tune_recipe_settings_is_accepted(tmp_path
         compress.check_settings(work, compress.parse_args([*TOY, "--finetune-epochs", "2", "--work", str(work)]))
     with pytest.raises(UserError, match="finetune_optimizer 'auto' there, 'AdamW' here"):
         compress.check_settings(work, compress.parse_args([*TOY, "--finetune-optimizer", "AdamW"]))
+    with pytest.raises(UserError, match="distill_epochs 0 there, 20 here"):
+        compress.check_settings(work, compress.parse_args([*TOY, "--distill-epochs", "20", "--work", str(work)]))
     # a folder made with --hyp: its settling runs and control had that recipe, so it is the fine-tune recipe
     hyp = tmp_path / "hyp.yaml"
     hyp.write_text("lr0: 0.002\n")

@@ -131,6 +131,37 @@ def test_a_distilled_run_resumes_with_its_teacher(tiny_data, tmp_path, monkeypat
     assert (event["teacher"], event["distill_weight"], event["epochs"]) == (teacher, 2.0, 2)
 
 
+def test_early_stopped_distillation_runs_the_teacher_in_its_first_epochs_only(tiny_data, tmp_path, monkeypatch):
+    teacher = _save(tmp_path, "yolov5n", 8, seed=0)
+    student = _save(tmp_path, "yolov5n", 8, seed=1)
+    calls = []
+    real = DistillLoss.teacher_raw
+    monkeypatch.setattr(DistillLoss, "teacher_raw", lambda self, x: calls.append(len(x)) or real(self, x))
+    result = train(TrainConfig(data=str(tiny_data), weights=student, teacher=teacher, distill_epochs=1, epochs=3,
+                               batch=4, imgsz=64, workers=0, nominal_batch=4, plots=False, val_every_epoch=False,
+                               out=str(tmp_path / "run")))
+    assert sum(calls) == 16  # one pass over the 16 train images: the first epoch
+    rows = (result.run_dir / "results.csv").read_text().splitlines()
+    distill = [r.split(",")[rows[0].split(",").index("train/distill")] for r in rows[1:]]
+    assert float(distill[0]) > 0 and distill[1:] == ["", ""]
+    assert "(weight 1.0, the first 1 epochs)" in (result.run_dir / "yoloslim.log").read_text()
+    assert read_info(result.last).history[-1]["distill_epochs"] == 1
+
+
+def test_distill_epochs_needs_a_teacher_and_labels(tiny_data, tmp_path, capsys):
+    teacher = _save(tmp_path, "yolov5n", 8, seed=0)
+    folder = tmp_path / "photos"
+    shutil.copytree(tiny_data.parent / "images" / "train", folder)
+    common = ["--model", "yolov5n", "--epochs", "1", "--imgsz", "64", "--workers", "0"]
+    assert main(["train", "--data", str(tiny_data), *common, "--distill-epochs", "1"]) == 2
+    assert main(["train", "--data", str(folder), *common, "--teacher", teacher, "--distill-epochs", "1"]) == 2
+    assert main(["train", "--data", str(tiny_data), *common, "--teacher", teacher, "--distill-epochs", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "--distill-epochs limits the distillation from a teacher: give --teacher MODEL too" in err
+    assert "is a folder of images without labels, where distillation is the whole loss" in err
+    assert "--distill-epochs must be >= 0" in err
+
+
 def test_a_teacher_whose_head_differs_in_shape_is_refused_with_one_line():
     teacher = create_model("yolov8n", nc=3)
     spec = model_spec("yolov8n", 3)

@@ -40,6 +40,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--distill-weight", type=float, metavar="W",
                    help="weight of the distillation loss against the detection loss (default: the measured "
                         "one, TrainConfig.distill_weight)")
+    p.add_argument("--distill-epochs", type=int, default=0, metavar="N",
+                   help="distil during the first N epochs only, then train on the labels alone (early-stopped "
+                        "distillation; default 0: every epoch)")
     p.add_argument("--hyp", help="YAML file overriding hyper-parameters (lr0, mosaic, ...)")
     p.add_argument("--cos-lr", action="store_true", help="cosine learning-rate decay (default linear)")
     p.add_argument("--patience", type=int, default=100, help="stop after this many epochs without "
@@ -71,7 +74,8 @@ def _run(a: argparse.Namespace) -> int:
           hyp=a.hyp, cos_lr=a.cos_lr, workers=a.workers, seed=a.seed, out=a.out, resume=a.resume,
           device=a.device, patience=a.patience, cache=a.cache, no_augment=a.no_augment,
           no_aug_epochs=a.no_aug_epochs, nominal_batch=a.nominal_batch, json_file=a.json_file,
-          class_map=a.class_map, no_plots=a.no_plots, teacher=a.teacher, distill_weight=a.distill_weight)
+          class_map=a.class_map, no_plots=a.no_plots, teacher=a.teacher, distill_weight=a.distill_weight,
+          distill_epochs=a.distill_epochs)
     return 0
 
 

@@ -143,6 +143,9 @@ class TrainConfig:
             model); its distillation loss is added to the detection loss. With ``data`` a folder of
             unlabelled images, it is the whole loss (label-free recovery).
         distill_weight: weight of the distillation loss against the detection loss.
+        distill_epochs: distil during the first this many epochs only, then train on the labels alone
+            (early-stopped distillation: the teacher guides the recovery, the labels finish it); 0: every
+            epoch. Not with unlabelled data, where distillation is the whole loss.
     """
 
     data: str = ""
@@ -175,6 +178,7 @@ class TrainConfig:
     plots: bool = True
     teacher: str | None = None
     distill_weight: float = DISTILL_WEIGHT
+    distill_epochs: int = 0
 
 
 @dataclass
@@ -208,6 +212,9 @@ def _train(cfg: TrainConfig, d: ddp.Dist, device: torch.device, started: list[Pa
     _seed_everything(cfg.seed + d.rank)
     teacher = load_teacher(cfg.teacher, device) if cfg.teacher else None
     label_free = is_image_folder(cfg.data)
+    if label_free and cfg.distill_epochs:
+        raise UserError(f"--distill-epochs stops the distillation early, but {cfg.data} is a folder of images "
+                        "without labels, where distillation is the whole loss: drop --distill-epochs")
     source = image_folder_source(cfg.data, teacher) if label_free else load_training_data(cfg.data)
     if state:
         spec, names, history = spec_of(state)
@@ -267,7 +274,8 @@ def _train(cfg: TrainConfig, d: ddp.Dist, device: torch.device, started: list[Pa
                     f"momentum {choice.momentum:g}, warm-up bias lr {choice.warmup_bias_lr:g}")
         if teacher is not None:
             n_val = len(source.splits["val"])
-            logger.info(f"distilling from {cfg.teacher} (weight {cfg.distill_weight})"
+            logger.info(f"distilling from {cfg.teacher} (weight {cfg.distill_weight}"
+                        + (f", the first {cfg.distill_epochs} epochs" if cfg.distill_epochs else "") + ")"
                         + (": label-free, the teacher's outputs are the only target; validation is agreement "
                            f"with the teacher: mAP against its detections (score >= {PSEUDO_CONF}) on "
                            f"{n_val} held-out image{'s' if n_val != 1 else ''}, not accuracy" if label_free else ""))
@@ -345,6 +353,10 @@ def _check_config(cfg: TrainConfig) -> None:
         raise UserError(f"--no-aug-epochs must be >= 0, got {cfg.no_aug_epochs}")
     if cfg.distill_weight < 0:
         raise UserError(f"--distill-weight must be >= 0, got {cfg.distill_weight}")
+    if cfg.distill_epochs < 0:
+        raise UserError(f"--distill-epochs must be >= 0 (0: every epoch), got {cfg.distill_epochs}")
+    if cfg.distill_epochs and not cfg.teacher:
+        raise UserError("--distill-epochs limits the distillation from a teacher: give --teacher MODEL too")
     optimizer_name(cfg.optimizer)
     check_target(cfg.sparsity_target)
     if cfg.sparsity > 0 and cfg.sparsity_target > 0:

@@ -83,6 +83,7 @@ def train_one_epoch(parts: Parts, loader, epoch: int, cfg: TrainConfig, hyp: Hyp
     spec = parts.model.spec
     sums: dict[str, float] = {}
     pending = 0  # backward passes since the last optimizer step
+    distill = parts.distill if not cfg.distill_epochs or epoch < cfg.distill_epochs else None  # early-stopped
     bar = tqdm(loader, total=nb, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not d.main, leave=True,
                dynamic_ncols=True)
     for i, (imgs, targets, _paths, _infos) in enumerate(bar):
@@ -94,8 +95,8 @@ def train_one_epoch(parts: Parts, loader, epoch: int, cfg: TrainConfig, hyp: Hyp
         x = preprocess(imgs.to(device, non_blocking=True), spec)  # (b, 3, S, S) float
         with amp_autocast(device):
             raw = parts.net(x)
-            loss, items = (parts.loss_fn(raw, targets.to(device)) if parts.distill is None
-                           else parts.distill.combine(raw, x, targets.to(device), parts.loss_fn))
+            loss, items = (parts.loss_fn(raw, targets.to(device)) if distill is None
+                           else distill.combine(raw, x, targets.to(device), parts.loss_fn))
         if ddp.any_flag(not bool(torch.isfinite(loss)), d, device):
             raise _diverged(f"the loss became {float(loss.detach())}", epoch, i, run_dir)
         if d.enabled:
@@ -200,7 +201,8 @@ def save_checkpoints(parts: Parts, cfg: TrainConfig, hyp: Hyp, info: ModelInfo, 
     if cfg.sparsity:
         details["sparsity"] = cfg.sparsity
     if cfg.teacher:
-        details.update(teacher=cfg.teacher, distill_weight=cfg.distill_weight)
+        details.update(teacher=cfg.teacher, distill_weight=cfg.distill_weight,
+                       **({"distill_epochs": cfg.distill_epochs} if cfg.distill_epochs else {}))
     if cfg.sparsity_target:
         details["sparsity_target"] = cfg.sparsity_target
     epoch_info = info.with_event(event, epochs=epoch + 1, data=str(cfg.data), imgsz=cfg.imgsz, **details)
