@@ -222,7 +222,8 @@ def test_settling_runs_follow_the_chunks_until_one_stops_gaining(tmp_path: Path)
 @pytest.mark.slow
 def test_control_is_trained_apart_when_settling_runs_are_shorter(tmp_path: Path) -> None:
     """Settling runs shorter than F are not the control: the control is F epochs from the baseline, in
-    ``runs/control``; the settling runs, the control and the fine-tunes share the fine-tune recipe (AdamW); the -kd fine-tunes get --distill-epochs."""
+    ``runs/control``; the settling runs, the control and the fine-tunes share the fine-tune recipe (AdamW);
+    the -kd fine-tunes get --distill-epochs."""
     compress = _compress()
     work = tmp_path / "work"
     argv = [*TOY, "--finetune-epochs", "2", "--settle-epochs", "1", "--finetune-optimizer", "AdamW",
