@@ -21,7 +21,8 @@ to ``<work>/data`` at the training size and reused when present), for one model 
    epochs (the default), the last one is the control and is not trained twice;
 3. ``prune``: prune the baseline with ``--method`` (default ``auto``: the tool's default criterion) at
    every ``--target-flops`` value (the pruned model's FLOPs as a fraction of the baseline's; or at every
-   ``--ratios`` value instead), with BN recalibration on the train split as ``yoloslim prune --data``
+   ``--ratios`` value instead; ``--allocation sensitivity`` first measures the sensitivity curves and
+   cuts by them), with BN recalibration on the train split as ``yoloslim prune --data``
    does by default; its mAP right after the cut is recorded with and without recalibration. A cut that
    would empty a channel group is refused by the pruner, and is then retried keeping the 8 strongest
    channels of such groups (``--min-channels 8``; the JSON and the table say so);
@@ -82,7 +83,7 @@ from yoloslim.log import logger, setup_logging
 from yoloslim.models import MODELS
 from yoloslim.models.io import atomic_write, read_info
 from yoloslim.prune import METHODS
-from yoloslim.prune.allocate import ROUND_TO
+from yoloslim.prune.allocate import ALLOCATIONS, ROUND_TO
 from yoloslim.prune.recalibrate import CALIB_IMAGES
 from yoloslim.workflows.report import write_json
 
@@ -161,6 +162,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="hyperparameter YAML of the settling runs, the control and the fine-tunes (default: the "
                          "recipe's, which gives a pruned model's fine-tune no warm-up)")
     ap.add_argument("--method", default="auto", choices=METHODS, help="pruning method (default auto)")
+    ap.add_argument("--allocation", default=None, choices=ALLOCATIONS,
+                    help="how many channels each group loses (prune --allocation; default the method's); "
+                         "sensitivity first measures the curves (yoloslim sensitivity --metric output: no labels used) "
+                         "into <work>/sensitivity-<method>.json; the models are named <method>-<allocation>-...")
     ap.add_argument("--target-flops", default="0.25,0.15",
                     help="pruned FLOPs as fractions of the baseline's, comma-separated (default 0.25,0.15)")
     ap.add_argument("--ratios", default=None, help="instead, pruning ratios, comma-separated")
@@ -228,13 +233,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def label(method: str, kind: str, value: float) -> str:
     """``auto``, ``target_flops``, ``0.3`` -> ``auto-f30``; ``slim``, ``ratios``, ``0.5`` -> ``slim-50``.
 
-    The pruned model's name (``auto-f30-kd`` / ``auto-f30-ft`` after fine-tuning).
+    The pruned model's name (``auto-f30-kd`` / ``auto-f30-ft`` after fine-tuning). ``method`` is
+    :func:`variant`'s.
     """
     return f"{method}-{'f' if kind == 'target_flops' else ''}{round(value * 100):02d}"
 
 
 def title(method: str, kind: str, value: float) -> str:
-    return f"{method} {'FLOPs ' if kind == 'target_flops' else ''}{value:g}"
+    return f"{method.replace('-', ' ')} {'FLOPs ' if kind == 'target_flops' else ''}{value:g}"
+
+
+def variant(args: argparse.Namespace) -> str:
+    """The method as the models' names carry it: ``auto``, or ``auto-sensitivity`` with an allocation."""
+    return f"{args.method}-{args.allocation}" if args.allocation else args.method
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -265,12 +276,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if "control" in args.stages and not control.is_file():
         _need(control if settled_control else base, "baseline")  # the last settling run, when it is the control
         timed("control", train_stage, control, work / "runs" / "control", weights=str(base), epochs=f, **tune)
-    names = {label(args.method, k, v): (k, v) for k, v in args.targets}
+    names = {label(variant(args), k, v): (k, v) for k, v in args.targets}
+    curves = work / f"sensitivity-{args.method}.json" if args.allocation == "sensitivity" else None
     for name, (kind, value) in names.items():
         pruned = models / f"{name}.safetensors"
         if "prune" in args.stages and not pruned.is_file():
             _need(base, "baseline")
-            timed(f"prune {name}", prune_stage, base, pruned, {kind: value}, data, args)
+            if curves is not None and not curves.is_file():
+                timed("sensitivity", sensitivity_stage, base, curves, data, args)
+            timed(f"prune {name}", prune_stage, base, pruned, {kind: value}, data, args, curves)
     for name in names:
         pruned = models / f"{name}.safetensors"
         for kind in args.finetunes:
@@ -383,13 +397,25 @@ def train_stage(out: Path | None, run: Path, **cfg: Any) -> Path:
     return out
 
 
+def sensitivity_stage(base: Path, out: Path, data: Path, args: argparse.Namespace) -> Path:
+    """The sensitivity curves of ``base`` for ``--allocation sensitivity``, into ``out`` (``yoloslim
+    sensitivity`` with the output-distance proxy on val images: their labels, which score the models,
+    do not also choose the models' shapes)."""
+    from yoloslim.workflows.sensitivity import sensitivity
+
+    sensitivity(str(base), str(data), method=args.method, metric="output", out=str(out.with_suffix("")),
+                json_file=str(out), imgsz=args.imgsz, batch=2 * args.batch, workers=args.workers, device="cpu")
+    return out
+
+
 def prune_stage(base: Path, out: Path, target: dict[str, float], data: Path | None,
-                args: argparse.Namespace) -> Path:
+                args: argparse.Namespace, curves: Path | None = None) -> Path:
     """Prune ``base`` into ``out`` (the ``yoloslim prune`` workflow), its report into ``out``'s ``.json``.
 
     ``target`` is ``{"ratio": r}`` or ``{"target_flops": f}``. With ``data`` the pruner recalibrates the
     batch norms on its train split (keeping the recalibration only when it does not lower the val mAP,
-    as ``prune --data`` does) and reports the val mAP with and without it.
+    as ``prune --data`` does) and reports the val mAP with and without it. ``curves``: the sensitivity
+    curves of ``--allocation sensitivity``.
     """
     from yoloslim.workflows.prune import prune
 
@@ -397,7 +423,8 @@ def prune_stage(base: Path, out: Path, target: dict[str, float], data: Path | No
     kw = {"weights": str(base), "method": args.method, kind.replace("ratios", "ratio"): value,
           "round_to": args.round_to, "fold_bias": args.fold_bias, "imgsz": args.imgsz, "out": str(out),
           "latency_runs": 0, "json_file": str(out.with_suffix(".json")), "batch": 2 * args.batch,
-          "workers": args.workers, "calib_images": args.calib_images, "device": "cpu"}
+          "workers": args.workers, "calib_images": args.calib_images, "device": "cpu",
+          "allocation": args.allocation, "sensitivity": str(curves) if curves else None}
     if data is not None:
         kw["data"] = str(data)
     try:
@@ -431,7 +458,7 @@ def entries(work: Path, args: argparse.Namespace) -> list[Entry]:
     out = [Entry("baseline", "baseline", m / "baseline.safetensors", e, "baseline", timed=True),
            Entry("control", "control", m / "control.safetensors", e + f, "baseline")]
     for kind, value in args.targets:
-        name, t = label(args.method, kind, value), title(args.method, kind, value)
+        name, t = label(variant(args), kind, value), title(variant(args), kind, value)
         out.append(Entry(name, f"{t}, pruned", m / f"{name}.safetensors", e, name))
         out += [Entry(f"{name}-{k}", f"{t} {words}", m / f"{name}-{k}.safetensors", e + f, name,
                       timed=k == "kd") for k, words in FINETUNES.items()]
@@ -473,8 +500,8 @@ def measure(work: Path, data: Path, args: argparse.Namespace) -> dict[str, Any]:
                "gflops": round(total_gflops(profile(model, args.latency_imgsz)), 4)}
         pe = prune_event(x.path)
         if pe:
-            keys = ("method", "ratio", "target_flops", "held", "min_channels", "round_to", "fold_bias",
-                    "calib_images", "calib_kept")
+            keys = ("method", "allocation", "ratio", "target_flops", "held", "min_channels", "round_to",
+                    "fold_bias", "calib_images", "calib_kept")
             row["prune"] = {k: pe[k] for k in keys if k in pe}
         if x.name == x.arch and x.name != "baseline":  # a pruned model right after the cut
             row["right_after_pruning"] = recalibration_figures(x.path.with_suffix(".json"))

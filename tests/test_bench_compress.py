@@ -133,6 +133,16 @@ def test_compress_toy_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert [r["name"] for r in l1["models"]] == ["baseline", "control", "l1-50"]
     assert l1["models"][2]["prune"]["method"] == "l1" and l1["models"][2]["params_removed"] > 0.3
 
+    # --allocation sensitivity measures the curves once, then cuts by them
+    sens = compress.main([*TOY, "--work", str(work), "--allocation", "sensitivity", "--stages", "prune,measure",
+                          "--skip-latency"])
+    row = sens["models"][2]
+    assert row["name"] == "auto-sensitivity-f50" and row["prune"]["allocation"] == "sensitivity"
+    assert 0.4 < 1 - row["flops_removed"] < 0.6
+    curves = json.loads((work / "sensitivity-auto.json").read_text())
+    assert compress.prune_event(models / "auto-sensitivity-f50.safetensors")["sensitivity"] == str(
+        work / "sensitivity-auto.json") and curves["groups"]
+
     # other settings in the same folder are refused
     with pytest.raises(UserError, match="other settings"):
         compress.main([*TOY[:6], "--max-epochs", "3", *TOY[8:], "--work", str(work), "--stages", "measure"])
