@@ -212,9 +212,6 @@ def _train(cfg: TrainConfig, d: ddp.Dist, device: torch.device, started: list[Pa
     _seed_everything(cfg.seed + d.rank)
     teacher = load_teacher(cfg.teacher, device) if cfg.teacher else None
     label_free = is_image_folder(cfg.data)
-    if label_free and cfg.distill_epochs:
-        raise UserError(f"--distill-epochs stops the distillation early, but {cfg.data} is a folder of images "
-                        "without labels, where distillation is the whole loss: drop --distill-epochs")
     source = image_folder_source(cfg.data, teacher) if label_free else load_training_data(cfg.data)
     if state:
         spec, names, history = spec_of(state)
@@ -357,6 +354,9 @@ def _check_config(cfg: TrainConfig) -> None:
         raise UserError(f"--distill-epochs must be >= 0 (0: every epoch), got {cfg.distill_epochs}")
     if cfg.distill_epochs and not cfg.teacher:
         raise UserError("--distill-epochs limits the distillation from a teacher: give --teacher MODEL too")
+    if cfg.distill_epochs and is_image_folder(cfg.data):
+        raise UserError(f"--distill-epochs stops the distillation early, but {cfg.data} is a folder of images "
+                        "without labels, where distillation is the whole loss: drop --distill-epochs")
     optimizer_name(cfg.optimizer)
     check_target(cfg.sparsity_target)
     if cfg.sparsity > 0 and cfg.sparsity_target > 0:
