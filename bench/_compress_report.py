@@ -43,7 +43,8 @@ def print_report(s: dict[str, Any]) -> None:
          f"GFLOPs@{s['latency_imgsz']}", "FLOPs removed", "torch ms", "ORT ms", "torch speed-up",
          "ORT speed-up"],
         [[r["title"] + (" *" if r in held else ""), r["epochs"], f"{r['map50']:.3f}", f"{r['map']:.3f}",
-          _num(r["delta_map_vs_control"], "{:+.1f}"), f"{r['params'] / 1e6:.2f} M",
+          _num(r["delta_map_vs_control"], "{:+.1f}") + _ci(r.get("delta_vs_control_ci")),
+          f"{r['params'] / 1e6:.2f} M",
           _pct(r.get("params_removed")),
           f"{r['gflops']:.2f}", _pct(r.get("flops_removed")), _num(r["torch_ms"], "{:.1f}"),
           _num(r["onnxruntime_ms"], "{:.1f}"), _num(r["torch_speedup"], "{:.2f}×"),
@@ -58,6 +59,15 @@ def print_report(s: dict[str, Any]) -> None:
           f"onnxruntime {env['onnxruntime']}; speed-ups are baseline / model from the same loop; "
           "baseline and control share one architecture, and so does each pruned model with its fine-tunes. "
           f"Whole run: {s['total_wall_s'] / 60:.0f} min.")
+    ci = next((r["delta_vs_control_ci"] for r in rows if r.get("delta_vs_control_ci")), None)
+    if ci:
+        own = next((r["map_ci"] for r in rows if r["name"] == "control"), None)
+        print(f"\n[low, high]: the {ci['level'] * 100:g} % interval of Δ over {ci['rounds']} draws of the val "
+              "images with replacement, both models scored on the same draws (paired bootstrap, "
+              "`yoloslim.engine.bootstrap`): the part of Δ that another val set of the same size could change. "
+              "It leaves out the run-to-run noise of training"
+              + (f"; the control's own mAP@.5:.95 interval is [{own['low'] / 100:.3f}, {own['high'] / 100:.3f}]"
+                 if own else "") + ".")
     if lat.get("onnxruntime_error"):
         print(f"\nONNX Runtime was not timed: {lat['onnxruntime_error']}")
     for r in held:
@@ -82,7 +92,8 @@ def print_report(s: dict[str, Any]) -> None:
         by = {r["name"]: r for r in rows}
         print(md_table(["pruned model", "mAP50-95 no distillation", "mAP50-95 distilled", "gain (pt)"],
                        [[by[r["arch"]]["title"].removesuffix(", pruned"), f"{by[r['arch'] + '-ft']['map']:.3f}",
-                         f"{r['map']:.3f}", f"{r['distill_gain']:+.1f}"] for r in kd]))
+                         f"{r['map']:.3f}", f"{r['distill_gain']:+.1f}" + _ci(r.get("distill_gain_ci"))]
+                        for r in kd]))
     tuned = [r for r in rows if "targets" in r]
     if tuned:
         names = list(TARGETS)
@@ -95,6 +106,11 @@ def print_report(s: dict[str, Any]) -> None:
 
 def _num(x: float | None, fmt: str) -> str:
     return "—" if x is None else fmt.format(x)
+
+
+def _ci(ci: dict[str, Any] | None) -> str:
+    """`` [low, high]`` of a bootstrap interval in points, or nothing."""
+    return "" if not ci else f" [{ci['low']:+.1f}, {ci['high']:+.1f}]"
 
 
 def _pct(x: float | None) -> str:

@@ -77,6 +77,7 @@ from _compress_report import FINETUNES, TARGETS, print_report
 
 from yoloslim.config import read_yaml_mapping
 from yoloslim.data.synth import synthesize
+from yoloslim.engine.bootstrap import ROUNDS, ImageMatches, map_interval, paired_difference
 from yoloslim.engine.optim import OPTIMIZERS
 from yoloslim.engine.train import TrainConfig, train
 from yoloslim.engine.train_state import load_state
@@ -195,6 +196,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--latency-runs", type=int, default=30, help="timed rounds (every candidate once each)")
     ap.add_argument("--latency-seconds", type=float, default=300.0, help="time budget of the timed rounds")
     ap.add_argument("--threads", type=int, default=None, help="latency intra-op threads (default: torch's)")
+    ap.add_argument("--bootstrap", type=int, default=ROUNDS,
+                    help=f"draws of the val images for the intervals of each mAP and Δ (paired bootstrap; "
+                         f"default {ROUNDS}, 0: none)")
     ap.add_argument("--json", dest="json_file", help="default <work>/compress.json")
     args = ap.parse_args(argv)
     if args.model not in MODELS:
@@ -224,8 +228,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 "calib_images"):
         if getattr(args, key) < 1:
             raise UserError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(args, key)}")
-    if args.min_gain < 0 or args.distill_weight < 0 or args.min_map < 0 or args.distill_epochs < 0:
-        raise UserError("--min-gain, --min-map, --distill-weight and --distill-epochs must be at least 0")
+    if min(args.min_gain, args.distill_weight, args.min_map, args.distill_epochs, args.bootstrap) < 0:
+        raise UserError("--min-gain, --min-map, --distill-weight, --distill-epochs and --bootstrap must be at "
+                        "least 0")
     for flag in ("hyp", "finetune_hyp"):
         if getattr(args, flag) and not Path(getattr(args, flag)).is_file():
             raise UserError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: no such file")
@@ -482,20 +487,25 @@ def measure(work: Path, data: Path, args: argparse.Namespace) -> dict[str, Any]:
                            shuffle=False, workers=args.workers)
     cache_path = work / "evals.json"  # mAP per model file, so that re-measuring only re-times
     cache = _load_json(cache_path)
-    rows, nets = [], {}
+    rows, nets, matches = [], {}, {}
     for x in present:
         model, _ = load_model(x.path)
         model.eval()
         st = x.path.stat()
         stamp = f"{st.st_size}-{st.st_mtime_ns}-{args.imgsz}"
         ev = cache.get(x.name)
-        if not ev or ev.get("stamp") != stamp:
+        matches_file = work / "evals" / f"{x.name}.npz"  # what the bootstrap draws from
+        if not ev or ev.get("stamp") != stamp or not matches_file.is_file():
             logger.info(f"evaluating {x.name} on {len(loader.dataset)} val images")
-            m = evaluate(model, loader, source.names).metrics
+            res = evaluate(model, loader, source.names)
+            m = res.metrics
+            matches_file.parent.mkdir(exist_ok=True)
+            ImageMatches.from_metrics(res.detections).save(matches_file)
             ev = {"stamp": stamp, **{k: round(float(getattr(m, k)), 5) for k in ("map50", "map", "precision",
                                                                                   "recall")}}
             cache[x.name] = ev
             write_json(cache_path, cache)
+        matches[x.name] = ImageMatches.load(matches_file)
         row = {"name": x.name, "title": x.title, "file": str(x.path), "epochs": x.epochs, "arch": x.arch,
                **{k: ev[k] for k in ("map50", "map", "precision", "recall")},
                "params": count_params(model),
@@ -526,6 +536,9 @@ def measure(work: Path, data: Path, args: argparse.Namespace) -> dict[str, Any]:
             lat = benchmark(nets, args.latency_imgsz, ("torch",), **timing)
         latency = {arch: {b: v.to_dict() for b, v in per.items()} for arch, per in lat.items()}
     _derive(rows, latency)
+    if args.bootstrap:
+        logger.info(f"bootstrap intervals: {args.bootstrap} draws of the {len(loader.dataset)} val images")
+        bootstrap_intervals(rows, matches, args.bootstrap)
     return {"val_images": len(loader.dataset), "eval_imgsz": args.imgsz, "latency_imgsz": args.latency_imgsz,
             "latency": {"threads": args.threads, "runs": args.latency_runs, "per_arch": latency,
                         "onnxruntime_error": ort_error},
@@ -569,6 +582,21 @@ def _derive(rows: list[dict[str, Any]], latency: dict[str, dict[str, dict[str, f
             plain = by.get(r["name"][:-2] + "ft")
             if r["name"].endswith("-kd") and plain:
                 r["distill_gain"] = round((r["map"] - plain["map"]) * 100, 3)
+
+
+def bootstrap_intervals(rows: list[dict[str, Any]], matches: dict[str, ImageMatches], rounds: int) -> None:
+    """Add the bootstrap intervals, in points of mAP@.5:.95, over draws of the val images: each row's mAP
+    (``map_ci``), its Δ against the control (``delta_vs_control_ci``, paired) and distillation's gain over
+    the same fine-tune without it (``distill_gain_ci``, paired). Every interval uses the same draws."""
+    control = matches.get("control")
+    for r in rows:
+        mine = matches[r["name"]]
+        r["map_ci"] = map_interval(mine, rounds)["map"].to_dict(100, 3)
+        if control is not None and r["name"] != "control":
+            r["delta_vs_control_ci"] = paired_difference(control, mine, rounds)["map"].to_dict(100, 3)
+        plain = matches.get(r["name"][:-2] + "ft")
+        if r["name"].endswith("-kd") and plain is not None:
+            r["distill_gain_ci"] = paired_difference(plain, mine, rounds)["map"].to_dict(100, 3)
 
 
 def prune_event(path: Path) -> dict[str, Any] | None:

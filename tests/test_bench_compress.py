@@ -86,6 +86,15 @@ def test_compress_toy_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         (rows["auto-f50-kd"]["map"] - rows["control"]["map"]) * 100, abs=1e-3)
     assert rows["auto-f50-kd"]["distill_gain"] == pytest.approx(
         (rows["auto-f50-kd"]["map"] - rows["auto-f50-ft"]["map"]) * 100, abs=1e-3)
+    # bootstrap intervals over the val images: each mAP, Δ against the control and distillation's gain (paired)
+    assert sorted(p.name for p in (work / "evals").iterdir()) == sorted(f"{n}.npz" for n in rows)
+    kd_row = rows["auto-f50-kd"]
+    for key, value in (("delta_vs_control_ci", kd_row["delta_map_vs_control"]),
+                       ("distill_gain_ci", kd_row["distill_gain"]), ("map_ci", kd_row["map"] * 100)):
+        ci = kd_row[key]
+        assert ci["value"] == pytest.approx(value, abs=2e-3) and ci["low"] <= ci["high"], key
+        assert ci["rounds"] == 1000 and ci["level"] == 0.95 and 0 <= ci["above_zero"] <= 1
+    assert "delta_vs_control_ci" not in rows["control"] and "distill_gain_ci" not in rows["auto-f50-ft"]
     assert base["torch_speedup"] == 1.0
     # ONNX Runtime is timed, or its failure (an export that fails its parity check) is recorded
     ort_error = saved["latency"]["onnxruntime_error"]
@@ -102,6 +111,9 @@ def test_compress_toy_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert "| pruned model | mAP50 | mAP50 + recal | mAP50-95 | mAP50-95 + recal |" in out
     assert "| pruned model | mAP50-95 no distillation | mAP50-95 distilled | gain (pt) |" in out
     assert out.count("| auto FLOPs 0.5") == 7  # 3 models, recalibration, distillation, 2 target rows
+    ci = kd_row["delta_vs_control_ci"]
+    assert f"{kd_row['delta_map_vs_control']:+.1f} [{ci['low']:+.1f}, {ci['high']:+.1f}]" in out
+    assert "interval of Δ over 1000 draws of the val images" in out
 
     # a second run reuses every stage; a lost stage output is restored from its finished run, for the
     # fine-tunes --finetunes names only
@@ -311,6 +323,7 @@ def test_bad_arguments_are_refused() -> None:
                       (["--target-flops", "0.3,x"], "--target-flops"), (["--chunk", "0"], "--chunk"),
                       (["--settle-runs", "-1"], "--settle-runs"), (["--settle-epochs", "0"], "--settle-epochs"),
                       (["--finetune-hyp", "/no/such.yaml"], "--finetune-hyp"),
-                      (["--finetunes", "kd,fast"], "--finetunes"), (["--finetunes", ","], "--finetunes")):
+                      (["--finetunes", "kd,fast"], "--finetunes"), (["--finetunes", ","], "--finetunes"),
+                      (["--bootstrap", "-1"], "--bootstrap")):
         with pytest.raises(UserError, match=msg):
             compress.parse_args(argv)

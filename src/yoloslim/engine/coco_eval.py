@@ -49,6 +49,7 @@ class CocoEvalResult:
         det_cls, det_score: (D,) the evaluated detections (best 100 per image and class), sorted
             by class, then score as the accumulation orders them.
         det_tp, det_ignored: (D, T) true positive / ignored at each IoU threshold.
+        det_img: (D,) image position of each evaluated detection (for resampling images).
     """
 
     precision: np.ndarray
@@ -58,6 +59,7 @@ class CocoEvalResult:
     det_score: np.ndarray
     det_tp: np.ndarray
     det_ignored: np.ndarray
+    det_img: np.ndarray
 
     @property
     def valid(self) -> np.ndarray:
@@ -186,7 +188,7 @@ def evaluate_coco(nc: int, gt_img: np.ndarray, gt_cls: np.ndarray, gt_box: np.nd
     # accumulate: per class, all images' detections by score (stable: image, then rank)
     d_cls, d_img, d_score = dt_cls[do], dt_img[do], dt_score[do]
     ao = np.lexsort((rank, d_img, -d_score, d_cls))
-    d_cls, d_score, tp, ignored = d_cls[ao], d_score[ao], tp[ao], ignored[ao]
+    d_cls, d_score, d_img, tp, ignored = d_cls[ao], d_score[ao], d_img[ao], tp[ao], ignored[ao]
     fp = ~tp & ~ignored
     real = ~gt_ign
     n_gt = np.bincount(gt_cls[real], minlength=nc)[:nc]
@@ -210,4 +212,4 @@ def evaluate_coco(nc: int, gt_img: np.ndarray, gt_cls: np.ndarray, gt_box: np.nd
                 q[t, inside] = pr[inds[inside], t]
         precision[:, :, c] = q
     return CocoEvalResult(precision=precision, n_gt=n_gt, n_img=n_img, det_cls=d_cls, det_score=d_score,
-                          det_tp=tp, det_ignored=ignored)
+                          det_tp=tp, det_ignored=ignored, det_img=d_img)
