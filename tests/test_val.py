@@ -9,6 +9,7 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -141,3 +142,46 @@ def test_val_bad_inputs(tiny_data: Path, tmp_path: Path) -> None:
     other = _checkpoint(tmp_path / "other", names[:2])
     rc, _, err = _run("--weights", str(other), "--data", str(tiny_data), "--workers", "0")
     assert rc == 2 and "classes" in err
+
+
+def test_val_bootstrap_and_against_end_to_end(tiny_data: Path, tmp_path: Path) -> None:
+    names = load_data(tiny_data).names
+    ckpt = _checkpoint(tmp_path, names)
+    rc, out, _ = _run("--weights", str(ckpt), "--data", str(tiny_data), "--imgsz", "64", "--batch", "4",
+                      "--workers", "0", "--bootstrap", "50", "--against", str(ckpt),
+                      "--json", str(tmp_path / "val.json"))
+    assert rc == 0
+    summary = json.loads((tmp_path / "val.json").read_text())
+    ci = summary["bootstrap"]["map"]
+    assert ci["rounds"] == 50 and ci["low"] <= ci["high"] and ci["value"] == pytest.approx(summary["map"])
+    against = summary["against"]  # the model against itself: no difference on any draw
+    assert against["weights"] == str(ckpt) and against["map"] == pytest.approx(summary["map"])
+    assert against["delta_points"] == {"map50": 0.0, "map": 0.0}
+    assert against["bootstrap"]["map"]["low"] == against["bootstrap"]["map"]["high"] == 0.0
+    assert "95 % intervals over 50 draws of the" in out and f"Against {ckpt}" in out
+    rc, _, err = _run("--weights", str(ckpt), "--data", str(tiny_data), "--bootstrap", "-5")
+    assert rc == 2 and "--bootstrap" in err
+    rc, _, err = _run("--weights", str(ckpt), "--data", str(tiny_data), "--against", str(tmp_path / "no.safetensors"))
+    assert rc == 2 and "--against" in err and err.count("\n") == 1
+
+
+def test_val_against_reports_a_worse_model_with_its_paired_interval(capsys: pytest.CaptureFixture[str]) -> None:
+    from yoloslim.engine.evaluate import EvalResult
+    from yoloslim.engine.metrics import DetectionMetrics
+    from yoloslim.workflows.val import _compare
+
+    rng = np.random.default_rng(0)
+    good, bad = DetectionMetrics(["a", "b"]), DetectionMetrics(["a", "b"])
+    for i in range(60):
+        xy = rng.uniform(0, 200, (3, 2))
+        gt, cls = np.concatenate((xy, xy + 40), 1), rng.integers(0, 2, 3)
+        good.add(i, gt, cls, None, gt + 1, np.full(3, 0.9), cls)
+        miss = rng.random(3) < 0.5  # the worse model misses about half the objects
+        bad.add(i, gt, cls, None, gt[~miss] + 1, np.full(int((~miss).sum()), 0.9), cls[~miss])
+    result = {k: EvalResult(metrics=m.compute(), detections=m) for k, m in (("good", good), ("bad", bad))}
+    out = _compare(result["bad"], "good.safetensors", lambda path: result["good"], 300)
+    iv = out["against"]["bootstrap"]["map"]
+    assert out["against"]["delta_points"]["map"] == pytest.approx(iv["value"], abs=1e-3)
+    assert iv["value"] < -30 and iv["low"] < iv["value"] < iv["high"] < 0 and iv["above_zero"] == 0
+    printed = capsys.readouterr().out
+    assert f"Δ mAP50-95 {iv['value']:+.1f} points" in printed and "paired 95 % intervals" in printed

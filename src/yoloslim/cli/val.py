@@ -30,6 +30,12 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plots", metavar="DIR",
                    help="write PR_curve.png, F1_curve.png, confusion_matrix.png and validation images "
                         "(ground truth / predictions) into DIR")
+    p.add_argument("--bootstrap", type=int, default=0, metavar="N",
+                   help="95 %% intervals of mAP@.5 and mAP@.5:.95 over N draws of the images with replacement "
+                        "(e.g. 1000; default 0: none)")
+    p.add_argument("--against", metavar="MODEL",
+                   help="also score this model file on the same images and print the difference (e.g. the "
+                        "unpruned model); with --bootstrap, its paired interval")
     p.set_defaults(func=lambda a: _run(a))
 
 
@@ -38,5 +44,6 @@ def _run(a: argparse.Namespace) -> int:
 
     val(weights=a.weights, data=a.data, imgsz=a.imgsz, batch=a.batch, split=a.split, conf=a.conf, iou=a.iou,
         max_det=a.max_det, device=a.device, workers=a.workers, json_file=a.json_file, save_json=a.save_json,
-        class_map=a.class_map, plots=a.plots, half=a.half)
+        class_map=a.class_map, plots=a.plots, half=a.half,
+        bootstrap=a.bootstrap, against=a.against)
     return 0
