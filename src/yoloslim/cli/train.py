@@ -43,6 +43,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--distill-epochs", type=int, default=0, metavar="N",
                    help="distil during the first N epochs only, then train on the labels alone (early-stopped "
                         "distillation; default 0: every epoch)")
+    p.add_argument("--distill-features", type=float, default=0.0, metavar="W",
+                   help="also imitate the teacher's head features with this weight (channel-wise distillation "
+                        "through 1x1 adapters that are not saved; default 0: outputs only)")
     p.add_argument("--hyp", help="YAML file overriding hyper-parameters (lr0, mosaic, ...)")
     p.add_argument("--cos-lr", action="store_true", help="cosine learning-rate decay (default linear)")
     p.add_argument("--patience", type=int, default=100, help="stop after this many epochs without "
@@ -75,7 +78,7 @@ def _run(a: argparse.Namespace) -> int:
           device=a.device, patience=a.patience, cache=a.cache, no_augment=a.no_augment,
           no_aug_epochs=a.no_aug_epochs, nominal_batch=a.nominal_batch, json_file=a.json_file,
           class_map=a.class_map, no_plots=a.no_plots, teacher=a.teacher, distill_weight=a.distill_weight,
-          distill_epochs=a.distill_epochs)
+          distill_epochs=a.distill_epochs, distill_features=a.distill_features)
     return 0
 
 

@@ -146,6 +146,9 @@ class TrainConfig:
         distill_epochs: distil during the first this many epochs only, then train on the labels alone
             (early-stopped distillation: the teacher guides the recovery, the labels finish it); 0: every
             epoch. Not with unlabelled data, where distillation is the whole loss.
+        distill_features: weight of the imitation of the teacher's head features (channel-wise
+            distillation through 1×1 adapters that train with the student and are not saved in the
+            model file, :mod:`yoloslim.loss.feature_distill`), added to the output distillation; 0: none.
     """
 
     data: str = ""
@@ -179,6 +182,7 @@ class TrainConfig:
     teacher: str | None = None
     distill_weight: float = DISTILL_WEIGHT
     distill_epochs: int = 0
+    distill_features: float = 0.0
 
 
 @dataclass
@@ -252,11 +256,15 @@ def _train(cfg: TrainConfig, d: ddp.Dist, device: torch.device, started: list[Pa
     ema = ModelEMA(model)
     scaler = make_scaler(device)
     parts = Parts(model, model, optimizer, scaler, ema, loss_fn, None)
+    if teacher is not None:  # before the resume state: the feature adapters are in it, and in the optimizer
+        parts.distill = DistillLoss(teacher.model, cfg.distill_weight, detection=not label_free, student=model,
+                                    feature_weight=cfg.distill_features, probe_size=cfg.imgsz)
+        if parts.distill.imitation is not None:
+            optimizer.add_param_group({"params": list(parts.distill.imitation.parameters()), "weight_decay": 0.0,
+                                       "initial_lr": choice.lr})
     progress = restore_state(parts, state) if state else Progress()
     parts.net = ddp.wrap(model, d, device)
     parts.sparsity = _make_sparsity(cfg, model, len(train_loader))
-    if teacher is not None:
-        parts.distill = DistillLoss(teacher.model, cfg.distill_weight, detection=not label_free)
 
     sparse = cfg.sparsity > 0 or cfg.sparsity_target > 0
     event = "sparse-trained" if sparse else ("fine-tuned" if cfg.weights else "trained")
@@ -272,7 +280,9 @@ def _train(cfg: TrainConfig, d: ddp.Dist, device: torch.device, started: list[Pa
         if teacher is not None:
             n_val = len(source.splits["val"])
             logger.info(f"distilling from {cfg.teacher} (weight {cfg.distill_weight}"
-                        + (f", the first {cfg.distill_epochs} epochs" if cfg.distill_epochs else "") + ")"
+                        + (f", the first {cfg.distill_epochs} epochs" if cfg.distill_epochs else "")
+                        + (f"; head features imitated, weight {cfg.distill_features}" if cfg.distill_features
+                           else "") + ")"
                         + (": label-free, the teacher's outputs are the only target; validation is agreement "
                            f"with the teacher: mAP against its detections (score >= {PSEUDO_CONF}) on "
                            f"{n_val} held-out image{'s' if n_val != 1 else ''}, not accuracy" if label_free else ""))
@@ -352,6 +362,10 @@ def _check_config(cfg: TrainConfig) -> None:
         raise UserError(f"--distill-weight must be >= 0, got {cfg.distill_weight}")
     if cfg.distill_epochs < 0:
         raise UserError(f"--distill-epochs must be >= 0 (0: every epoch), got {cfg.distill_epochs}")
+    if cfg.distill_features < 0:
+        raise UserError(f"--distill-features must be >= 0 (0: none), got {cfg.distill_features}")
+    if cfg.distill_features and not cfg.teacher:
+        raise UserError("--distill-features imitates a teacher's features: give --teacher MODEL too")
     if cfg.distill_epochs and not cfg.teacher:
         raise UserError("--distill-epochs limits the distillation from a teacher: give --teacher MODEL too")
     if cfg.distill_epochs and is_image_folder(cfg.data):

@@ -166,7 +166,7 @@ def end_of_epoch(parts: Parts, val_loader, names: list[str], epoch: int, cfg: Tr
                    "fitness": 0.1 * m.map50 + 0.9 * m.map}
         row.update({"metrics/precision": m.precision, "metrics/recall": m.recall, "metrics/mAP50": m.map50,
                     "metrics/mAP50-95": m.map, **{f"val/{k}": float(v) for k, v in result.losses.items()}})
-    row.update({f"lr/{g}": pg["lr"] for g, pg in zip(("bias", "weight", "bn"), parts.optimizer.param_groups,
+    row.update({f"lr/{g}": pg["lr"] for g, pg in zip(("bias", "weight", "bn"), parts.optimizer.param_groups[:3],
                                                         strict=True)})
     if parts.sparsity is not None:
         stats = parts.sparsity.gamma_stats(parts.model)
@@ -202,7 +202,8 @@ def save_checkpoints(parts: Parts, cfg: TrainConfig, hyp: Hyp, info: ModelInfo, 
         details["sparsity"] = cfg.sparsity
     if cfg.teacher:
         details.update(teacher=cfg.teacher, distill_weight=cfg.distill_weight,
-                       **({"distill_epochs": cfg.distill_epochs} if cfg.distill_epochs else {}))
+                       **({"distill_epochs": cfg.distill_epochs} if cfg.distill_epochs else {}),
+                       **({"distill_features": cfg.distill_features} if cfg.distill_features else {}))
     if cfg.sparsity_target:
         details["sparsity_target"] = cfg.sparsity_target
     epoch_info = info.with_event(event, epochs=epoch + 1, data=str(cfg.data), imgsz=cfg.imgsz, **details)
@@ -226,6 +227,8 @@ def training_state(parts: Parts, cfg: TrainConfig, hyp: Hyp, info: ModelInfo,
         "scaler": parts.scaler.state_dict() if parts.scaler.is_enabled() else {},
         "epoch": progress.start_epoch, "best_fitness": progress.best_fitness,
         "best_epoch": progress.best_epoch, "stale": progress.stale, "rng": rng_state(),
+        **({"feature_adapters": {k: v.detach().cpu().clone() for k, v in imitation.state_dict().items()}}
+           if (imitation := getattr(parts.distill, "imitation", None)) is not None else {}),
     }
 
 
@@ -234,6 +237,9 @@ def restore_state(parts: Parts, state: dict[str, Any]) -> Progress:
     parts.model.load_state_dict(state["model"])
     parts.ema.load_state_dict(state["ema"])
     parts.optimizer.load_state_dict(state["optimizer"])
+    imitation = getattr(parts.distill, "imitation", None)
+    if imitation is not None:
+        imitation.load_state_dict(state["feature_adapters"])
     if state.get("scaler"):
         parts.scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])

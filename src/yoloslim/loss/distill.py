@@ -31,6 +31,9 @@ over ``reg_max`` distance bins, :mod:`yoloslim.loss.yolov8`) is distilled in its
 
 The teacher runs in eval mode under ``no_grad``, on the student's input. With ``detection`` off
 (label-free training on unlabelled images) the distillation is the whole loss.
+
+Optionally the features the head reads are imitated too (``feature_weight``; channel-wise distillation
+through trained adapters, :mod:`yoloslim.loss.feature_distill`).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from yoloslim.errors import UserError
+from yoloslim.loss.feature_distill import FeatureImitation, FeatureTap, head_feature_convs
 from yoloslim.loss.yolov3 import MAX_LOG_WH
 from yoloslim.loss.yolov8 import reg_max_of, split_maps
 from yoloslim.models.decode import decode_style
@@ -139,7 +143,9 @@ def dfl_distance(student: DFLOutputs, teacher: DFLOutputs) -> dict[str, torch.Te
 
 
 class DistillLoss:
-    """``distill(student_raw, x) -> (weight · distance × batch size, {"distill": distance})``.
+    """``distill(student_raw, x) -> ((weight · distance + feature_weight · imitation) × batch size, items)``.
+
+    ``items`` holds ``"distill"`` (the output distance) and, with feature imitation, ``"feat"``.
 
     Args:
         teacher: the teacher detector (same family, classes, strides, anchors and input convention
@@ -147,15 +153,30 @@ class DistillLoss:
             its parameters frozen.
         weight: the distillation loss's weight against the detection loss.
         detection: also compute the detection loss on the labels (False: label-free training).
+        student: the bare student model, whose head features are imitated when ``feature_weight`` > 0.
+        feature_weight: weight of the feature imitation (0: none). Its adapters (``imitation``) train
+            with the student: give their parameters to the optimizer.
+        probe_size: image size of the forward pass that finds the features.
     """
 
-    def __init__(self, teacher: nn.Module, weight: float, detection: bool = True) -> None:
+    def __init__(self, teacher: nn.Module, weight: float, detection: bool = True, student: nn.Module | None = None,
+                 feature_weight: float = 0.0, probe_size: int = 64) -> None:
         self.teacher = unwrap(teacher).eval().requires_grad_(False)
         spec = self.teacher.spec
         self.na, self.nc, self.style = spec.num_anchors, spec.nc, decode_style(spec)
         self.reg_max = reg_max_of(self.teacher) if self.style == "dfl" else 0
         self.weight = float(weight)
         self.detection = detection
+        self.feature_weight = float(feature_weight)
+        self.imitation: FeatureImitation | None = None
+        if self.feature_weight:
+            if student is None:
+                raise ValueError("feature imitation needs the student model")
+            positions = head_feature_convs(student, probe_size)
+            self.student_tap, self.teacher_tap = FeatureTap(student, positions), FeatureTap(self.teacher, positions)
+            self.imitation = FeatureImitation([c.in_channels for c in self.student_tap.convs],
+                                              [c.in_channels for c in self.teacher_tap.convs])
+            self.imitation.to(next(unwrap(student).parameters()).device)
 
     def outputs(self, raw: list[torch.Tensor]) -> HeadOutputs | DFLOutputs:
         """Raw maps of the student or the teacher as :class:`HeadOutputs` (:class:`DFLOutputs` for a DFL head)."""
@@ -187,9 +208,16 @@ class DistillLoss:
 
     def __call__(self, student_raw: list[torch.Tensor],
                  x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        terms = self.distance(student_raw, x)
+        terms = self.distance(student_raw, x)  # runs the teacher: its tap now holds its features
         total = sum(terms.values())
-        return self.weight * total * x.shape[0], {"distill": total.detach()}
+        loss, items = self.weight * total, {"distill": total.detach()}
+        if self.imitation is not None:
+            feat = self.imitation(self.student_tap.features(), self.teacher_tap.features())
+            self.student_tap.clear()
+            self.teacher_tap.clear()
+            loss = loss + self.feature_weight * feat
+            items["feat"] = feat.detach()
+        return loss * x.shape[0], items
 
     def combine(self, student_raw: list[torch.Tensor], x: torch.Tensor, targets: torch.Tensor,
                 loss_fn) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -24,20 +24,20 @@ def train(data: str | None = None, model: str | None = None, weights: str | None
           no_augment: bool = False, no_aug_epochs: int | None = None, nominal_batch: int = 0,
           val_every_epoch: bool = True, save_every: int = 1, json_file: str | None = None, class_map: str | None = None,
           no_plots: bool = False, teacher: str | None = None, distill_weight: float | None = None,
-          distill_epochs: int = 0) -> TrainResult:
+          distill_epochs: int = 0, distill_features: float = 0.0) -> TrainResult:
     """Run one training (see :class:`yoloslim.engine.train.TrainConfig` for the arguments).
 
     ``resume`` continues an interrupted run (its folder or state file; "" for the latest) with the
     settings it was started with; giving one of those settings too is refused rather than ignored.
     ``epochs``, ``batch`` and ``imgsz`` None take TrainConfig's defaults. ``device`` None picks CUDA
     when available (:func:`yoloslim.device.default_device`). ``distill_weight`` None takes TrainConfig's default;
-    it and ``distill_epochs`` need ``teacher``. ``sparsity="auto"`` (or a ``sparsity_target``) brings
+    it, ``distill_epochs`` and ``distill_features`` need ``teacher``. ``sparsity="auto"`` (or a ``sparsity_target``) brings
     ``sparsity_target`` (default :data:`DEFAULT_SPARSITY_TARGET`) of the prunable γ to 0 by the end.
     """
     if resume is not None:
         _refuse_new_settings(data=data, model=model, weights=weights, hyp=hyp, epochs=epochs, batch=batch,
                              imgsz=imgsz, class_map=class_map, teacher=teacher, distill_weight=distill_weight,
-                             distill_epochs=distill_epochs or None)
+                             distill_epochs=distill_epochs or None, distill_features=distill_features or None)
     else:
         if not data:
             raise UserError("give the data set with --data (a data.yaml or a VOC root)")
@@ -59,6 +59,7 @@ def train(data: str | None = None, model: str | None = None, weights: str | None
                       sparsity_target=sparsity_target or 0.0, sparsity_schedule=sparsity_schedule,
                       sparsity_bias=sparsity_bias, patience=patience, augment=not no_augment, cache=cache,
                       no_aug_epochs=no_aug_epochs, teacher=teacher, distill_epochs=distill_epochs,
+                      distill_features=distill_features,
                       nominal_batch=nominal_batch, val_every_epoch=val_every_epoch, save_every=save_every,
                       class_map=class_map, plots=not no_plots)
     result = run_training(cfg)
