@@ -31,8 +31,9 @@ def train(data: str | None = None, model: str | None = None, weights: str | None
     settings it was started with; giving one of those settings too is refused rather than ignored.
     ``epochs``, ``batch`` and ``imgsz`` None take TrainConfig's defaults. ``device`` None picks CUDA
     when available (:func:`yoloslim.device.default_device`). ``distill_weight`` None takes TrainConfig's default;
-    it, ``distill_epochs`` and ``distill_features`` need ``teacher``. ``sparsity="auto"`` (or a ``sparsity_target``) brings
-    ``sparsity_target`` (default :data:`DEFAULT_SPARSITY_TARGET`) of the prunable γ to 0 by the end.
+    it, ``distill_epochs`` and ``distill_features`` need ``teacher``. ``sparsity="auto"`` (or a
+    ``sparsity_target``) brings ``sparsity_target`` (default :data:`DEFAULT_SPARSITY_TARGET`) of the prunable
+    γ to 0 by the end.
     """
     if resume is not None:
         _refuse_new_settings(data=data, model=model, weights=weights, hyp=hyp, epochs=epochs, batch=batch,
