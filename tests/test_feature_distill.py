@@ -7,10 +7,10 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import randomize_bn, train_interrupted_in_second_epoch
+from yoloslim.cli import main
 from yoloslim.data.synth import CLASSES
 from yoloslim.engine.train import TrainConfig, train
 from yoloslim.engine.train_state import load_state
-from yoloslim.errors import UserError
 from yoloslim.loss.distill import DistillLoss
 from yoloslim.loss.feature_distill import FeatureTap, channel_wise_divergence, head_feature_convs
 from yoloslim.models import create_model
@@ -101,10 +101,13 @@ def test_training_with_feature_imitation_resumes_to_the_same_weights(tiny_data, 
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_feature_imitation_needs_a_teacher_and_a_weight_of_zero_or_more(tiny_data, tmp_path):
+def test_feature_imitation_needs_a_teacher_and_a_weight_of_zero_or_more(tiny_data, tmp_path, capsys):
     student = _save(tmp_path, "yolov5n", 1)
-    base = {"data": str(tiny_data), "weights": student, "epochs": 1, "imgsz": 64, "workers": 0}
-    with pytest.raises(UserError, match="--distill-features .* give --teacher"):
-        train(TrainConfig(**base, distill_features=1.0, out=str(tmp_path / "x")))
-    with pytest.raises(UserError, match="--distill-features must be >= 0"):
-        train(TrainConfig(**base, teacher=student, distill_features=-1.0, out=str(tmp_path / "y")))
+    common = ["train", "--data", str(tiny_data), "--weights", student, "--epochs", "1", "--imgsz", "64",
+              "--workers", "0"]
+    assert main([*common, "--distill-features", "1", "--out", str(tmp_path / "x")]) == 2
+    assert main([*common, "--teacher", student, "--distill-features", "-1", "--out", str(tmp_path / "y")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["error: --distill-features imitates a teacher's features: give --teacher MODEL too",
+                   "error: --distill-features must be >= 0 (0: none), got -1.0"]
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
