@@ -6,7 +6,9 @@ from typing import Any
 
 from _common import md_table
 
-FINETUNES = {"kd": "+ fine-tune, distilled", "ft": "+ fine-tune, no distillation"}  # suffix -> title
+FINETUNES = {"kd": "+ fine-tune, distilled", "fd": "+ fine-tune, feature-distilled",
+             "ft": "+ fine-tune, no distillation"}  # suffix -> title
+DISTILLED = ("kd", "fd")  # the fine-tunes compared with the plain one (ft)
 
 TARGETS = {  # issue 12 and DESIGN.md's performance table, for the fine-tuned models
     "ORT speed-up >= 2.5x": ("onnxruntime_speedup", 2.5),
@@ -88,12 +90,15 @@ def print_report(s: dict[str, Any]) -> None:
              for r in cut for c in [r["right_after_pruning"]]]))
     kd = [r for r in rows if "distill_gain" in r]
     if kd:
-        print("\nDistillation: the same fine-tune with and without the baseline as teacher:\n")
+        print("\nDistillation: the same fine-tune with and without the baseline as teacher (distilled: its "
+              "outputs; feature-distilled: its head features alone):\n")
         by = {r["name"]: r for r in rows}
-        print(md_table(["pruned model", "mAP50-95 no distillation", "mAP50-95 distilled", "gain (pt)"],
-                       [[by[r["arch"]]["title"].removesuffix(", pruned"), f"{by[r['arch'] + '-ft']['map']:.3f}",
-                         f"{r['map']:.3f}", f"{r['distill_gain']:+.1f}" + _ci(r.get("distill_gain_ci"))]
-                        for r in kd]))
+        print(md_table(["pruned model", "distillation", "mAP50-95 no distillation", "mAP50-95 distilled",
+                        "gain (pt)"],
+                       [[by[r["arch"]]["title"].removesuffix(", pruned"),
+                         FINETUNES[r["name"].rsplit("-", 1)[1]].removeprefix("+ fine-tune, "),
+                         f"{by[r['arch'] + '-ft']['map']:.3f}", f"{r['map']:.3f}",
+                         f"{r['distill_gain']:+.1f}" + _ci(r.get("distill_gain_ci"))] for r in kd]))
     tuned = [r for r in rows if "targets" in r]
     if tuned:
         names = list(TARGETS)

@@ -28,7 +28,8 @@ to ``<work>/data`` at the training size and reused when present), for one model 
    channels of such groups (``--min-channels 8``; the JSON and the table say so);
 4. ``finetune``: train each pruned model F epochs with distillation from the baseline (``train
    --teacher``, ``-kd`` rows) and, as the comparison row, the same F epochs without it (``-ft`` rows),
-   with the control's recipe (``--finetunes`` trains only one of the two);
+   with the control's recipe (``--finetunes`` trains only some; ``fd``: imitating the baseline's head
+   features alone, ``train --distill-weight 0 --distill-features W``, ``-fd`` rows);
 5. ``measure``: mAP@.5 and mAP@.5:.95 on the val split (at the training size), params, GFLOPs at
    ``--latency-imgsz`` (640), and batch-1 CPU latency at that size in PyTorch (Conv+BN fused) and ONNX
    Runtime, all candidates timed alternately in one loop (``yoloslim.deploy.bench.benchmark``), so the
@@ -73,7 +74,7 @@ from typing import Any
 import yaml
 from _baseline import BaselineRecord, Convergence, train_until_converged
 from _common import Stopwatch, command_line, environment
-from _compress_report import FINETUNES, TARGETS, print_report
+from _compress_report import DISTILLED, FINETUNES, TARGETS, print_report
 
 from yoloslim.config import read_yaml_mapping
 from yoloslim.data.synth import synthesize
@@ -92,6 +93,8 @@ from yoloslim.workflows.report import write_json
 
 STAGES = ("baseline", "control", "prune", "finetune", "measure")
 FALLBACK_MIN_CHANNELS = 8  # kept per group when a cut would empty one
+FEATURE_WEIGHT = 1.0  # --distill-features of the -fd fine-tunes (session 8, YOLOv3-tiny)
+DEFAULT_FINETUNES = "kd,ft"
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,7 @@ class Settings:
     finetune_optimizer: str
     finetune_hyp: str | None
     distill_epochs: int
+    distill_features: float
 
     def settle_is_control(self) -> bool:
         """The last settling run is the control when it is one: F epochs (they have the control's recipe)."""
@@ -132,7 +136,8 @@ class Settings:
 # (its settling runs and control were F epochs of the one recipe, --hyp included)
 IMPLIED = {"settle_epochs": lambda old: old.get("finetune_epochs"),
            "finetune_optimizer": lambda old: TrainConfig.optimizer, "finetune_hyp": lambda old: old.get("hyp"),
-           "distill_epochs": lambda old: 0}
+           "distill_epochs": lambda old: 0,
+           "distill_features": lambda old: FEATURE_WEIGHT}  # no -fd model existed: the weight is the default
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -186,11 +191,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--distill-epochs", type=int, default=TrainConfig.distill_epochs,
                     help="the -kd fine-tunes distil during their first this many epochs only (train "
                          "--distill-epochs; default 0: every epoch)")
+    ap.add_argument("--distill-features", type=float, default=FEATURE_WEIGHT,
+                    help=f"feature imitation weight of the -fd fine-tunes (train --distill-features; default "
+                         f"{FEATURE_WEIGHT:g})")
     ap.add_argument("--work", default="runs/bench-compress", help="work folder (data, runs, models)")
     ap.add_argument("--stages", default="all", help=f"some of {','.join(STAGES)} (default all)")
-    ap.add_argument("--finetunes", default=",".join(FINETUNES),
+    ap.add_argument("--finetunes", default=DEFAULT_FINETUNES,
                     help=f"which fine-tunes the finetune stage trains: some of {','.join(FINETUNES)} (kd: "
-                         f"distilled, ft: plain; default both)")
+                         f"distilled, fd: feature-distilled, ft: plain; default {DEFAULT_FINETUNES})")
     ap.add_argument("--skip-latency", action="store_true", help="no latency measurement")
     ap.add_argument("--latency-imgsz", type=int, default=640, help="size of GFLOPs and latency")
     ap.add_argument("--latency-runs", type=int, default=30, help="timed rounds (every candidate once each)")
@@ -228,9 +236,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 "calib_images"):
         if getattr(args, key) < 1:
             raise UserError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(args, key)}")
-    if min(args.min_gain, args.distill_weight, args.min_map, args.distill_epochs, args.bootstrap) < 0:
-        raise UserError("--min-gain, --min-map, --distill-weight, --distill-epochs and --bootstrap must be at "
-                        "least 0")
+    if min(args.min_gain, args.distill_weight, args.min_map, args.distill_epochs, args.bootstrap,
+           args.distill_features) < 0:
+        raise UserError("--min-gain, --min-map, --distill-weight, --distill-epochs, --distill-features and "
+                        "--bootstrap must be at least 0")
     for flag in ("hyp", "finetune_hyp"):
         if getattr(args, flag) and not Path(getattr(args, flag)).is_file():
             raise UserError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: no such file")
@@ -298,8 +307,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             tuned = models / f"{name}-{kind}.safetensors"
             if "finetune" in args.stages and not tuned.is_file():
                 _need(pruned, "prune")
-                teacher = ({"teacher": str(base), "distill_weight": args.distill_weight,
-                            "distill_epochs": args.distill_epochs} if kind == "kd" else {})
+                teacher = {"kd": {"teacher": str(base), "distill_weight": args.distill_weight,
+                                  "distill_epochs": args.distill_epochs},
+                           "fd": {"teacher": str(base), "distill_weight": 0.0,
+                                  "distill_features": args.distill_features}}.get(kind, {})
                 timed(f"finetune {name}-{kind}", train_stage, tuned, work / "runs" / f"{name}-{kind}",
                       weights=str(pruned), epochs=f, **teacher, **tune)
     if "measure" not in args.stages:
@@ -323,7 +334,7 @@ def check_settings(work: Path, args: argparse.Namespace) -> Settings:
                         args.window, args.min_gain, args.finetune_epochs, args.batch, args.nominal_batch,
                         args.seed, args.round_to, args.min_channels, args.fold_bias, args.calib_images,
                         args.distill_weight, args.hyp, args.min_map, args.settle_runs, args.settle_epochs,
-                        args.finetune_optimizer, args.finetune_hyp, args.distill_epochs)
+                        args.finetune_optimizer, args.finetune_hyp, args.distill_epochs, args.distill_features)
     path = work / "settings.json"
     if path.is_file():
         old = json.loads(path.read_text())
@@ -580,7 +591,7 @@ def _derive(rows: list[dict[str, Any]], latency: dict[str, dict[str, dict[str, f
             r["targets"] = {k: None if r.get(key) is None else r[key] >= v
                             for k, (key, v) in TARGETS.items()}
             plain = by.get(r["name"][:-2] + "ft")
-            if r["name"].endswith("-kd") and plain:
+            if r["name"].endswith(tuple(f"-{k}" for k in DISTILLED)) and plain:
                 r["distill_gain"] = round((r["map"] - plain["map"]) * 100, 3)
 
 
@@ -595,7 +606,7 @@ def bootstrap_intervals(rows: list[dict[str, Any]], matches: dict[str, ImageMatc
         if control is not None and r["name"] != "control":
             r["delta_vs_control_ci"] = paired_difference(control, mine, rounds)["map"].to_dict(100, 3)
         plain = matches.get(r["name"][:-2] + "ft")
-        if r["name"].endswith("-kd") and plain is not None:
+        if r["name"].endswith(tuple(f"-{k}" for k in DISTILLED)) and plain is not None:
             r["distill_gain_ci"] = paired_difference(plain, mine, rounds)["map"].to_dict(100, 3)
 
 

@@ -109,7 +109,7 @@ def test_compress_toy_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert "settling run 1: " in out and "the last settling run is the control" in out
     assert "| model | epochs | mAP50 | mAP50-95 | Δ mAP50-95 vs control |" in out
     assert "| pruned model | mAP50 | mAP50 + recal | mAP50-95 | mAP50-95 + recal |" in out
-    assert "| pruned model | mAP50-95 no distillation | mAP50-95 distilled | gain (pt) |" in out
+    assert "| pruned model | distillation | mAP50-95 no distillation | mAP50-95 distilled | gain (pt) |" in out
     assert out.count("| auto FLOPs 0.5") == 7  # 3 models, recalibration, distillation, 2 target rows
     ci = kd_row["delta_vs_control_ci"]
     assert f"{kd_row['delta_map_vs_control']:+.1f} [{ci['low']:+.1f}, {ci['high']:+.1f}]" in out
@@ -154,6 +154,19 @@ def test_compress_toy_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     curves = json.loads((work / "sensitivity-auto.json").read_text())
     assert compress.prune_event(models / "auto-sensitivity-f50.safetensors")["sensitivity"] == str(
         work / "sensitivity-auto.json") and curves["groups"]
+
+    # the feature-distilled fine-tune: the baseline's head features alone, compared with the plain one
+    fd = compress.main([*TOY, "--work", str(work), "--stages", "finetune,measure", "--finetunes", "fd",
+                        "--skip-latency"])
+    rows = {r["name"]: r for r in fd["models"]}
+    assert list(rows) == ["baseline", "control", "auto-f50", "auto-f50-fd", "auto-f50-ft"]
+    event = read_info(models / "auto-f50-fd.safetensors").history[-1]
+    assert (event["teacher"], event["distill_weight"], event["distill_features"]) == (
+        str(models / "baseline.safetensors"), 0.0, 1.0)
+    assert rows["auto-f50-fd"]["distill_gain"] == pytest.approx(
+        (rows["auto-f50-fd"]["map"] - rows["auto-f50-ft"]["map"]) * 100, abs=1e-3)
+    assert "distill_gain_ci" in rows["auto-f50-fd"]
+    assert "| auto FLOPs 0.5 | feature-distilled |" in capsys.readouterr().out
 
     # other settings in the same folder are refused
     with pytest.raises(UserError, match="other settings"):
