@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from yoloslim.engine.coco_eval import AREA_ALL, RECALL_THRESHOLDS
+from yoloslim.engine.coco_eval import RECALL_THRESHOLDS, ignored_gt
 from yoloslim.engine.metrics import DetectionMetrics
 from yoloslim.models.io import atomic_write
 
@@ -61,10 +61,9 @@ class ImageMatches:
         ids = np.array(sorted(images), dtype=np.int64)
         gt_count = np.zeros((len(ids), len(metrics.names)), np.int64)
         for pos, i in enumerate(ids):
-            box, cls_, ignore = images[int(i)][:3]
-            area = (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])
-            real = ~(ignore | (area < AREA_ALL[0]) | (area > AREA_ALL[1]))
-            np.add.at(gt_count[pos], cls_[real], 1)
+            box, cls_, ignore = images[int(i)][:3]  # boxes x1, y1, x2, y2
+            xywh = np.concatenate((box[:, :2], box[:, 2:] - box[:, :2]), 1)
+            np.add.at(gt_count[pos], cls_[~ignored_gt(xywh, ignore)], 1)
         return cls(nc=len(metrics.names), image_ids=ids, gt_count=gt_count, det_img=ev.det_img.astype(np.int64),
                    det_cls=ev.det_cls.astype(np.int64), det_tp=ev.det_tp.copy(),
                    det_fp=~ev.det_tp & ~ev.det_ignored)

@@ -147,6 +147,17 @@ def _last_best(iou: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return v.shape[-1] - 1 - v.argmax(-1), cand.any(-1)
 
 
+def ignored_gt(gt_box: np.ndarray, gt_crowd: np.ndarray) -> np.ndarray:
+    """(n,) ground truths that do not count: crowd regions and areas outside the range 'all'.
+
+    Args:
+        gt_box: (n, 4) x, y, w, h.
+        gt_crowd: (n,) crowd flags.
+    """
+    area = gt_box[:, 2] * gt_box[:, 3]
+    return gt_crowd | (area < AREA_ALL[0]) | (area > AREA_ALL[1])
+
+
 def evaluate_coco(nc: int, gt_img: np.ndarray, gt_cls: np.ndarray, gt_box: np.ndarray, gt_crowd: np.ndarray,
                   dt_img: np.ndarray, dt_cls: np.ndarray, dt_box: np.ndarray, dt_score: np.ndarray,
                   max_dets: int = MAX_DETS) -> CocoEvalResult:
@@ -162,8 +173,7 @@ def evaluate_coco(nc: int, gt_img: np.ndarray, gt_cls: np.ndarray, gt_box: np.nd
         max_dets: detections per image and class that count.
     """
     T, R = len(IOU_THRESHOLDS), len(RECALL_THRESHOLDS)
-    gt_area = gt_box[:, 2] * gt_box[:, 3]
-    gt_ign = gt_crowd | (gt_area < AREA_ALL[0]) | (gt_area > AREA_ALL[1])
+    gt_ign = ignored_gt(gt_box, gt_crowd)
     # ground truths: by (image, class), non-ignored first, stable
     go = np.lexsort((gt_ign, gt_cls, gt_img))
     gkey = gt_img[go].astype(np.int64) * nc + gt_cls[go]
