@@ -78,7 +78,7 @@ from _compress_report import DISTILLED, FINETUNES, TARGETS, print_report
 
 from yoloslim.config import read_yaml_mapping
 from yoloslim.data.synth import synthesize
-from yoloslim.engine.bootstrap import ROUNDS, ImageMatches, map_interval, paired_difference
+from yoloslim.engine.bootstrap import ROUNDS, ImageMatches, difference, draw_maps, intervals
 from yoloslim.engine.optim import OPTIMIZERS
 from yoloslim.engine.train import TrainConfig, train
 from yoloslim.engine.train_state import load_state
@@ -598,16 +598,16 @@ def _derive(rows: list[dict[str, Any]], latency: dict[str, dict[str, dict[str, f
 def bootstrap_intervals(rows: list[dict[str, Any]], matches: dict[str, ImageMatches], rounds: int) -> None:
     """Add the bootstrap intervals, in points of mAP@.5:.95, over draws of the val images: each row's mAP
     (``map_ci``), its Δ against the control (``delta_vs_control_ci``, paired) and distillation's gain over
-    the same fine-tune without it (``distill_gain_ci``, paired). Every interval uses the same draws."""
-    control = matches.get("control")
+    the same fine-tune without it (``distill_gain_ci``, paired). Every model is scored once on the same
+    draws."""
+    drawn = draw_maps(matches, rounds)
     for r in rows:
-        mine = matches[r["name"]]
-        r["map_ci"] = map_interval(mine, rounds)["map"].to_dict(100, 3)
-        if control is not None and r["name"] != "control":
-            r["delta_vs_control_ci"] = paired_difference(control, mine, rounds)["map"].to_dict(100, 3)
-        plain = matches.get(r["name"][:-2] + "ft")
-        if r["name"].endswith(tuple(f"-{k}" for k in DISTILLED)) and plain is not None:
-            r["distill_gain_ci"] = paired_difference(plain, mine, rounds)["map"].to_dict(100, 3)
+        name, plain = r["name"], r["name"][:-2] + "ft"
+        r["map_ci"] = intervals(*drawn[name])["map"].to_dict(100, 3)
+        if "control" in drawn and name != "control":
+            r["delta_vs_control_ci"] = difference(drawn, "control", name)["map"].to_dict(100, 3)
+        if name.endswith(tuple(f"-{k}" for k in DISTILLED)) and plain in drawn:
+            r["distill_gain_ci"] = difference(drawn, plain, name)["map"].to_dict(100, 3)
 
 
 def prune_event(path: Path) -> dict[str, Any] | None:

@@ -17,6 +17,7 @@ What the bootstrap does not measure: the run-to-run noise of training (another s
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -193,8 +194,31 @@ def intervals(values: np.ndarray, on_set: np.ndarray, level: float = LEVEL) -> d
 def map_interval(matches: ImageMatches, rounds: int = ROUNDS, level: float = LEVEL, seed: int = 0,
                  ) -> dict[str, Interval]:
     """The bootstrap intervals of one model's mAP@.5 (``"map50"``) and mAP@.5:.95 (``"map"``)."""
-    n = len(matches.image_ids)
-    return intervals(matches.maps(draws(n, rounds, seed)), matches.maps(np.ones((1, n)))[0], level)
+    return intervals(*draw_maps({"m": matches}, rounds, seed)["m"], level)
+
+
+def draw_maps(models: Mapping[str, ImageMatches], rounds: int = ROUNDS, seed: int = 0,
+              ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each model's (B, T) mAPs on the same ``rounds`` draws, and its (T,) mAPs on the val set itself.
+
+    Raises:
+        ValueError: the models were scored on different images or classes.
+    """
+    first = next(iter(models.values()))
+    for m in models.values():
+        if m.nc != first.nc or not np.array_equal(m.image_ids, first.image_ids) or not np.array_equal(
+                m.gt_count, first.gt_count):
+            raise ValueError("the two models were not scored on the same images and ground truth")
+    n = len(first.image_ids)
+    counts, ones = draws(n, rounds, seed), np.ones((1, n))
+    return {name: (m.maps(counts), m.maps(ones)[0]) for name, m in models.items()}
+
+
+def difference(drawn: Mapping[str, tuple[np.ndarray, np.ndarray]], a: str, b: str, level: float = LEVEL,
+               ) -> dict[str, Interval]:
+    """The paired intervals of ``b``'s mAP minus ``a``'s from :func:`draw_maps`' results."""
+    (a_draws, a_own), (b_draws, b_own) = drawn[a], drawn[b]
+    return intervals(b_draws - a_draws, b_own - a_own, level)
 
 
 def paired_difference(a: ImageMatches, b: ImageMatches, rounds: int = ROUNDS, level: float = LEVEL,
@@ -204,8 +228,4 @@ def paired_difference(a: ImageMatches, b: ImageMatches, rounds: int = ROUNDS, le
     Raises:
         ValueError: the two were scored on different images or classes.
     """
-    if a.nc != b.nc or not np.array_equal(a.image_ids, b.image_ids) or not np.array_equal(a.gt_count, b.gt_count):
-        raise ValueError("the two models were not scored on the same images and ground truth")
-    n = len(a.image_ids)
-    counts, ones = draws(n, rounds, seed), np.ones((1, n))
-    return intervals(b.maps(counts) - a.maps(counts), b.maps(ones)[0] - a.maps(ones)[0], level)
+    return difference(draw_maps({"a": a, "b": b}, rounds, seed), "a", "b", level)
