@@ -7,10 +7,10 @@ locations (softmax of value / τ), and the student's is pulled to the teacher's 
 each of the teacher's channels responds, which is denser than the head's outputs, most of which are
 background.
 
-The features are the inputs of the model's learning prediction convs (``model.head_convs``, leaving out a
-conv with fixed weights such as YOLOv8's DFL; an input read by several convs counts once): for YOLOv5 and
-the YOLOv3 family the neck's output at each level, for YOLOX and YOLOv8 / YOLO11 the last features of each
-branch of the decoupled head. A pruned student has fewer channels there than its teacher: a 1×1 conv per
+The features are the inputs of the model's prediction convs that run in its forward pass
+(``model.head_convs``; YOLOv8's fixed DFL conv does not run there, the decoder takes the expectation
+itself; an input read by several convs counts once): for YOLOv5 and the YOLOv3 family the neck's output at
+each level, for YOLOX and YOLOv8 / YOLO11 the last features of each branch of the decoupled head. A pruned student has fewer channels there than its teacher: a 1×1 conv per
 feature (an adapter, trained with the student, never part of the model file) maps the student's channels
 onto the teacher's. Under DDP each process trains its own adapters: they only shape the loss, and the
 student's gradients are averaged over the processes as usual.
@@ -30,8 +30,8 @@ CWD_TAU = 1.0  # CWD's temperature for detection (arXiv:2011.13256 uses τ = 1 f
 def head_feature_convs(model: nn.Module, probe_size: int) -> list[int]:
     """Positions in ``model.head_convs`` of the convs whose inputs are the features to imitate.
 
-    A conv with fixed weights is left out, and of several convs that read the same tensor only the first
-    is kept. Found with one forward pass of a blank ``probe_size`` image in eval mode.
+    A conv the forward pass does not call is left out, and of several convs that read the same tensor only
+    the first is kept. Found with one forward pass of a blank ``probe_size`` image in eval mode.
     """
     net = unwrap(model)
     convs = list(net.head_convs)
@@ -55,14 +55,9 @@ def head_feature_convs(model: nn.Module, probe_size: int) -> list[int]:
             h.remove()
     keep: list[int] = []
     for j, x in seen:
-        if not _is_fixed(convs[j]) and not any(x is y for k, y in seen if k in keep):
+        if not any(x is y for k, y in seen if k in keep):
             keep.append(j)
     return sorted(keep)
-
-
-def _is_fixed(conv: nn.Conv2d) -> bool:
-    """A conv whose weights never train (YOLOv8's DFL: a fixed ``arange`` projection)."""
-    return not conv.weight.requires_grad and conv.bias is None and conv.out_channels == 1
 
 
 class FeatureTap:
