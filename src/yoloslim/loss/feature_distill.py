@@ -9,11 +9,12 @@ background.
 
 The features are the inputs of the model's prediction convs that run in its forward pass
 (``model.head_convs``; YOLOv8's fixed DFL conv does not run there, the decoder takes the expectation
-itself; an input read by several convs counts once): for YOLOv5 and the YOLOv3 family the neck's output at
-each level, for YOLOX and YOLOv8 / YOLO11 the last features of each branch of the decoupled head. A pruned
-student has fewer channels there than its teacher: a 1×1 conv per feature (an adapter, trained with the student, never part of the model file) maps the student's channels
-onto the teacher's. Under DDP each process trains its own adapters: they only shape the loss, and the
-student's gradients are averaged over the processes as usual.
+itself; an input read by several convs counts once): for YOLOv5 and the YOLOv3 family the neck's output
+at each level, for YOLOX and YOLOv8 / YOLO11 the last features of each branch of the decoupled head. A
+pruned student has fewer channels there than its teacher: a 1×1 conv per feature (an adapter, trained
+with the student, never part of the model file) maps the student's channels onto the teacher's. Under DDP
+each process trains its own adapters: they only shape the loss, and the student's gradients are averaged
+over the processes as usual.
 """
 
 from __future__ import annotations
