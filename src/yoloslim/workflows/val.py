@@ -9,7 +9,7 @@ from typing import Any
 from yoloslim.data.class_map import match_classes
 from yoloslim.data.dataset import DetectionDataset, create_loader, load_data
 from yoloslim.device import check_half, resolve_device
-from yoloslim.engine.bootstrap import LEVEL, ImageMatches, map_interval, paired_difference
+from yoloslim.engine.bootstrap import LEVEL, ImageMatches, difference, draw_maps, intervals
 from yoloslim.engine.evaluate import EvalResult, evaluate
 from yoloslim.errors import UserError
 from yoloslim.log import logger
@@ -125,24 +125,27 @@ def _compare(res: EvalResult, against: str | None, score_other: Callable[[str], 
              ) -> dict[str, Any]:
     """``--bootstrap`` and ``--against``: print and return the intervals of the mAPs and the difference."""
     out: dict[str, Any] = {}
-    mine = ImageMatches.from_metrics(res.detections) if rounds else None
-    if mine is not None:
-        ci = map_interval(mine, rounds)
+    ref_res = score_other(against) if against is not None else None
+    if rounds:  # both models on the same draws
+        models = {"this": ImageMatches.from_metrics(res.detections)}
+        if ref_res is not None:
+            models["against"] = ImageMatches.from_metrics(ref_res.detections)
+        drawn = draw_maps(models, rounds)
+        ci = intervals(*drawn["this"])
         out["bootstrap"] = {k: v.to_dict() for k, v in ci.items()}
         print(f"{LEVEL * 100:g} % intervals over {rounds} draws of the {res.metrics.images} images (bootstrap): "
               f"mAP50 [{ci['map50'].low:.3f}, {ci['map50'].high:.3f}], "
               f"mAP50-95 [{ci['map'].low:.3f}, {ci['map'].high:.3f}]")
-    if against is None:
+    if ref_res is None:
         return out
-    ref_res = score_other(against)
     m, ref = res.metrics, ref_res.metrics
     diff = {"map50": (m.map50 - ref.map50) * 100, "map": (m.map - ref.map) * 100}
     out["against"] = {"weights": str(against), "map50": ref.map50, "map": ref.map,
                       "delta_points": {k: round(v, 3) for k, v in diff.items()}}
     line = (f"Against {against} (mAP50 {ref.map50:.3f}, mAP50-95 {ref.map:.3f}): "
             f"Δ mAP50 {diff['map50']:+.1f} points, Δ mAP50-95 {diff['map']:+.1f} points")
-    if mine is not None:
-        paired = paired_difference(ImageMatches.from_metrics(ref_res.detections), mine, rounds)
+    if rounds:
+        paired = difference(drawn, "against", "this")
         out["against"]["bootstrap"] = {k: v.to_dict(100, 3) for k, v in paired.items()}
         line += (f"; paired {LEVEL * 100:g} % intervals: [{paired['map50'].low * 100:+.1f}, "
                  f"{paired['map50'].high * 100:+.1f}] and [{paired['map'].low * 100:+.1f}, "
