@@ -29,6 +29,8 @@ SLOW_WRITE_SECONDS = 0.2
 RUN_LIMIT_SECONDS = 300
 ARGS = ["--model", "yolov5n", "--epochs", "3", "--batch", "4", "--imgsz", "64", "--workers", "0", "--seed", "5",
         "--device", "cpu"]
+EPOCHS = int(ARGS[ARGS.index("--epochs") + 1])
+DONE = ("finished", "killed after its last epoch")  # the endings after which the run's weights are final
 # What ends each interrupted run: ("write", file name, n) kills during the n-th write of that file in the
 # run; ("after", seconds) kills after a seeded random delay, wherever the run is then.
 rng = random.Random(11)
@@ -101,10 +103,16 @@ def test_training_killed_at_random_moments_resumes_to_the_same_weights(tmp_path:
         argv = ["--resume", str(run)] if resumable else ["--data", str(data), *ARGS, "--out", str(run)]
         endings.append(_run_until(argv, kill, weights))
         _everything_present_loads(run)
-        if endings[-1] == "finished":
+        if endings[-1] == "killed" and load_state(weights / "last_state.pt")["epoch"] >= EPOCHS:
+            # killed after its last epoch was saved (in the closing report or pictures, which a slow machine
+            # reaches within the random delay): nothing is left to resume, and --resume says so
+            assert main(["train", "--resume", str(run)]) == 2
+            endings[-1] = "killed after its last epoch"
+        if endings[-1] in DONE:
             break
-    assert endings.count("killed during a write") >= 2 and endings[-1] == "finished", endings
-    assert not list(run.rglob(".*.tmp"))  # a resumed run clears what killed runs left behind
+    assert endings.count("killed during a write") >= 2 and endings[-1] in DONE, endings
+    if endings[-1] == "finished":
+        assert not list(run.rglob(".*.tmp"))  # a resumed run clears what killed runs left behind
 
     for name in ("last.safetensors", "best.safetensors"):
         a, b = load_file(tmp_path / "straight" / "weights" / name), load_file(weights / name)
