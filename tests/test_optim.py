@@ -10,6 +10,7 @@ from yoloslim.engine.optim import (
     AUTO_SGD_ABOVE_STEPS,
     build_optimizer,
     choose_optimizer,
+    few_steps_advice,
     nominal_batch_for,
     optimizer_steps,
     warmup,
@@ -106,6 +107,34 @@ def test_a_short_auto_run_steps_on_every_batch(tiny_data, tmp_path):
                             plots=False, device="cpu", out=str(tmp_path / "run")))
     args = yaml.safe_load((res.run_dir / "args.yaml").read_text())
     assert args["config"]["nominal_batch"] == 4
+
+
+@pytest.mark.parametrize("requested, optimizer, nominal, batch, steps, warns", [
+    (0, "AdamW", 64, 8, 20, True),       # named: accumulates 8 batches into each of 20 steps
+    (0, "SGD", 64, 8, 499, True),
+    (0, "SGD", 64, 8, 500, False),       # long enough
+    (8, "AdamW", 8, 8, 20, False),       # --nominal-batch given: the user chose
+    (0, "auto", 8, 8, 20, False),        # auto steps on every batch of a short run
+    (0, "AdamW", 64, 64, 20, False),     # nothing accumulates
+])
+def test_few_steps_advice(requested, optimizer, nominal, batch, steps, warns):
+    advice = few_steps_advice(requested, optimizer, nominal, batch, steps)
+    assert (advice is not None) == warns
+    if warns:
+        assert f"only {steps} optimiser steps" in advice and f"--nominal-batch {batch}" in advice
+
+
+@pytest.mark.parametrize(("extra", "warns"), [({}, True), ({"nominal_batch": 4}, False)])
+def test_a_short_run_with_a_named_optimizer_says_how_few_steps_it_takes(tiny_data, tmp_path, extra, warns):
+    from yoloslim.engine.train import TrainConfig, train
+
+    res = train(TrainConfig(data=str(tiny_data), model="yolov5n", epochs=1, batch=4, imgsz=64, workers=0,
+                            plots=False, device="cpu", optimizer="AdamW", out=str(tmp_path / "run"), **extra))
+    hits = [line.split(" | ", 2)[1:] for line in (res.run_dir / "yoloslim.log").read_text().splitlines()
+            if "optimiser step" in line]
+    assert hits == ([["WARNING", "only 1 optimiser step: --optimizer AdamW accumulates 16 batches of 4 into each "
+                      "(nominal batch 64); on a run this short, --nominal-batch 4 steps on every batch, as "
+                      "--optimizer auto does"]] if warns else [])
 
 
 def test_warmup_iterations_floor_is_the_family_s():

@@ -66,6 +66,22 @@ def nominal_batch_for(requested: int, optimizer: str, n_images: int, batch: int,
     return batch if optimizer.lower() == "auto" and short else NOMINAL_BATCH
 
 
+FEW_STEPS = 500  # below this many optimiser steps, accumulating batches costs a run more than it gives
+
+
+def few_steps_advice(requested: int, optimizer: str, nominal_batch: int, batch: int, steps: int) -> str | None:
+    """A warning for a short run that accumulates batches because the optimiser was named: ``--optimizer
+    SGD|Adam|AdamW`` keeps YOLOv5's nominal batch of 64, so on a small data set a run can take only a few
+    dozen optimiser steps (a label-free recovery of 54 images, 20 epochs at batch 8: 20 steps, against
+    120-140 for ``auto``). None when ``--nominal-batch`` was given, nothing accumulates or the run is long."""
+    if requested > 0 or nominal_batch <= batch or steps >= FEW_STEPS or optimizer.lower() == "auto":
+        return None
+    plural = "" if steps == 1 else "s"
+    return (f"only {steps} optimiser step{plural}: --optimizer {optimizer} accumulates "
+            f"{round(nominal_batch / batch)} batches of {batch} into each (nominal batch {nominal_batch}); on a run "
+            f"this short, --nominal-batch {batch} steps on every batch, as --optimizer auto does")
+
+
 def choose_optimizer(name: str, lr0: float, momentum: float, warmup_bias_lr: float, steps: int,
                      nc: int) -> OptimizerChoice:
     """Resolve ``--optimizer`` (``auto`` included) into an optimiser and its learning rate.

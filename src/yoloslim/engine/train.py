@@ -48,6 +48,7 @@ from yoloslim.engine.ema import ModelEMA
 from yoloslim.engine.optim import (
     build_optimizer,
     choose_optimizer,
+    few_steps_advice,
     nominal_batch_for,
     optimizer_name,
     optimizer_steps,
@@ -230,6 +231,7 @@ def _train(cfg: TrainConfig, d: ddp.Dist, device: torch.device, started: list[Pa
     hyp = hyp_from_dict(state["hyp"]) if state else load_hyp(cfg.hyp, family=family, pruned=pruned)
     if cfg.no_aug_epochs is None:
         cfg = dataclasses.replace(cfg, no_aug_epochs=family_defaults(family).no_aug_epochs)
+    requested_nominal = cfg.nominal_batch
     cfg = dataclasses.replace(cfg, nominal_batch=nominal_batch_for(
         cfg.nominal_batch, cfg.optimizer, len(source.splits["train"]), cfg.batch, cfg.epochs))
     run_dir = _run_dir(cfg, d)  # created only once the inputs are known to be good
@@ -277,6 +279,10 @@ def _train(cfg: TrainConfig, d: ddp.Dist, device: torch.device, started: list[Pa
                     f"{f' x {d.world_size}' if d.enabled else ''}; run folder {run_dir}")
         logger.info(f"optimizer {choice.name} (--optimizer {cfg.optimizer}, {steps} steps), lr0 {choice.lr:g}, "
                     f"momentum {choice.momentum:g}, warm-up bias lr {choice.warmup_bias_lr:g}")
+        advice = None if state else few_steps_advice(requested_nominal, cfg.optimizer, cfg.nominal_batch, cfg.batch,
+                                                     steps)
+        if advice:
+            logger.warning(advice)
         if teacher is not None:
             n_val = len(source.splits["val"])
             logger.info(f"distilling from {cfg.teacher} (weight {cfg.distill_weight}"
