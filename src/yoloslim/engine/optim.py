@@ -73,7 +73,8 @@ def few_steps_advice(requested: int, optimizer: str, nominal_batch: int, batch: 
     """A warning for a short run that accumulates batches because the optimiser was named: ``--optimizer
     SGD|Adam|AdamW`` keeps YOLOv5's nominal batch of 64, so on a small data set a run can take only a few
     dozen optimiser steps (a label-free recovery of 54 images, 20 epochs at batch 8: 20 steps, against
-    120-140 for ``auto``). None when ``--nominal-batch`` was given, nothing accumulates or the run is long."""
+    120-140 for ``auto``). None when ``--nominal-batch`` was given (a resumed run's recorded nominal batch counts
+    as given, so a resume does not repeat the warning), nothing accumulates or the run is long."""
     if requested > 0 or nominal_batch <= batch or steps >= FEW_STEPS or optimizer.lower() == "auto":
         return None
     plural = "" if steps == 1 else "s"

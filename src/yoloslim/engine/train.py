@@ -279,8 +279,7 @@ def _train(cfg: TrainConfig, d: ddp.Dist, device: torch.device, started: list[Pa
                     f"{f' x {d.world_size}' if d.enabled else ''}; run folder {run_dir}")
         logger.info(f"optimizer {choice.name} (--optimizer {cfg.optimizer}, {steps} steps), lr0 {choice.lr:g}, "
                     f"momentum {choice.momentum:g}, warm-up bias lr {choice.warmup_bias_lr:g}")
-        advice = None if state else few_steps_advice(requested_nominal, cfg.optimizer, cfg.nominal_batch, cfg.batch,
-                                                     steps)
+        advice = few_steps_advice(requested_nominal, cfg.optimizer, cfg.nominal_batch, cfg.batch, steps)
         if advice:
             logger.warning(advice)
         if teacher is not None:
