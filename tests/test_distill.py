@@ -25,17 +25,20 @@ def _input(model, seed=0):
     return x * 255 if model.spec.input_scale == 1.0 else x  # (2, 3, 64, 64) as the model takes it
 
 
-@pytest.mark.parametrize("name, terms", [("yolov5n", {"obj", "box", "cls"}), ("yolov3-tiny", {"obj", "box", "cls"}),
-                                         ("yolox-nano", {"obj", "box", "cls"}), ("yolov8n", {"box", "cls"})])
-def test_distill_loss_is_zero_against_itself_and_positive_against_another_model(name, terms):
+@pytest.mark.parametrize("name, detection, terms", [
+    ("yolov5n", True, {"obj", "box", "cls"}), ("yolov3-tiny", True, {"obj", "box", "cls"}),
+    ("yolox-nano", True, {"box", "cls"}),  # YOLOX on labels: its objectness is not distilled
+    ("yolox-nano", False, {"obj", "box", "cls"}),  # label-free: the only objectness signal
+    ("yolov8n", True, {"box", "cls"}), ("yolov5n", False, {"obj", "box", "cls"})])
+def test_distill_loss_is_zero_against_itself_and_positive_against_another_model(name, detection, terms):
     teacher = randomize_bn(create_model(name, nc=3), seed=0)
     x = _input(teacher)
     with torch.no_grad():
-        loss, items = DistillLoss(teacher, 1.0)(copy.deepcopy(teacher)(x), x)
+        loss, items = DistillLoss(teacher, 1.0, detection=detection)(copy.deepcopy(teacher)(x), x)
     assert float(loss) == 0.0 and float(items["distill"]) == 0.0
 
     student = randomize_bn(create_model(name, nc=3), seed=1).requires_grad_(True)
-    kd = DistillLoss(teacher, 2.0)
+    kd = DistillLoss(teacher, 2.0, detection=detection)
     raw = student(x)
     with torch.no_grad():
         distance = {k: float(v) for k, v in kd.distance(raw, x).items()}

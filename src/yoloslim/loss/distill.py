@@ -8,7 +8,10 @@ YOLOX's decoupled head: one prior per cell, its ``reg``, ``obj`` and ``cls`` out
   teacher's probability minus the teacher's own entropy: the BCE's gradient, and exactly 0 when the
   student agrees), averaged over all priors as YOLOv5's loss averages its objectness; YOLOX's
   divides its sums by the number of matched priors, so there the sum is divided by the teacher's
-  objectness mass ``Σ σ(t_obj)`` instead, and one ``--distill-weight`` suits both;
+  objectness mass ``Σ σ(t_obj)`` instead, and one ``--distill-weight`` suits both. YOLOX trained on
+  labels leaves this term out (:data:`NO_OBJECTNESS_WITH_LABELS`): its objectness shares the
+  regression tower, and distilling it set the box regression back (docs/BENCHMARKS.md, "Session
+  13"); label-free, with no other objectness signal, it stays;
 - classes, per prior the KL of each class averaged over the classes, and boxes, the squared error
   of the box outputs in the head's own units (summed over ``x, y, w, h``), both weighted by the
   teacher's objectness ``σ(t_obj)``, so that the many background priors whose boxes and classes mean
@@ -53,6 +56,9 @@ from yoloslim.models.io import unwrap
 
 LD_TEMPERATURE = 10.0  # localization distillation's temperature and weight (arXiv:2102.12252)
 LD_WEIGHT = 0.25
+# decode styles whose objectness is not distilled when the detection loss trains on labels: YOLOX-s
+# (27 % cut, 30 epochs) reached 0.669 mAP@.5:.95 with it, 0.716 without, 0.733 without distillation
+NO_OBJECTNESS_WITH_LABELS = ("anchor_free",)
 
 
 @dataclass
@@ -95,9 +101,9 @@ def bernoulli_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> 
     return (p * log_pos + (1 - p) * log_neg).clamp(min=0)
 
 
-def output_distance(student: HeadOutputs, teacher: HeadOutputs,
-                    obj_per_object: bool = False) -> dict[str, torch.Tensor]:
-    """The three distillation terms: ``{"obj", "box", "cls"}``.
+def output_distance(student: HeadOutputs, teacher: HeadOutputs, obj_per_object: bool = False,
+                    objectness: bool = True) -> dict[str, torch.Tensor]:
+    """The distillation terms: ``{"obj", "box", "cls"}`` (without ``"obj"`` when ``objectness`` is off).
 
     Args:
         student: the student's outputs.
@@ -105,13 +111,16 @@ def output_distance(student: HeadOutputs, teacher: HeadOutputs,
         obj_per_object: divide the objectness term's sum by the teacher's objectness mass ``Σ σ(t_obj)``
             (YOLOX's loss divides by its number of matched priors) instead of averaging it over the
             priors (YOLOv5's), so that the distillation keeps the detection loss's scale.
+        objectness: include the objectness term (the teacher's objectness still weighs the others).
     """
     w = teacher.obj.sigmoid()  # (b, A) the teacher's objectness weighs box and class terms
     norm = w.sum().clamp(min=1e-6)
+    box = (w * (student.box - teacher.box).pow(2).sum(-1)).sum() / norm
+    cls = (w * bernoulli_kl(teacher.cls, student.cls).mean(-1)).sum() / norm if student.cls.shape[-1] else box * 0
+    if not objectness:
+        return {"box": box, "cls": cls}
     kl_obj = bernoulli_kl(teacher.obj, student.obj)  # (b, A)
     obj = kl_obj.sum() / norm.clamp(min=1.0) if obj_per_object else kl_obj.mean()
-    box = (w * (student.box - teacher.box).pow(2).sum(-1)).sum() / norm
-    cls = (w * bernoulli_kl(teacher.cls, student.cls).mean(-1)).sum() / norm if student.cls.shape[-1] else obj * 0
     return {"obj": obj, "box": box, "cls": cls}
 
 
@@ -204,7 +213,8 @@ class DistillLoss:
         student, teacher = self.outputs(student_raw), self.outputs(teacher_raw)
         if self.style == "dfl":
             return dfl_distance(student, teacher)
-        return output_distance(student, teacher, obj_per_object=self.style == "anchor_free")
+        objectness = not (self.detection and self.style in NO_OBJECTNESS_WITH_LABELS)
+        return output_distance(student, teacher, obj_per_object=self.style == "anchor_free", objectness=objectness)
 
     def __call__(self, student_raw: list[torch.Tensor],
                  x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
