@@ -27,44 +27,35 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sensitivity_proxy import spearman  # noqa: E402
 
 from yoloslim.data.dataset import DetectionDataset, create_loader, load_data  # noqa: E402
-from yoloslim.data.letterbox import scale_boxes_back  # noqa: E402
-from yoloslim.models.decode import Decoder, preprocess  # noqa: E402
+from yoloslim.engine.evaluate import evaluate  # noqa: E402
 from yoloslim.models.io import load_model  # noqa: E402
-from yoloslim.models.nms import box_iou, non_max_suppression  # noqa: E402
+from yoloslim.models.nms import box_iou  # noqa: E402
 
 MIN_OVERLAP = 0.3  # a detection "on" a ground-truth box
 
 
-@torch.no_grad()
 def box_quality(weights: str, data: str, imgsz: int, conf: float = 0.05) -> dict[str, float]:
     """``{"best_iou", "top_iou", "spearman", "detections"}`` of the model in ``weights`` on the val split."""
     model, _ = load_model(weights)
-    model.eval()
-    decoder = Decoder(model.spec)
-    samples = load_data(data, warn=False).splits["val"]
-    index = {str(s.path): i for i, s in enumerate(samples)}
-    loader = create_loader(DetectionDataset(samples, imgsz), batch_size=16, shuffle=False, workers=0)
+    source = load_data(data, warn=False)
+    loader = create_loader(DetectionDataset(source.splits["val"], imgsz), batch_size=16, shuffle=False, workers=0)
+    result = evaluate(model, loader, source.names, conf=conf, iou=0.6, progress=False)
     best, top, scores, ious = [], [], [], []
-    for imgs, _, paths, infos in loader:
-        dets = non_max_suppression(decoder(model(preprocess(imgs, model.spec))).float(), conf_thres=conf,
-                                   iou_thres=0.6)
-        for det, path, info in zip(dets, paths, infos, strict=True):
-            s = samples[index[path]]
-            if not len(s.boxes):
-                continue
-            gt = torch.as_tensor(np.asarray(s.boxes, dtype=np.float32))  # (G, 4) xyxy pixels
-            boxes = torch.as_tensor(scale_boxes_back(det[:, :4].numpy(), info))
-            same = torch.as_tensor(np.asarray(s.classes))[:, None] == det[:, 5].long()[None]
-            iou = (box_iou(gt, boxes) if len(boxes) else torch.zeros(len(gt), 0)) * same  # (G, D)
-            for row in iou:
-                on = row >= MIN_OVERLAP
-                best.append(float(row.max()) if len(row) else 0.0)
-                top.append(float(row[on][det[on, 4].argmax()]) if on.any() else 0.0)
-            if len(boxes):
-                matched = iou.max(0).values
-                keep = matched >= MIN_OVERLAP
-                scores += det[keep, 4].tolist()
-                ious += matched[keep].tolist()
+    for gt_b, gt_c, _ign, dt_b, dt_s, dt_c in result.detections.images().values():
+        if not len(gt_b):
+            continue
+        same = torch.as_tensor(gt_c)[:, None] == torch.as_tensor(dt_c)[None]
+        iou = box_iou(torch.as_tensor(gt_b), torch.as_tensor(dt_b)) * same  # (G, D)
+        dt_s = torch.as_tensor(dt_s)
+        for row in iou:
+            on = row >= MIN_OVERLAP
+            best.append(float(row.max()) if len(row) else 0.0)
+            top.append(float(row[on][dt_s[on].argmax()]) if on.any() else 0.0)
+        if len(dt_b):
+            matched = iou.max(0).values
+            keep = matched >= MIN_OVERLAP
+            scores += dt_s[keep].tolist()
+            ious += matched[keep].tolist()
     return {"best_iou": float(np.mean(best)), "top_iou": float(np.mean(top)),
             "spearman": spearman(scores, ious) if len(scores) > 1 else float("nan"), "detections": len(scores)}
 
