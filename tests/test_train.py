@@ -5,6 +5,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from torch import nn
 
 import yoloslim.engine.train as engine_train
 from helpers import train_interrupted_in_second_epoch
@@ -99,6 +100,35 @@ def test_ema_decay_ramp_and_buffers():
     torch.testing.assert_close(ema.ema.state_dict()[k], expected)
     assert int(ema.ema.model[0].bn.num_batches_tracked) == 7
     assert not any(p.requires_grad for p in ema.ema.parameters())
+
+
+@pytest.mark.parametrize("per_epoch, decay, tau", [
+    (2000, 0.9999, 2000.0),    # epochs of 2,000 updates or more: YOLOv5's EMA
+    (1849, 1 - 1 / 9245, 1849.0),  # COCO at batch 64: within 1e-5 of it
+    (38, 1 - 1 / 190, 38.0),   # 300 images at batch 8: five epochs of averaging, a one-epoch ramp
+    (0, 0.8, 1.0),             # an empty count still gives a working average
+])
+def test_ema_averages_over_at_most_five_epochs(per_epoch, decay, tau):
+    ema = ModelEMA.for_epoch_length(nn.Linear(1, 1), per_epoch)
+    assert ema.decay == pytest.approx(decay) and ema.tau == pytest.approx(tau)
+
+
+def test_ema_of_a_small_data_set_averages_the_noise_that_yolov5s_constants_pass_through():
+    model = nn.Linear(1, 1, bias=False)
+    small, coco = ModelEMA.for_epoch_length(model, 10), ModelEMA(model)
+    for t in range(100):  # ten epochs of ten updates, the weight jumping between +1 and -1
+        model.weight.data.fill_((-1) ** t)
+        small.update(model)
+        coco.update(model)
+    assert abs(small.ema.weight.item()) < 0.05
+    assert coco.ema.weight.item() < -0.9  # after 100 updates, YOLOv5's decay is 0.05: the raw weight
+
+
+def test_training_sizes_its_ema_by_its_optimizer_steps_per_epoch(tiny_data, tmp_path, monkeypatch):
+    seen, make = [], ModelEMA.for_epoch_length
+    monkeypatch.setattr(ModelEMA, "for_epoch_length", lambda model, n: seen.append(n) or make(model, n))
+    train(_cfg(tiny_data, tmp_path / "run", epochs=1, plots=False))
+    assert seen == [2]  # 16 images, batch 4, accumulated to 8: two steps per epoch
 
 
 # ---- starting points ---------------------------------------------------------------------------

@@ -15,15 +15,16 @@ SGD (Nesterov), Adam or AdamW (``auto``: AdamW for short runs, SGD for long ones
 parameter groups, linear warm-up of learning rates and momentum over
 ``max(warmup_epochs · batches, 100)`` iterations (no floor for YOLOv8 / YOLO11; none when
 ``warmup_epochs`` is 0), a
-linear or cosine schedule, EMA of the weights, gradient accumulation to a nominal batch (64, or
-every batch on a short ``auto`` run), AMP on CUDA. An epoch never leaves gradients pending (a last
-partial accumulation is applied at its end), so ``--resume`` from the end of an epoch gives the
-same weights as an uninterrupted run.
+linear or cosine schedule, EMA of the weights (YOLOv5's, averaging at most a few epochs on small data
+sets), gradient accumulation to a nominal batch (64, or every batch on a short ``auto`` run), AMP on
+CUDA. An epoch never leaves gradients pending (a last partial accumulation is applied at its end), so
+``--resume`` from the end of an epoch gives the same weights as an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -255,7 +256,7 @@ def _train(cfg: TrainConfig, d: ddp.Dist, device: torch.device, started: list[Pa
     # what the steps use (``auto`` may replace lr0, momentum, warmup_bias_lr); the state keeps the hyp as given
     step_hyp = dataclasses.replace(hyp, lr0=choice.lr, momentum=choice.momentum,
                                    warmup_bias_lr=choice.warmup_bias_lr)
-    ema = ModelEMA(model)
+    ema = ModelEMA.for_epoch_length(model, math.ceil(len(train_loader) / accumulate))
     scaler = make_scaler(device)
     parts = Parts(model, model, optimizer, scaler, ema, loss_fn, None)
     if teacher is not None:  # before the resume state: the feature adapters are in it, and in the optimizer

@@ -91,6 +91,7 @@ class BNSparsity:
         self.masks = prunable_bn_masks(self.graph)
         self._cache: tuple[int, list[tuple[nn.BatchNorm2d, torch.Tensor]]] | None = None
         self._epoch, self._calls = -1, 0  # batches seen in the current epoch (target mode)
+        self._zeroed: dict[str, torch.Tensor] = {}  # target mode: BN name -> the rows the last shrink set to 0
 
     def strength(self, epoch: int, epochs: int) -> float:
         """The penalty at ``epoch`` (0-based) of ``epochs``."""
@@ -153,29 +154,31 @@ class BNSparsity:
         lam = float(smallest[-1]) / remaining if remaining > 0 else math.inf
         selected = torch.zeros_like(flat, dtype=torch.bool)
         selected[index] = True
-        offset = 0
-        for bn, mask in pairs:
+        offset, zeroed = 0, {}
+        for name, (bn, mask) in zip(self.masks, pairs, strict=True):
             rows = mask.bool().nonzero().flatten()  # (m,) the prunable channels of this BN
             pick = rows[selected[offset:offset + rows.numel()]]
             offset += rows.numel()
             if pick.numel():
                 w = bn.weight.data
                 w[pick] = torch.sign(w[pick]) * (w[pick].abs() - lam).clamp(min=0.0)
+                zeroed[name] = pick[w[pick] == 0]
+        self._zeroed = zeroed
         return lam
 
     @torch.no_grad()
     def hold_zeros(self, model: nn.Module, ema_model: nn.Module) -> None:
-        """With a target: the γ the shrink holds at 0 in ``model`` are 0 in ``ema_model`` too.
+        """With a target: the γ the last shrink set to 0 in ``model`` are 0 in ``ema_model`` too.
 
-        Call after the EMA update. The EMA's average lags the model by up to ~10k steps (decay
-        0.9999), so on a long run the saved (EMA) model would not show the sparsity without this.
+        Call after the EMA update. The EMA averages over epochs, so the saved (EMA) model would not
+        show the sparsity without this. The γ that were shrunk to 0 are known from the shrink itself:
+        the optimizer step after it moves them off 0 again (by 1e-6..1e-4), until the next shrink.
         """
-        if self.target <= 0:
+        if self.target <= 0 or not self._zeroed:
             return
-        model, ema_model = unwrap(model), unwrap(ema_model)
-        for name in self.masks:
-            gamma, ema_gamma = model.get_submodule(name).weight, ema_model.get_submodule(name).weight
-            ema_gamma[gamma == 0] = 0.0
+        ema_model = unwrap(ema_model)
+        for name, rows in self._zeroed.items():
+            ema_model.get_submodule(name).weight[rows] = 0.0
 
     def gamma_stats(self, model: nn.Module, threshold: float = 1e-2, bins: int = 50) -> GammaStats:
         """|γ| statistics of the prunable channels (what the penalty acts on)."""
