@@ -21,7 +21,9 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from yoloslim.cli import main as cli_main
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _train_hook import LoopEMA, train_with_ema  # noqa: E402
+
 from yoloslim.engine.ema import ModelEMA
 from yoloslim.models.io import load_model, save_model
 
@@ -44,16 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     horizons = [float(h) for h in args.horizons.split(",")]
     run = Path(train_argv[train_argv.index("--out") + 1])
     out = run / "ema-horizons"
-    original = ModelEMA.__dict__["for_epoch_length"]
-    make = ModelEMA.for_epoch_length
 
-    class Several(ModelEMA):
+    class Several(LoopEMA):
         """The loop's EMA, plus one per horizon, each updated with it; their weights saved as they go."""
 
         def __init__(self, model: nn.Module, per_epoch: int) -> None:
-            own = make(model, per_epoch)
-            super().__init__(model, decay=own.decay, tau=own.tau)
-            self.per_epoch = max(per_epoch, 1)
+            super().__init__(model, per_epoch)
             self.extra = {h: ModelEMA(model, decay=1 - 1 / (h * self.per_epoch), tau=float(self.per_epoch))
                           for h in horizons}
 
@@ -68,11 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                     save_file({k: v.detach().cpu().contiguous() for k, v in ema.ema.state_dict().items()},
                               str(out / f"h{h:g}-e{epoch:03d}.weights"))
 
-    ModelEMA.for_epoch_length = staticmethod(Several)  # what the training loop builds its EMA with
-    try:
-        code = cli_main(train_argv)
-    finally:
-        ModelEMA.for_epoch_length = original
+    code = train_with_ema(Several, train_argv)
     model, info = load_model(run / "weights" / "last.safetensors")  # the architecture, names and history
     for weights in sorted(out.glob("*.weights")):
         model.load_state_dict(load_file(str(weights)))

@@ -27,8 +27,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from yoloslim.cli import main as cli_main
-from yoloslim.engine.ema import ModelEMA
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _train_hook import LoopEMA, train_with_ema  # noqa: E402
+
 from yoloslim.models.io import ModelInfo, load_model, save_model, unwrap
 from yoloslim.prune.pipeline import PruneOptions, prune_model
 from yoloslim.prune.surgery import ChannelPlan, apply_plan
@@ -78,16 +79,13 @@ def scale_left(step: int, total: int) -> float:
 def train(args: argparse.Namespace, train_argv: list[str]) -> int:
     drops = removed_channels(plan_cut(args))
     epochs = int(train_argv[train_argv.index("--epochs") + 1])
-    original = ModelEMA.__dict__["for_epoch_length"]
-    make = ModelEMA.for_epoch_length
 
-    class Shrinking(ModelEMA):
+    class Shrinking(LoopEMA):
         """The loop's EMA; each update first shrinks the removed channels of the model being trained."""
 
         def __init__(self, model: nn.Module, per_epoch: int) -> None:
-            own = make(model, per_epoch)
-            super().__init__(model, decay=own.decay, tau=own.tau)
-            self.total = max(per_epoch, 1) * epochs
+            super().__init__(model, per_epoch)
+            self.total = self.per_epoch * epochs
 
         @torch.no_grad()
         def update(self, model: nn.Module) -> None:
@@ -106,11 +104,7 @@ def train(args: argparse.Namespace, train_argv: list[str]) -> int:
                     bn.weight[drop] = 0.0
                     bn.bias[drop] = 0.0
 
-    ModelEMA.for_epoch_length = staticmethod(Shrinking)  # what the training loop builds its EMA with
-    try:
-        return cli_main(["train", "--weights", args.weights, *train_argv])
-    finally:
-        ModelEMA.for_epoch_length = original
+    return train_with_ema(Shrinking, ["train", "--weights", args.weights, *train_argv])
 
 
 def compact(args: argparse.Namespace) -> int:
