@@ -12,14 +12,14 @@ from torch import nn
 from yoloslim.cli import main as cli_main
 from yoloslim.engine.ema import ModelEMA
 
-_LOOP_EMA = ModelEMA.for_epoch_length  # bound before any patching
+loop_ema = ModelEMA.for_epoch_length  # bound before any patching: the loop's EMA, even while it is replaced
 
 
 class LoopEMA(ModelEMA):
     """The EMA the training loop builds (:meth:`ModelEMA.for_epoch_length`), for subclasses to extend."""
 
     def __init__(self, model: nn.Module, per_epoch: int) -> None:
-        own = _LOOP_EMA(model, per_epoch)
+        own = loop_ema(model, per_epoch)
         super().__init__(model, decay=own.decay, tau=own.tau)
         self.per_epoch = max(per_epoch, 1)
 

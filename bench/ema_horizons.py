@@ -2,8 +2,8 @@
 
 Training never reads the EMA, so the run (and the ``last.safetensors`` it writes, with the loop's own
 EMA) is the one ``yoloslim train`` gives alone; beside it, one extra EMA per horizon H (in epochs:
-decay ``1 − 1/(H · updates per epoch)``, ramp one epoch, as :meth:`ModelEMA.for_epoch_length` builds
-them) is written every ``--save-every`` epochs to ``<--out>/ema-horizons/h{H}-e{epoch}.safetensors``, a
+:meth:`ModelEMA.for_epoch_length` with ``horizon_epochs=H``: decay ``1 − 1/(H · updates per epoch)``,
+ramp one epoch) is written every ``--save-every`` epochs to ``<--out>/ema-horizons/h{H}-e{epoch}.safetensors``, a
 model file that ``yoloslim val`` reads. Session 14 used it on YOLOX-s (docs/BENCHMARKS.md)::
 
     python bench/ema_horizons.py --horizons 2,5,15 --save-every 10 -- \\
@@ -22,9 +22,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _train_hook import LoopEMA, train_with_ema  # noqa: E402
+from _train_hook import LoopEMA, loop_ema, train_with_ema  # noqa: E402
 
-from yoloslim.engine.ema import ModelEMA
 from yoloslim.models.io import load_model, save_model
 
 
@@ -52,8 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def __init__(self, model: nn.Module, per_epoch: int) -> None:
             super().__init__(model, per_epoch)
-            self.extra = {h: ModelEMA(model, decay=1 - 1 / (h * self.per_epoch), tau=float(self.per_epoch))
-                          for h in horizons}
+            self.extra = {h: loop_ema(model, per_epoch, horizon_epochs=h) for h in horizons}
 
         def update(self, model: nn.Module) -> None:
             super().update(model)

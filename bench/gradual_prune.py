@@ -32,7 +32,7 @@ from _train_hook import LoopEMA, train_with_ema  # noqa: E402
 
 from yoloslim.models.io import ModelInfo, load_model, save_model, unwrap
 from yoloslim.prune.pipeline import PruneOptions, prune_model
-from yoloslim.prune.surgery import ChannelPlan, apply_plan
+from yoloslim.prune.surgery import ChannelPlan, apply_plan, removed_rows
 
 RAMP = (0.1, 0.75)  # fractions of the run's optimizer steps where the shrink starts and reaches 0
 
@@ -50,23 +50,12 @@ def plan_cut(args: argparse.Namespace) -> ChannelPlan:
 
 
 def removed_channels(plan: ChannelPlan) -> dict[str, torch.Tensor]:
-    """Batch norm name -> bool mask of the channels the plan removes."""
-    out: dict[str, torch.Tensor] = {}
-    for name, call in plan.graph.calls.items():
-        if call.outputs is None or call.kind not in ("bn", "conv", "depthwise"):
-            continue
-        keep = plan.index(call.outputs)
-        if keep is None:
-            continue
-        if call.kind != "bn":
-            if name not in plan.graph.bn_after:
-                sys.exit(f"{name} loses channels but has no batch norm after it: not supported here")
-            continue
-        width = sum(n for _, n in call.outputs)
-        drop = torch.ones(width, dtype=torch.bool)
-        drop[keep] = False
-        out[name] = drop
-    return out
+    """Batch norm name -> bool mask of the channels the plan removes (every removed row must sit in one)."""
+    rows = removed_rows(plan)
+    for name in rows:
+        if plan.graph.calls[name].kind != "bn":
+            sys.exit(f"{name} loses channels but has no batch norm after it: not supported here")
+    return rows
 
 
 def scale_left(step: int, total: int) -> float:

@@ -131,7 +131,7 @@ class _Sparsity:
         bn = model[1]
         bn.weight.grad.add_(0.5 * torch.sign(bn.weight.detach()))
 
-    def hold_zeros(self, model: nn.Module, ema_model: nn.Module) -> None:
+    def hold_zeros(self, ema_model: nn.Module) -> None:
         """No target fraction: nothing is held at 0."""
 
 

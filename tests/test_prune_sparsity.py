@@ -85,7 +85,7 @@ def test_target_ramps_the_due_fraction_and_zeroes_exactly_the_smallest(tmp_path)
     for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
         bn.weight.data[bn.weight.data == 0] = 1e-5  # the optimizer step after a shrink moves its zeros a little
     ema = create_model("yolov5n", nc=2)  # an EMA that has not caught up: every γ still 1
-    sp.hold_zeros(model, ema)  # the zeros of the last shrink, not the model's (no longer exact) values
+    sp.hold_zeros(ema)  # the zeros of the last shrink, not the model's (no longer exact) values
     assert gamma_stats(ema).fraction_below == pytest.approx(end.fraction_below)
     assert float(gamma_stats(ema).values.max()) == 1.0
     with pytest.raises(UserError, match="--sparsity-target must be a fraction in"):
@@ -120,9 +120,11 @@ def test_sparsity_target_reaches_its_fraction_in_a_short_run(tiny_data, tmp_path
 @pytest.mark.slow
 def test_sparsity_training_drives_gamma_below_1e_2(tiny_data, tmp_path):
     """``yoloslim train --sparsity`` through the real loop from scratch: the fraction of prunable γ below 1e-2
-    rises from 0 (every γ starts at 1) to most of them in results.csv, and the saved model's γ fall with them."""
+    rises from 0 (every γ starts at 1) to most of them, in results.csv and in the trained weights; the saved
+    (EMA) model's γ fall with them."""
     import csv
 
+    from yoloslim.engine.train_state import load_state
     from yoloslim.models.io import load_model
     from yoloslim.workflows.train import train
 
@@ -138,6 +140,11 @@ def test_sparsity_training_drives_gamma_below_1e_2(tiny_data, tmp_path):
     assert len(fractions) == 5 and fractions == sorted(fractions), fractions  # never falls back
     assert fractions[0] < 0.05 and fractions[-1] > 0.5, fractions
     model, info = load_model(res.last)  # the EMA weights the run saved
+    raw = load_state(res.run_dir / "weights" / "last_state.pt")["model"]  # the trained weights themselves
+    model.load_state_dict(raw)
+    trained = gamma_stats(model)
+    assert trained.fraction_below > 0.5 and float(trained.values.median()) < 1e-2
+    model, _ = load_model(res.last)
     saved = gamma_stats(model)
     # the EMA averages this whole 5-epoch run (at most 5 epochs, yoloslim.engine.ema): it lags the raw γ
     assert float(saved.values.median()) < 0.05, saved.values.median()

@@ -38,18 +38,19 @@ class ModelEMA:
         self.decay, self.tau, self.updates = decay, tau, updates
 
     @classmethod
-    def for_epoch_length(cls, model: nn.Module, updates_per_epoch: int) -> ModelEMA:
+    def for_epoch_length(cls, model: nn.Module, updates_per_epoch: int,
+                         horizon_epochs: float = HORIZON_EPOCHS) -> ModelEMA:
         """An EMA whose averaging and ramp are measured in epochs as well as updates.
 
         With 2,000 updates per epoch or more this is YOLOv5's EMA (:data:`DECAY`, :data:`TAU`); on COCO
         at batch 64 it is within 1e-5 of it. Those constants count updates, so on a small data set they
         never take hold: at 38 updates per epoch (300 images, batch 8) d reaches 0.85 only after 100
         epochs, an average over the last ~7 updates, and the saved weights are as noisy as the raw
-        ones. Here the average spans at most :data:`HORIZON_EPOCHS` epochs and ramps up over at most
-        :data:`RAMP_EPOCHS`.
+        ones. Here the average spans at most ``horizon_epochs`` epochs (:data:`HORIZON_EPOCHS` in
+        training) and ramps up over at most :data:`RAMP_EPOCHS`.
         """
         n = max(int(updates_per_epoch), 1)
-        return cls(model, decay=min(DECAY, 1 - 1 / (HORIZON_EPOCHS * n)), tau=min(TAU, RAMP_EPOCHS * n))
+        return cls(model, decay=min(DECAY, 1 - 1 / (horizon_epochs * n)), tau=min(TAU, RAMP_EPOCHS * n))
 
     def current_decay(self) -> float:
         return self.decay * (1 - math.exp(-self.updates / self.tau))

@@ -141,7 +141,7 @@ def optimizer_step(parts: Parts, epoch: int, epochs: int, n_backward: int) -> No
     parts.optimizer.zero_grad(set_to_none=True)
     parts.ema.update(parts.model)
     if parts.sparsity is not None:
-        parts.sparsity.hold_zeros(parts.model, parts.ema.ema)
+        parts.sparsity.hold_zeros(parts.ema.ema)
 
 
 def end_of_epoch(parts: Parts, val_loader, names: list[str], epoch: int, cfg: TrainConfig,

@@ -167,8 +167,8 @@ class BNSparsity:
         return lam
 
     @torch.no_grad()
-    def hold_zeros(self, model: nn.Module, ema_model: nn.Module) -> None:
-        """With a target: the γ the last shrink set to 0 in ``model`` are 0 in ``ema_model`` too.
+    def hold_zeros(self, ema_model: nn.Module) -> None:
+        """With a target: the γ the last shrink set to 0 in the trained model are 0 in ``ema_model`` too.
 
         Call after the EMA update. The EMA averages over epochs, so the saved (EMA) model would not
         show the sparsity without this. The γ that were shrunk to 0 are known from the shrink itself:

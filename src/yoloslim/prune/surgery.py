@@ -129,28 +129,40 @@ def apply_plan(model: nn.Module, plan: ChannelPlan,
     return new.train(src.training)
 
 
+def removed_rows(plan: ChannelPlan) -> dict[str, torch.Tensor]:
+    """Module name -> bool mask (CPU) of the output rows the plan removes, for the modules that carry them.
+
+    Every batch norm whose channels lose rows, and every conv or depthwise conv that loses rows with
+    no batch norm after it; a conv followed by a batch norm is left to that batch norm.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for name, call in plan.graph.calls.items():
+        if call.kind not in ("bn", "conv", "depthwise") or call.outputs is None:
+            continue
+        keep = plan.index(call.outputs)
+        if keep is None or (call.kind != "bn" and name in plan.graph.bn_after):
+            continue
+        drop = torch.ones(sum(n for _, n in call.outputs), dtype=torch.bool)
+        drop[keep.cpu()] = False
+        out[name] = drop
+    return out
+
+
 @torch.no_grad()
 def mask_model(model: nn.Module, plan: ChannelPlan, copy_model: bool = True, beta: bool = True) -> nn.Module:
     """The model with γ and β of every removed channel set to zero (same shapes).
 
     Convs that carry removed channels without a batch norm after them get those output rows (and
-    bias) zeroed instead. With activations that map 0 to 0 the removed channels are then exactly
-    zero everywhere, so the masked model computes what the compact one does. With ``beta=False``
-    only γ is zeroed: removed channels then emit the constant act(β) that :func:`fold_bias` folds.
+    bias) zeroed instead (:func:`removed_rows`). With activations that map 0 to 0 the removed
+    channels are then exactly zero everywhere, so the masked model computes what the compact one
+    does. With ``beta=False`` only γ is zeroed: removed channels then emit the constant act(β) that
+    :func:`fold_bias` folds.
     """
     net = copy.deepcopy(unwrap(model)) if copy_model else unwrap(model)
     modules = dict(net.named_modules())
-    for name, call in plan.graph.calls.items():
-        if call.kind not in ("bn", "conv", "depthwise") or call.outputs is None:
-            continue
-        keep = plan.index(call.outputs)
-        if keep is None:
-            continue
+    for name, drop in removed_rows(plan).items():
         m = modules[name]
-        if call.kind != "bn" and name in plan.graph.bn_after:
-            continue  # its batch norm zeroes these channels
-        drop = torch.ones(m.weight.shape[0], dtype=torch.bool, device=m.weight.device)
-        drop[keep.to(m.weight.device)] = False
+        drop = drop.to(m.weight.device)
         m.weight[drop] = 0
         if m.bias is not None and beta:
             m.bias[drop] = 0
