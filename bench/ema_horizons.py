@@ -35,6 +35,12 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--horizons", default="2,5,15", help="EMA averages to keep, in epochs")
     p.add_argument("--save-every", type=int, default=10, help="epochs between saves of each extra EMA")
     args, train_argv = p.parse_args(argv[:cut]), argv[cut + 1:]
+    try:
+        args.horizons = [float(h) for h in args.horizons.split(",")]
+    except ValueError:
+        p.error(f"--horizons takes numbers of epochs separated by commas, got {args.horizons!r}")
+    if min(args.horizons) <= 0 or args.save_every < 1:
+        p.error("--horizons must be positive and --save-every at least 1")
     if train_argv[:1] != ["train"] or "--out" not in train_argv:
         sys.exit("the arguments after -- are a `yoloslim train` command with --out DIR")
     return args, train_argv
@@ -42,7 +48,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     args, train_argv = parse(sys.argv[1:] if argv is None else argv)
-    horizons = [float(h) for h in args.horizons.split(",")]
+    horizons = args.horizons
     run = Path(train_argv[train_argv.index("--out") + 1])
     out = run / "ema-horizons"
 
