@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
                               str(out / f"h{h:g}-e{epoch:03d}.weights"))
 
     code = train_with_ema(Several, train_argv)
+    if code != 0:  # yoloslim train has said why
+        return code
     model, info = load_model(run / "weights" / "last.safetensors")  # the architecture, names and history
     for weights in sorted(out.glob("*.weights")):
         model.load_state_dict(load_file(str(weights)))

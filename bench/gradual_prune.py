@@ -30,6 +30,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _train_hook import LoopEMA, train_with_ema  # noqa: E402
 
+from yoloslim.errors import UserError
 from yoloslim.models.io import ModelInfo, load_model, save_model, unwrap
 from yoloslim.prune.pipeline import PruneOptions, prune_model
 from yoloslim.prune.surgery import ChannelPlan, apply_plan, removed_rows
@@ -138,4 +139,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except UserError as e:  # a missing or unreadable model file, bad prune options: one line
+        sys.exit(f"error: {e}")
