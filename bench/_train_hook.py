@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 from yoloslim.cli import main as cli_main
-from yoloslim.engine.ema import ModelEMA
+from yoloslim.engine.ema import HORIZON_EPOCHS, ModelEMA
 
 loop_ema = ModelEMA.for_epoch_length  # bound before any patching: the loop's EMA, even while it is replaced
 
@@ -18,17 +18,17 @@ loop_ema = ModelEMA.for_epoch_length  # bound before any patching: the loop's EM
 class LoopEMA(ModelEMA):
     """The EMA the training loop builds (:meth:`ModelEMA.for_epoch_length`), for subclasses to extend."""
 
-    def __init__(self, model: nn.Module, per_epoch: int) -> None:
-        own = loop_ema(model, per_epoch)
+    def __init__(self, model: nn.Module, per_epoch: int, horizon_epochs: float = HORIZON_EPOCHS) -> None:
+        own = loop_ema(model, per_epoch, horizon_epochs)
         super().__init__(model, decay=own.decay, tau=own.tau)
         self.per_epoch = max(per_epoch, 1)
 
 
-def train_with_ema(ema_class: type[LoopEMA], train_argv: list[str]) -> int:
-    """``yoloslim train *train_argv`` (argv without the program name) with ``ema_class`` as the loop's EMA."""
+def train_with_ema(ema_class: type[LoopEMA], argv: list[str]) -> int:
+    """``yoloslim *argv`` (a command that trains: ``train``, ``demo``) with ``ema_class`` as the loop's EMA."""
     original = ModelEMA.__dict__["for_epoch_length"]
     ModelEMA.for_epoch_length = staticmethod(ema_class)  # type: ignore[method-assign]
     try:
-        return cli_main(train_argv)
+        return cli_main(argv)
     finally:
         ModelEMA.for_epoch_length = original  # type: ignore[method-assign]

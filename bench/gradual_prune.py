@@ -73,8 +73,8 @@ def train(args: argparse.Namespace, train_argv: list[str]) -> int:
     class Shrinking(LoopEMA):
         """The loop's EMA; each update first shrinks the removed channels of the model being trained."""
 
-        def __init__(self, model: nn.Module, per_epoch: int) -> None:
-            super().__init__(model, per_epoch)
+        def __init__(self, model: nn.Module, per_epoch: int, horizon_epochs: float) -> None:
+            super().__init__(model, per_epoch, horizon_epochs)
             self.total = self.per_epoch * epochs
 
         @torch.no_grad()

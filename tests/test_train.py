@@ -10,7 +10,7 @@ from torch import nn
 import yoloslim.engine.train as engine_train
 from helpers import train_interrupted_in_second_epoch
 from yoloslim.cli import main
-from yoloslim.engine.ema import ModelEMA
+from yoloslim.engine.ema import ModelEMA, run_horizon
 from yoloslim.engine.optim import build_optimizer, lr_factor, warmup
 from yoloslim.engine.train import TrainConfig, TrainingDiverged, train
 from yoloslim.engine.train_setup import initial_model
@@ -124,11 +124,26 @@ def test_ema_of_a_small_data_set_averages_the_noise_that_yolov5s_constants_pass_
     assert coco.ema.weight.item() < -0.9  # after 100 updates, YOLOv5's decay is 0.05: the raw weight
 
 
-def test_training_sizes_its_ema_by_its_optimizer_steps_per_epoch(tiny_data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("epochs, horizon", [(40, 1.0), (100, 2.5), (200, 5.0), (300, 5.0), (4, 0.1)])
+def test_ema_horizon_is_a_fortieth_of_the_run_and_at_most_five_epochs(epochs, horizon):
+    assert run_horizon(epochs) == pytest.approx(horizon)
+
+
+def test_an_ema_shorter_than_one_update_is_the_raw_weights():
+    model = nn.Linear(1, 1, bias=False)
+    ema = ModelEMA.for_epoch_length(model, 10, horizon_epochs=0.05)  # half an update
+    assert ema.decay == 0.0
+    model.weight.data.fill_(3.0)
+    ema.update(model)
+    assert ema.ema.weight.item() == 3.0
+
+
+def test_training_sizes_its_ema_by_its_steps_per_epoch_and_its_length(tiny_data, tmp_path, monkeypatch):
     seen, make = [], ModelEMA.for_epoch_length
-    monkeypatch.setattr(ModelEMA, "for_epoch_length", lambda model, n: seen.append(n) or make(model, n))
-    train(_cfg(tiny_data, tmp_path / "run", epochs=1, plots=False))
-    assert seen == [2]  # 16 images, batch 4, accumulated to 8: two steps per epoch
+    monkeypatch.setattr(ModelEMA, "for_epoch_length",
+                        lambda model, n, h: seen.append((n, h)) or make(model, n, h))
+    train(_cfg(tiny_data, tmp_path / "run", epochs=2, plots=False))
+    assert seen == [(2, 0.05)]  # 16 images, batch 4, accumulated to 8: two steps per epoch; 2.5 % of 2 epochs
 
 
 # ---- starting points ---------------------------------------------------------------------------

@@ -13,7 +13,20 @@ from yoloslim.models.io import unwrap
 DECAY = 0.9999  # YOLOv5's and ultralytics' asymptotic decay: an average over ~10,000 updates
 TAU = 2000.0  # their ramp-up, in updates: about one COCO epoch at batch 64 (1,849 updates)
 HORIZON_EPOCHS = 5.0  # at most this many epochs of averaging: 1 − d ≥ 1 / (HORIZON_EPOCHS · updates per epoch)
+HORIZON_SHARE = 0.025  # and at most this share of the run's epochs (YOLOv5's 10,000 updates are 1.8 % of COCO's 300)
 RAMP_EPOCHS = 1.0  # and a ramp of at most this many epochs
+
+
+def run_horizon(epochs: int) -> float:
+    """Epochs the training EMA averages over in a run of ``epochs``: :data:`HORIZON_SHARE` of it, at most
+    :data:`HORIZON_EPOCHS`.
+
+    A short run is still learning at its end, and a long average lags behind it: the demo's 40 epochs
+    of YOLOv5n from scratch end at mAP@.5 0.536 averaged over one epoch, 0.511 over five
+    (docs/BENCHMARKS.md, session 15). From 200 epochs on, the average spans the five epochs that helped
+    fine-tunes mid-run.
+    """
+    return min(HORIZON_EPOCHS, HORIZON_SHARE * max(int(epochs), 1))
 
 
 class ModelEMA:
@@ -47,10 +60,12 @@ class ModelEMA:
         never take hold: at 38 updates per epoch (300 images, batch 8) d reaches 0.85 only after 100
         epochs, an average over the last ~7 updates, and the saved weights are as noisy as the raw
         ones. Here the average spans at most ``horizon_epochs`` epochs (:data:`HORIZON_EPOCHS` in
-        training) and ramps up over at most :data:`RAMP_EPOCHS`.
+        training: :func:`run_horizon`) and ramps up over at most :data:`RAMP_EPOCHS`. An average of one
+        update or less is no average: the raw weights (d = 0).
         """
         n = max(int(updates_per_epoch), 1)
-        return cls(model, decay=min(DECAY, 1 - 1 / (horizon_epochs * n)), tau=min(TAU, RAMP_EPOCHS * n))
+        decay = max(0.0, min(DECAY, 1 - 1 / max(horizon_epochs * n, 1.0)))
+        return cls(model, decay=decay, tau=min(TAU, RAMP_EPOCHS * n))
 
     def current_decay(self) -> float:
         return self.decay * (1 - math.exp(-self.updates / self.tau))

@@ -45,7 +45,7 @@ from yoloslim.engine.distill_setup import (
     load_teacher,
     teacher_labels,
 )
-from yoloslim.engine.ema import ModelEMA
+from yoloslim.engine.ema import ModelEMA, run_horizon
 from yoloslim.engine.optim import (
     build_optimizer,
     choose_optimizer,
@@ -256,7 +256,7 @@ def _train(cfg: TrainConfig, d: ddp.Dist, device: torch.device, started: list[Pa
     # what the steps use (``auto`` may replace lr0, momentum, warmup_bias_lr); the state keeps the hyp as given
     step_hyp = dataclasses.replace(hyp, lr0=choice.lr, momentum=choice.momentum,
                                    warmup_bias_lr=choice.warmup_bias_lr)
-    ema = ModelEMA.for_epoch_length(model, math.ceil(len(train_loader) / accumulate))
+    ema = ModelEMA.for_epoch_length(model, math.ceil(len(train_loader) / accumulate), run_horizon(cfg.epochs))
     scaler = make_scaler(device)
     parts = Parts(model, model, optimizer, scaler, ema, loss_fn, None)
     if teacher is not None:  # before the resume state: the feature adapters are in it, and in the optimizer
