@@ -113,7 +113,7 @@ class DemoPrune:
 # it reached mAP@.5:.95 0.365 so (the trained model: 0.372), 0.351 with mosaic (docs/BENCHMARKS.md,
 # "Recovering a pruned model"). 12 epochs, not 8: 8 ended 0.7, 0.8 and 1.6 points below three trained
 # models (sessions 4, 14, 15), a draw away from the demo's 1-point target; on the third, 10 epochs
-# ended level and 12 at +0.9 (docs/BENCHMARKS.md, "Demo"). Four epochs cost ~80 s more.
+# ended level and 12 at +0.9 (docs/BENCHMARKS.md, "Demo"): 213 s of fine-tuning against 153 s for 8.
 FULL_PRUNE = DemoPrune(finetune_epochs=12)
 QUICK_PRUNE = DemoPrune(finetune_epochs=5, latency_runs=10)
 STEPS = 9
