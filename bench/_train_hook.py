@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 from yoloslim.cli import main as cli_main
-from yoloslim.engine.ema import HORIZON_EPOCHS, ModelEMA
+from yoloslim.engine.ema import ModelEMA
 
 loop_ema = ModelEMA.for_epoch_length  # bound before any patching: the loop's EMA, even while it is replaced
 
@@ -18,7 +18,7 @@ loop_ema = ModelEMA.for_epoch_length  # bound before any patching: the loop's EM
 class LoopEMA(ModelEMA):
     """The EMA the training loop builds (:meth:`ModelEMA.for_epoch_length`), for subclasses to extend."""
 
-    def __init__(self, model: nn.Module, per_epoch: int, horizon_epochs: float = HORIZON_EPOCHS) -> None:
+    def __init__(self, model: nn.Module, per_epoch: int, horizon_epochs: float) -> None:
         own = loop_ema(model, per_epoch, horizon_epochs)
         super().__init__(model, decay=own.decay, tau=own.tau)
         self.per_epoch = max(per_epoch, 1)
